@@ -1,0 +1,1 @@
+"""Model presets and (later) training recipes, shipped as `modeling_missrec.configuration`."""

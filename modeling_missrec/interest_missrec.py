@@ -1,0 +1,233 @@
+"""Multi-modal interest discovery: k-means, DPC-KNN and interest-token construction.
+
+Everything here is plain torch, seeded and deterministic, and runs on whatever device its inputs are on.
+Pairwise work is chunked so memory stays O(chunk * K) (k-means) or O(chunk * N) (DPC-KNN), never O(N^2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# Upper bound on the floats of one [chunk, K] distance block (64 MiB in float32).
+_BLOCK_FLOATS = 1 << 24
+
+
+@dataclass
+class ClusteringResult:
+    """Output of [`kmeans`] and [`dpc_knn`].
+
+    Attributes:
+        labels: `[N]` long, cluster index of every vector, in `0..K-1`.
+        centroids: `[K, d]`, mean of each cluster's members.
+        inertia: sum of squared euclidean distances of the vectors to their centroid.
+        n_iter: Lloyd iterations run (1 for DPC-KNN).
+    """
+
+    labels: torch.Tensor
+    centroids: torch.Tensor
+    inertia: float
+    n_iter: int
+
+
+def _chunk_size(num_rows: int, num_cols: int) -> int:
+    return max(1, min(num_rows, _BLOCK_FLOATS // max(num_cols, 1)))
+
+
+def _check_vectors(x: torch.Tensor, num_clusters: int) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"expected a [N, d] matrix of vectors, got shape {tuple(x.shape)}")
+    if not 1 <= num_clusters <= x.shape[0]:
+        raise ValueError(f"num_clusters={num_clusters} must be in [1, N={x.shape[0]}]")
+    if not torch.isfinite(x).all():
+        raise ValueError("the vectors to cluster contain NaN or Inf")
+
+
+def assign_to_nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of every vector, in chunks.
+
+    Args:
+        x: `[N, d]` vectors.
+        centroids: `[K, d]`.
+
+    Returns:
+        `labels` `[N]` long and `sq_dist` `[N]`, the squared euclidean distance to that centroid.
+    """
+    c_sq = centroids.square().sum(1)
+    labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    sq_dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    step = _chunk_size(x.shape[0], centroids.shape[0])
+    for start in range(0, x.shape[0], step):
+        block = x[start : start + step]
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin, so it is added afterwards.
+        dist = torch.addmm(c_sq, block, centroids.T, beta=1.0, alpha=-2.0)
+        best, idx = dist.min(1)
+        labels[start : start + step] = idx
+        sq_dist[start : start + step] = (best + block.square().sum(1)).clamp_min_(0)
+    return labels, sq_dist
+
+
+def _cluster_means(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    sums = x.new_zeros(num_clusters, x.shape[1]).index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=num_clusters)
+    return sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype), counts
+
+
+def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii) on `x`: `[K]` indices of the chosen seeds."""
+    n = x.shape[0]
+    x_sq = x.square().sum(1)
+    chosen = torch.empty(num_clusters, dtype=torch.long)
+    first = int(torch.randint(n, (1,), generator=generator))
+    chosen[0] = first
+    closest = (x_sq - 2 * (x @ x[first]) + x_sq[first]).clamp_min_(0)
+    # Draw all the uniforms at once; inverse-CDF sampling keeps each step one cumsum + searchsorted.
+    uniforms = torch.rand(num_clusters, generator=generator, dtype=torch.float64).to(x.device)
+    for k in range(1, num_clusters):
+        cdf = closest.to(torch.float64).cumsum(0)
+        if cdf[-1] <= 0:  # fewer distinct vectors than clusters: any unused index will do
+            idx = int(torch.ones(n, device=x.device).index_fill_(0, chosen[:k].to(x.device), 0).argmax())
+        else:
+            idx = min(int(torch.searchsorted(cdf, uniforms[k] * cdf[-1])), n - 1)
+        chosen[k] = idx
+        torch.minimum(closest, (x_sq - 2 * (x @ x[idx]) + x_sq[idx]).clamp_min_(0), out=closest)
+    return chosen
+
+
+def kmeans(
+    x: torch.Tensor,
+    num_clusters: int,
+    *,
+    init: str = "k-means++",
+    max_iter: int = 30,
+    tol: float = 1e-4,
+    seed: int = 0,
+    init_sample_size: int | None = None,
+) -> ClusteringResult:
+    """Lloyd's k-means with chunked distance blocks, seeded and deterministic.
+
+    Args:
+        x: `[N, d]` float vectors (any device).
+        num_clusters: K, `1 <= K <= N`.
+        init: `"k-means++"` (seeding on a sample of `init_sample_size` vectors) or `"random"`
+            (K distinct vectors drawn uniformly).
+        max_iter: maximum Lloyd iterations (1 = assign to the initial centroids and update once).
+        tol: stop when the inertia decreases by less than `tol` relative to the previous iteration.
+        seed: seed of the initialisation.
+        init_sample_size: vectors the k-means++ seeding looks at; defaults to `min(N, max(4K, 8192))`,
+            which keeps seeding cost O(K * sample * d) independent of N.
+
+    Returns:
+        A [`ClusteringResult`] with `labels` `[N]`, `centroids` `[K, d]`, `inertia`, `n_iter`.
+        Clusters that end up empty are re-seeded with the vectors farthest from their centroid.
+    """
+    _check_vectors(x, num_clusters)
+    if init not in ("k-means++", "random"):
+        raise ValueError(f"init={init!r} is not one of ['k-means++', 'random']")
+    if max_iter < 1:
+        raise ValueError(f"max_iter={max_iter} must be >= 1")
+    n = x.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    if init == "random":
+        seeds = torch.randperm(n, generator=generator)[:num_clusters]
+    else:
+        sample_size = min(n, max(4 * num_clusters, 8192)) if init_sample_size is None else init_sample_size
+        sample_size = max(min(sample_size, n), num_clusters)
+        sample = torch.randperm(n, generator=generator)[:sample_size]
+        seeds = sample[_kmeans_plus_plus(x[sample.to(x.device)], num_clusters, generator)]
+    centroids = x[seeds.to(x.device)].clone()
+
+    previous, n_iter = math.inf, 0
+    while n_iter < max_iter:
+        n_iter += 1
+        labels, sq_dist = assign_to_nearest(x, centroids)
+        inertia = float(sq_dist.sum())
+        centroids, counts = _cluster_means(x, labels, num_clusters)
+        empty = (counts == 0).nonzero().flatten()
+        if empty.numel():
+            far = sq_dist.topk(empty.numel()).indices
+            centroids[empty] = x[far]
+        if math.isfinite(previous) and previous - inertia <= tol * previous and not empty.numel():
+            break
+        previous = inertia
+    labels, sq_dist = assign_to_nearest(x, centroids)
+    return ClusteringResult(labels, centroids, float(sq_dist.sum()), n_iter)
+
+
+def dpc_knn(x: torch.Tensor, num_clusters: int, *, local_size: int) -> ClusteringResult:
+    """Density-peak clustering with a k-nearest-neighbour density (DPC-KNN), chunked.
+
+    Density of a vector: `exp(-mean of the squared distances to its local_size nearest neighbours)`, with
+    distances scaled by `1/sqrt(d)`. Its peak score is the density times the distance to the nearest denser
+    vector (ties broken by index, so the result is deterministic). The K highest scores are the centres,
+    every vector joins its nearest centre, and centroids are the means of the members.
+
+    Args:
+        x: `[N, d]` float vectors.
+        num_clusters: K, `1 <= K <= N`.
+        local_size: neighbours used for the density, `1 <= local_size <= N`.
+
+    Returns:
+        A [`ClusteringResult`] (`n_iter` = 1).
+    """
+    _check_vectors(x, num_clusters)
+    n, d = x.shape
+    if not 1 <= local_size <= n:
+        raise ValueError(f"local_size={local_size} must be in [1, N={n}]")
+    scale = 1.0 / math.sqrt(d)
+    x_sq = x.square().sum(1)
+    step = _chunk_size(n, n)
+
+    def distance_block(start: int) -> torch.Tensor:
+        block = x[start : start + step]
+        sq = torch.addmm(x_sq, block, x.T, beta=1.0, alpha=-2.0).add_(x_sq[start : start + step, None])
+        return sq.clamp_min_(0).sqrt_().mul_(scale)
+
+    density = torch.empty(n, dtype=x.dtype, device=x.device)
+    for start in range(0, n, step):
+        nearest = distance_block(start).topk(local_size, dim=1, largest=False).values
+        density[start : start + step] = torch.exp(-nearest.square().mean(1))
+
+    index = torch.arange(n, device=x.device)
+    delta = torch.empty(n, dtype=x.dtype, device=x.device)
+    for start in range(0, n, step):
+        dist = distance_block(start)
+        rows = index[start : start + step, None]
+        d_row = density[start : start + step, None]
+        denser = (density[None] > d_row) | ((density[None] == d_row) & (index[None] < rows))
+        has_denser = denser.any(1)
+        nearest_denser = dist.masked_fill(~denser, math.inf).min(1).values
+        delta[start : start + step] = torch.where(has_denser, nearest_denser, dist.max(1).values)
+
+    centres = (delta * density).topk(num_clusters).indices
+    labels, _ = assign_to_nearest(x, x[centres])
+    labels[centres] = torch.arange(num_clusters, device=x.device)
+    centroids, _ = _cluster_means(x, labels, num_clusters)
+    inertia = float((x - centroids[labels]).square().sum())
+    return ClusteringResult(labels, centroids, inertia, 1)
+
+
+def interest_tokens(interest_ids: torch.Tensor) -> torch.Tensor:
+    """Distinct non-zero interest ids of every row, ascending, right-padded with 0.
+
+    Vectorised (one sort per batch, no Python loop over rows).
+
+    Args:
+        interest_ids: `[B, T]` long, 0 = no interest (padding or missing modality).
+
+    Returns:
+        `[B, Nq]` long with `Nq = max(1, largest number of distinct ids in a row)`.
+    """
+    if interest_ids.ndim != 2:
+        raise ValueError(f"expected [B, T] interest ids, got shape {tuple(interest_ids.shape)}")
+    ids, _ = interest_ids.sort(dim=1)
+    first = ids != 0
+    first[:, 1:] &= ids[:, 1:] != ids[:, :-1]
+    num_tokens = max(int(first.sum(1).max()) if ids.numel() else 0, 1)
+    # Non-first entries all go to a spare last column, which is dropped.
+    slot = torch.where(first, first.cumsum(1) - 1, num_tokens)
+    out = ids.new_zeros(ids.shape[0], num_tokens + 1)
+    out.scatter_(1, slot, ids)
+    return out[:, :num_tokens]

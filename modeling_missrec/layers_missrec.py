@@ -1,0 +1,220 @@
+"""Transformer blocks of MISSRec, written with separate q/k/v/o projections.
+
+torch's `nn.Transformer*` layers are avoided on purpose: their fused eval fast path ignores unmerged LoRA
+weights and their packed `in_proj_weight` cannot be targeted by PEFT. Every projection here is a plain
+`nn.Linear`, so LoRA can target `q_proj`, `k_proj`, `v_proj`, `o_proj`, `fc1` and `fc2`.
+All blocks are post-LayerNorm, as in the paper's (torch default) Transformer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+from .configuration_missrec import MISSRecConfig
+
+
+def unpack(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scatter packed tokens `[T, d]` (the True positions of `mask` `[B, S]`, row-major) to `[B, S, d]`."""
+    return tokens.new_zeros(*mask.shape, tokens.shape[-1]).index_put((mask,), tokens)
+
+
+class PackedLayout:
+    """Where the packed tokens of a `[B, S]` mask sit, split into row buckets for attention.
+
+    Tokens travel packed (`[T, d]`, the True positions of `mask` in row-major order), so per-token layers
+    never touch padding. Attention needs a padded layout; it is built per bucket of consecutive rows, each
+    padded only to its own widest row. With rows sorted by length this keeps padding small.
+
+    Args:
+        mask: `[B, S]` bool, True = real token.
+        row_splits: bucket boundaries `[0, b1, ..., B]`.
+    """
+
+    def __init__(self, mask: torch.Tensor, row_splits: list[int]):
+        self.mask = mask
+        columns = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+        width = (columns * mask).amax(1)  # last real column + 1, per row
+        token_ends = mask.sum(1).cumsum(0)
+        ends = torch.tensor(row_splits[1:], device=mask.device) - 1
+        bucket_width = torch.stack([width[a:b].max() for a, b in zip(row_splits[:-1], row_splits[1:])])
+        stats = torch.stack([token_ends[ends], bucket_width]).tolist()
+        starts = [0, *stats[0][:-1]]
+        self.buckets = [
+            (a, b, t0, t1, w) for a, b, t0, t1, w in zip(row_splits[:-1], row_splits[1:], starts, *stats)
+        ]
+
+    def padded(self, tokens: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bucket `bucket` of packed `tokens` `[T, d]` as `[b, w, d]` plus its mask `[b, w]`."""
+        a, b, t0, t1, w = self.buckets[bucket]
+        mask = self.mask[a:b, :w]
+        return unpack(tokens[t0:t1], mask), mask
+
+
+class MISSRecAttention(nn.Module):
+    """Multi-head attention on packed tokens, computed by `F.scaled_dot_product_attention` per row bucket.
+
+    Projections run on packed tokens only (padding costs nothing there); just the attention itself sees a
+    padded layout, bucket by bucket (see [`PackedLayout`]).
+    """
+
+    def __init__(self, config: MISSRecConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.dropout = config.attention_probs_dropout_prob
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self, queries: torch.Tensor, query_layout: PackedLayout, keys: torch.Tensor, key_layout: PackedLayout
+    ) -> torch.Tensor:
+        """
+        Args:
+            queries: `[Tq, d]` packed query tokens laid out by `query_layout`.
+            keys: `[Tk, d]` packed key/value tokens laid out by `key_layout` (same rows and buckets); every
+                row needs at least one key.
+
+        Returns:
+            `[Tq, d]`.
+        """
+        q_all, k_all, v_all = self.q_proj(queries), self.k_proj(keys), self.v_proj(keys)
+        outputs = []
+        for bucket in range(len(query_layout.buckets)):
+            q, q_mask = query_layout.padded(q_all, bucket)
+            k, k_mask = key_layout.padded(k_all, bucket)
+            v, _ = key_layout.padded(v_all, bucket)
+            out = F.scaled_dot_product_attention(
+                self._heads(q),
+                self._heads(k),
+                self._heads(v),
+                attn_mask=k_mask[:, None, None, :],
+                dropout_p=self.dropout if self.training else 0.0,
+            )
+            outputs.append(out.transpose(1, 2).flatten(2)[q_mask])
+        return self.o_proj(torch.cat(outputs))
+
+
+class MISSRecFeedForward(nn.Module):
+    """Position-wise feed-forward: `fc2(dropout(act(fc1(x))))`."""
+
+    def __init__(self, config: MISSRecConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[T, d]` -> `[T, d]`."""
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+class MISSRecSublayer(nn.Module):
+    """Residual wrapper `LayerNorm(x + dropout(f(x, ...)))` around one attention or feed-forward block."""
+
+    def __init__(self, config: MISSRecConfig, block: nn.Module):
+        super().__init__()
+        self.block = block
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        """`x` `[T, d]` packed tokens and the block's extra inputs -> `[T, d]`."""
+        return self.LayerNorm(x + self.dropout(self.block(x, *args)))
+
+
+class MISSRecEncoderLayer(nn.Module):
+    """Self-attention over the interest tokens, then feed-forward."""
+
+    def __init__(self, config: MISSRecConfig):
+        super().__init__()
+        self.self_attention = MISSRecSublayer(config, MISSRecAttention(config))
+        self.feed_forward = MISSRecSublayer(config, MISSRecFeedForward(config))
+
+    def forward(self, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+        """`x` `[T, d]` packed interest tokens laid out by `layout` -> `[T, d]`."""
+        return self.feed_forward(self.self_attention(x, layout, x, layout))
+
+
+class MISSRecDecoderLayer(nn.Module):
+    """Self-attention over the history (not causal), cross-attention to the interest memory, feed-forward."""
+
+    def __init__(self, config: MISSRecConfig):
+        super().__init__()
+        self.self_attention = MISSRecSublayer(config, MISSRecAttention(config))
+        self.cross_attention = MISSRecSublayer(config, MISSRecAttention(config))
+        self.feed_forward = MISSRecSublayer(config, MISSRecFeedForward(config))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layout: PackedLayout,
+        memory: torch.Tensor,
+        memory_layout: PackedLayout,
+        queries: tuple[torch.Tensor, PackedLayout] | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            x: `[T, d]` packed history tokens laid out by `layout`.
+            memory: `[Tm, d]` packed interest tokens laid out by `memory_layout`.
+            queries: `(tokens [Tq, d], layout)`, a subset of `x` whose outputs are wanted (default: all of
+                `x`). A position's output depends on the others only through attention, so this is exact.
+
+        Returns:
+            `[Tq, d]` (`Tq = T` without `queries`).
+        """
+        q, q_layout = (x, layout) if queries is None else queries
+        h = self.self_attention(q, q_layout, x, layout)
+        h = self.cross_attention(h, q_layout, memory, memory_layout)
+        return self.feed_forward(h)
+
+
+class MISSRecItemFusion(nn.Module):
+    """Fuses per-modality candidate logits into one item logit (DESIGN.md §1, step 6).
+
+    `static`: mean over the item's present modalities. `dynamic_shared` / `dynamic_instance`:
+    `sum_m s_m * softmax_m(s_m * w)` over present modalities, with one learned `w` shared by all items or
+    one per item. Absent modalities get weight 0; an item with no modality at all scores 0.
+    """
+
+    def __init__(self, config: MISSRecConfig):
+        super().__init__()
+        self.mode = config.item_mm_fusion
+        if self.mode == "dynamic_shared":
+            self.weight = nn.Parameter(torch.zeros(1))
+        elif self.mode == "dynamic_instance":
+            self.weight = nn.Parameter(torch.zeros(config.num_items + 1))
+        else:
+            self.register_parameter("weight", None)
+
+    def forward(
+        self, modality_logits: torch.Tensor, present: torch.Tensor, item_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Args:
+            modality_logits: `[B, C, M]` cosine logits of C candidates for M modalities.
+            present: `[C, M]` bool, whether the candidate has that modality.
+            item_ids: `[C]` catalogue ids of the candidates (needed by `dynamic_instance`;
+                None means all items `0..num_items` in order).
+
+        Returns:
+            `[B, C]` fused logits.
+        """
+        if self.mode == "static":
+            weights = present.to(modality_logits.dtype)
+            return (modality_logits * weights).sum(-1) / weights.sum(-1).clamp_min(1)
+        w = self.weight if self.mode == "dynamic_shared" or item_ids is None else self.weight[item_ids]
+        w = w.unsqueeze(-1) if self.mode == "dynamic_instance" else w
+        # Items with no modality at all keep a finite gate (their softmax would be NaN) and get weight 0.
+        hidden = ~present & present.any(-1, keepdim=True)
+        gate = (modality_logits * w).masked_fill(hidden, float("-inf"))
+        weights = torch.softmax(gate, dim=-1) * present
+        return (modality_logits * weights).sum(-1)

@@ -1,0 +1,1 @@
+"""Data in, recommendations out: demo data, metrics (installed as `modeling_missrec.pipelines`)."""
