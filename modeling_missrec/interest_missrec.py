@@ -76,23 +76,31 @@ def _cluster_means(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> 
 
 
 def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii) on `x`: `[K]` indices of the chosen seeds."""
+    """Greedy k-means++ seeding on `x` `[S, d]`: `[K]` indices of the chosen seeds.
+
+    Each step draws `2 + ln K` candidates by D^2 sampling and keeps the one that lowers the potential most
+    (the greedy variant of Arthur & Vassilvitskii, as scikit-learn does); the candidates' distances are one
+    `[trials, d] x [d, S]` matmul.
+    """
     n = x.shape[0]
+    trials = 2 + int(math.log(num_clusters))
     x_sq = x.square().sum(1)
-    chosen = torch.empty(num_clusters, dtype=torch.long)
-    first = int(torch.randint(n, (1,), generator=generator))
-    chosen[0] = first
-    closest = (x_sq - 2 * (x @ x[first]) + x_sq[first]).clamp_min_(0)
-    # Draw all the uniforms at once; inverse-CDF sampling keeps each step one cumsum + searchsorted.
-    uniforms = torch.rand(num_clusters, generator=generator, dtype=torch.float64).to(x.device)
+
+    def sq_distances(idx: torch.Tensor) -> torch.Tensor:  # [len(idx), S]
+        return torch.addmm(x_sq, x[idx], x.T, beta=1.0, alpha=-2.0).add_(x_sq[idx, None]).clamp_min_(0)
+
+    chosen = torch.empty(num_clusters, dtype=torch.long, device=x.device)
+    chosen[0] = torch.randint(n, (1,), generator=generator).to(x.device)
+    closest = sq_distances(chosen[:1])[0]
+    # All uniforms at once; inverse-CDF sampling keeps each step one cumsum + searchsorted.
+    uniforms = torch.rand(num_clusters, trials, generator=generator, dtype=torch.float64).to(x.device)
     for k in range(1, num_clusters):
         cdf = closest.to(torch.float64).cumsum(0)
-        if cdf[-1] <= 0:  # fewer distinct vectors than clusters: any unused index will do
-            idx = int(torch.ones(n, device=x.device).index_fill_(0, chosen[:k].to(x.device), 0).argmax())
-        else:
-            idx = min(int(torch.searchsorted(cdf, uniforms[k] * cdf[-1])), n - 1)
-        chosen[k] = idx
-        torch.minimum(closest, (x_sq - 2 * (x @ x[idx]) + x_sq[idx]).clamp_min_(0), out=closest)
+        candidates = torch.searchsorted(cdf, uniforms[k] * cdf[-1]).clamp_max_(n - 1)
+        potentials = torch.minimum(closest, sq_distances(candidates))
+        best = potentials.sum(1).argmin()
+        chosen[k] = candidates[best]
+        closest = potentials[best]
     return chosen
 
 
@@ -116,8 +124,8 @@ def kmeans(
         max_iter: maximum Lloyd iterations (1 = assign to the initial centroids and update once).
         tol: stop when the inertia decreases by less than `tol` relative to the previous iteration.
         seed: seed of the initialisation.
-        init_sample_size: vectors the k-means++ seeding looks at; defaults to `min(N, max(4K, 8192))`,
-            which keeps seeding cost O(K * sample * d) independent of N.
+        init_sample_size: vectors the k-means++ seeding looks at; defaults to `min(N, max(3K, 8192))`,
+            which keeps seeding cost O(K * log K * sample * d) independent of N.
 
     Returns:
         A [`ClusteringResult`] with `labels` `[N]`, `centroids` `[K, d]`, `inertia`, `n_iter`.
@@ -133,10 +141,10 @@ def kmeans(
     if init == "random":
         seeds = torch.randperm(n, generator=generator)[:num_clusters]
     else:
-        sample_size = min(n, max(4 * num_clusters, 8192)) if init_sample_size is None else init_sample_size
+        sample_size = min(n, max(3 * num_clusters, 8192)) if init_sample_size is None else init_sample_size
         sample_size = max(min(sample_size, n), num_clusters)
         sample = torch.randperm(n, generator=generator)[:sample_size]
-        seeds = sample[_kmeans_plus_plus(x[sample.to(x.device)], num_clusters, generator)]
+        seeds = sample.to(x.device)[_kmeans_plus_plus(x[sample.to(x.device)], num_clusters, generator)]
     centroids = x[seeds.to(x.device)].clone()
 
     previous, n_iter = math.inf, 0

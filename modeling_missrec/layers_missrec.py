@@ -187,7 +187,8 @@ class MISSRecItemFusion(nn.Module):
 
     def __init__(self, config: MISSRecConfig):
         super().__init__()
-        self.mode = config.item_mm_fusion
+        # With one modality every mode reduces to its logit, so there is nothing to learn.
+        self.mode = config.item_mm_fusion if len(config.modality_names) > 1 else "static"
         if self.mode == "dynamic_shared":
             self.weight = nn.Parameter(torch.zeros(1))
         elif self.mode == "dynamic_instance":

@@ -1,0 +1,111 @@
+"""Interest discovery: k-means, DPC-KNN and interest-token construction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling_missrec import dpc_knn, interest_tokens, kmeans
+from modeling_missrec.interest_missrec import assign_to_nearest
+
+
+def planted_clusters(num_clusters: int = 6, per_cluster: int = 50, dim: int = 8, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num_clusters, dim, generator=generator) * 10
+    truth = torch.arange(num_clusters).repeat_interleave(per_cluster)
+    x = centres[truth] + torch.randn(len(truth), dim, generator=generator)
+    order = torch.randperm(len(truth), generator=generator)
+    return x[order], truth[order]
+
+
+def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when the two labelings group the points identically (up to renaming)."""
+    return torch.equal(a[:, None] == a[None], b[:, None] == b[None])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kmeans_recovers_planted_clusters(seed):
+    x, truth = planted_clusters(seed=seed)
+    result = kmeans(x, 6, seed=seed)
+    assert same_partition(result.labels, truth)
+    # Each centroid equals the mean of its members.
+    for k in range(6):
+        assert torch.allclose(result.centroids[k], x[result.labels == k].mean(0), atol=1e-4)
+    assert result.inertia == pytest.approx(float(((x - result.centroids[result.labels]) ** 2).sum()), rel=1e-4)
+
+
+def test_kmeans_is_deterministic_and_seeded():
+    x, _ = planted_clusters(num_clusters=20, per_cluster=10)
+    a, b = kmeans(x, 12, seed=1), kmeans(x, 12, seed=1)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
+
+
+def test_kmeans_never_leaves_a_cluster_empty():
+    # Mostly duplicated points: random seeds coincide, so clusters start empty and must be re-seeded.
+    x = torch.cat([torch.zeros(50, 2), torch.randn(10, 2, generator=torch.Generator().manual_seed(0)) + 5])
+    result = kmeans(x, 6, init="random", seed=0)
+    assert torch.bincount(result.labels, minlength=6).min() >= 1
+
+
+def test_one_step_kmeans_matches_a_single_lloyd_update():
+    x, _ = planted_clusters()
+    one = kmeans(x, 6, init="random", max_iter=1, seed=5)
+    seeds = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(5))[:6]]
+    labels, _ = assign_to_nearest(x, seeds)
+    expected = torch.stack([x[labels == k].mean(0) for k in range(6)])
+    assert one.n_iter == 1
+    assert torch.allclose(one.centroids, expected, atol=1e-5)
+
+
+def test_dpc_knn_recovers_planted_clusters():
+    x, truth = planted_clusters(num_clusters=5, per_cluster=40)
+    result = dpc_knn(x, 5, local_size=10)
+    assert same_partition(result.labels, truth)
+    assert result.labels.max() == 4
+
+
+def test_dpc_knn_chunked_equals_unchunked(monkeypatch):
+    import modeling_missrec.interest_missrec as interest
+
+    x, _ = planted_clusters(num_clusters=4, per_cluster=30)
+    full = dpc_knn(x, 4, local_size=5)
+    monkeypatch.setattr(interest, "_BLOCK_FLOATS", 7 * len(x))  # 7-row chunks
+    chunked = dpc_knn(x, 4, local_size=5)
+    assert torch.equal(full.labels, chunked.labels)
+
+
+def reference_tokens(ids: torch.Tensor) -> list[list[int]]:
+    return [sorted(set(row.tolist()) - {0}) for row in ids]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_interest_tokens_equal_a_reference_set_construction(seed):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 9, (17, 23), generator=generator)
+    ids[3] = 0  # a row with no interest at all
+    tokens = interest_tokens(ids)
+    expected = reference_tokens(ids)
+    assert tokens.shape == (17, max(1, max(len(r) for r in expected)))
+    for row, want in zip(tokens.tolist(), expected):
+        assert row[: len(want)] == want
+        assert all(v == 0 for v in row[len(want) :])
+
+
+def test_interest_tokens_of_only_padding_is_one_empty_column():
+    assert torch.equal(interest_tokens(torch.zeros(3, 5, dtype=torch.long)), torch.zeros(3, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("x", "k", "message"),
+    [
+        (torch.randn(10), 2, "expected a \\[N, d\\] matrix"),
+        (torch.randn(10, 3), 0, "num_clusters=0"),
+        (torch.randn(10, 3), 11, "num_clusters=11"),
+        (torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), 1, "NaN or Inf"),
+    ],
+)
+def test_clustering_rejects_bad_input(x, k, message):
+    with pytest.raises(ValueError, match=message):
+        kmeans(x, k)
+    with pytest.raises(ValueError, match=message):
+        dpc_knn(x, k, local_size=1)

@@ -1,0 +1,239 @@
+"""MISSRecModel math: invariances, fusion by hand, truncation, gradients, losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import FEATURE_DIM, random_histories, tiny_config, tiny_model
+
+from modeling_missrec import MISSRecModel
+
+
+@pytest.mark.parametrize("seq_mm_fusion", ["add", "contextual"])
+@pytest.mark.parametrize("id_mode", ["inductive", "transductive"])
+def test_sequence_embedding_ignores_padding_and_batch_composition(seq_mm_fusion, id_mode):
+    model = tiny_model(seq_mm_fusion=seq_mm_fusion, id_mode=id_mode)
+    items, lengths = random_histories(70, 10, 40)
+    full = model.embed_sequences(items, lengths)
+    # Extra padding columns change nothing.
+    padded = torch.cat([items, torch.zeros(70, 2, dtype=torch.long)], 1)
+    torch.testing.assert_close(model.embed_sequences(padded), full, atol=1e-5, rtol=0)
+    # Each row alone, trimmed to its own length, gives the same embedding as inside the batch.
+    for row in (0, 5, 33, 69):
+        alone = model.embed_sequences(items[row : row + 1, : lengths[row]])
+        torch.testing.assert_close(alone[0], full[row], atol=1e-5, rtol=0)
+    # Shuffling the batch only shuffles the embeddings.
+    order = torch.randperm(70, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.embed_sequences(items[order]), full[order], atol=1e-5, rtol=0)
+    assert torch.allclose(full.norm(dim=-1), torch.ones(70))
+
+
+def test_history_longer_than_max_seq_length_keeps_the_most_recent_items(model):
+    max_len = model.config.max_seq_length
+    long = torch.arange(1, max_len + 6)[None]  # 17 items, model reads 12
+    recent = long[:, -max_len:]
+    torch.testing.assert_close(model.embed_sequences(long), model.embed_sequences(recent))
+    ragged = torch.tensor([[*range(1, max_len + 4)], [3, 4, 5] + [0] * max_len])
+    out = model.embed_sequences(ragged)
+    torch.testing.assert_close(out[0], model.embed_sequences(ragged[:1, 3:])[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[1], model.embed_sequences(torch.tensor([[3, 4, 5]]))[0], atol=1e-6, rtol=0)
+
+
+def identity_model(item_mm_fusion: str, id_mode: str = "inductive") -> MISSRecModel:
+    """Adaptors are the identity (feature dim = hidden size = 4), so item embeddings equal their features."""
+    config = tiny_config(
+        text_feature_dim=4,
+        image_feature_dim=4,
+        hidden_size=4,
+        num_attention_heads=1,
+        item_mm_fusion=item_mm_fusion,
+        id_mode=id_mode,
+        score_temperature=0.5,
+    )
+    model = MISSRecModel(config).eval()
+    with torch.no_grad():
+        for adaptor in (model.text_adaptor, model.image_adaptor):
+            adaptor.weight.copy_(torch.eye(4))
+            adaptor.bias.zero_()
+    text = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0]])
+    image = torch.tensor([[0.0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])  # item 3 has no image
+    model.set_catalogue(text, image)
+    return model
+
+
+SEQ = F.normalize(torch.tensor([[2.0, 1.0, 1.0, 0.0]]), dim=-1)
+# Cosines of SEQ with each item's text and image features, by hand.
+S_TEXT = torch.tensor([2, 1, 3 / math.sqrt(2)]) / math.sqrt(6)
+S_IMAGE = torch.tensor([1, 2, 0]) / math.sqrt(6)
+
+
+def test_static_fusion_is_the_mean_of_present_modalities():
+    model = identity_model("static")
+    expected = torch.stack([(S_TEXT[0] + S_IMAGE[0]) / 2, (S_TEXT[1] + S_IMAGE[1]) / 2, S_TEXT[2]]) / 0.5
+    scores = model.score_items(SEQ)
+    torch.testing.assert_close(scores[0, 1:], expected)
+    assert scores[0, 0] == torch.finfo(scores.dtype).min
+
+
+def test_dynamic_shared_fusion_by_hand():
+    model = identity_model("dynamic_shared")
+    with torch.no_grad():
+        model.item_fusion.weight.fill_(3.0)
+    expected = []
+    for t, i in zip(S_TEXT[:2], S_IMAGE[:2]):
+        wt, wi = torch.softmax(torch.tensor([3 * t, 3 * i]), 0)
+        expected.append(t * wt + i * wi)
+    expected.append(S_TEXT[2])  # no image: the text logit alone
+    torch.testing.assert_close(model.score_items(SEQ)[0, 1:], torch.stack(expected) / 0.5)
+
+
+def test_dynamic_instance_fusion_by_hand_with_item_ids():
+    model = identity_model("dynamic_instance", id_mode="transductive")
+    with torch.no_grad():
+        model.item_fusion.weight.copy_(torch.tensor([0.0, -2.0, 5.0, 1.0]))
+        model.item_id_embeddings.weight.copy_(torch.tensor([[0.0] * 4, [0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 1, 0]]))
+    s_id = torch.tensor([0.0, 2 / math.sqrt(6), 2 / math.sqrt(12)])
+    expected = []
+    for item, (t, i) in enumerate(zip(S_TEXT, S_IMAGE), start=1):
+        w = model.item_fusion.weight[item].item()
+        fused = t if item == 3 else (torch.softmax(torch.tensor([w * t, w * i]), 0) * torch.stack([t, i])).sum()
+        expected.append((s_id[item - 1] + 2 * fused) / 3)
+    torch.testing.assert_close(model.score_items(SEQ)[0, 1:], torch.stack(expected) / 0.5)
+    # Scoring a candidate subset gives the same numbers.
+    torch.testing.assert_close(model.score_items(SEQ, torch.tensor([3, 1]))[0], torch.stack(expected)[[2, 0]] / 0.5)
+
+
+def test_single_modality_model_scores_cosine_over_temperature():
+    config = tiny_config(modalities="image", text_feature_dim=4, image_feature_dim=4, hidden_size=4,
+                         num_attention_heads=1, score_temperature=0.5)
+    model = MISSRecModel(config).eval()
+    with torch.no_grad():
+        model.image_adaptor.weight.copy_(torch.eye(4))
+        model.image_adaptor.bias.zero_()
+    model.set_catalogue(image_features=torch.tensor([[0.0, 0, 1, 0], [1, 0, 0, 0]]))
+    torch.testing.assert_close(model.score_items(SEQ)[0, 1:], S_IMAGE[:2] / 0.5)
+    assert not hasattr(model, "text_adaptor")
+
+
+def test_forward_scores_equal_embed_then_score(model):
+    items, lengths = random_histories(9, 8, 40)
+    out = model(items, lengths)
+    torch.testing.assert_close(out.scores, model.score_items(model.embed_sequences(items, lengths)))
+    assert out.scores.shape == (9, 41) and out.loss is None
+
+
+def test_finetuning_loss_is_full_catalogue_cross_entropy_plus_diversity(model):
+    items, lengths = random_histories(6, 8, 40)
+    labels = torch.tensor([1, 5, 9, 40, 2, 3])
+    out = model(items, lengths, labels=labels)
+    expected = F.cross_entropy(out.scores[:, 1:], labels - 1) + model.config.diversity_loss_weight * out.diversity_loss
+    torch.testing.assert_close(out.loss, expected)
+    assert out.diversity_loss > 0
+
+
+def test_pretraining_loss_by_hand(model):
+    items, lengths = random_histories(5, 8, 40)
+    labels = torch.tensor([4, 7, 4, 12, 30])  # item 4 twice: not its own negative
+    augmented = items.clone()
+    augmented[:, 0] = torch.where(lengths > 1, augmented[:, 1], augmented[:, 0])
+    out = model(items, lengths, labels=labels, augmented_item_seq=augmented)
+    seq = model.embed_sequences(items, lengths)
+    seq_aug = model.embed_sequences(augmented)
+    logits = model.score_items(seq, labels)
+    logits[0, 2] = logits[2, 0] = torch.finfo(logits.dtype).min
+    target = torch.arange(5)
+    seq_item = F.cross_entropy(logits, target)
+    seq_seq = F.cross_entropy(seq @ seq_aug.T / model.config.score_temperature, target)
+    torch.testing.assert_close(out.seq_item_loss, seq_item)
+    torch.testing.assert_close(out.seq_seq_loss, seq_seq)
+    cfg = model.config
+    expected = seq_item + cfg.seq_seq_loss_weight * seq_seq + cfg.diversity_loss_weight * out.diversity_loss
+    torch.testing.assert_close(out.loss, expected)
+    assert out.scores.shape == (5, 5)
+
+
+def test_word_drop_view_uses_the_given_text_features(model):
+    items, lengths = random_histories(4, 6, 40)
+    same = model.text_features[items]
+    torch.testing.assert_close(model.embed_sequences(items, lengths, text_features=same), model.embed_sequences(items))
+    other = model.embed_sequences(items, lengths, text_features=torch.randn_like(same))
+    assert not torch.allclose(other, model.embed_sequences(items))
+
+
+def trained_parameter_names(model: MISSRecModel, **forward_kwargs) -> set[str]:
+    model.train()
+    model.zero_grad()
+    items, lengths = random_histories(16, 8, model.config.num_items)
+    labels = torch.arange(1, 17)
+    model(items, lengths, labels=labels, **forward_kwargs).loss.backward()
+    return {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "absent"),
+    [
+        ({}, {"item_id_embeddings.weight"}),
+        ({"id_mode": "transductive"}, set()),
+        ({"item_mm_fusion": "static"}, {"item_fusion.weight", "item_id_embeddings.weight"}),
+        ({"item_mm_fusion": "dynamic_instance", "seq_mm_fusion": "contextual"}, {"item_id_embeddings.weight"}),
+        ({"modalities": "text"}, {"item_id_embeddings.weight", "item_fusion.weight", "image_adaptor.weight"}),
+    ],
+)
+def test_gradients_reach_exactly_the_parameters_of_the_mode(overrides, absent):
+    model = tiny_model(**overrides)
+    names = {name for name, _ in model.named_parameters()}
+    assert not absent & names, f"{absent & names} should not exist in this mode"
+    assert trained_parameter_names(model) == names
+    # The interest centroids are a buffer: discovered, never learned.
+    assert "interest_centroids" not in names and "interest_centroids" in dict(model.named_buffers())
+
+
+def test_pretraining_gradients_reach_every_parameter():
+    model = tiny_model()
+    items, _ = random_histories(16, 8, 40)
+    names = {name for name, _ in model.named_parameters()} - {"item_id_embeddings.weight"}
+    assert trained_parameter_names(model, augmented_item_seq=items) == names
+
+
+def test_missing_modalities_are_masked_not_zero_vectors():
+    model = tiny_model(num_items=10)
+    text, image = model.text_features[1:].clone(), model.image_features[1:].clone()
+    image[2] = 0  # item 3 loses its image
+    model.set_catalogue(text, image)
+    assert not model.image_present[3] and model.image_present[1]
+    model.discover_interests()
+    assert model.image_interest_ids[3] == 0 and model.text_interest_ids[3] > 0
+    scores = model(torch.tensor([[3, 1]])).scores
+    assert torch.isfinite(scores[0, 1:]).all()
+
+
+def test_extend_catalogue_scores_unseen_items_from_features_alone(model):
+    items, lengths = random_histories(3, 6, 40)
+    before = model(items, lengths).scores
+    new_text, new_image = torch.randn(2, FEATURE_DIM), torch.randn(2, FEATURE_DIM)
+    ids = model.extend_catalogue(new_text, new_image)
+    assert ids.tolist() == [41, 42] and model.config.num_items == 42
+    after = model(items, lengths).scores
+    assert after.shape == (3, 43)
+    # New items join existing interests (their nearest centroid); old items keep their scores.
+    assert (model.text_interest_ids[41:] > 0).all()
+    torch.testing.assert_close(after[:, :41], before)
+    # A new item identical to item 7 scores exactly like item 7.
+    ids = model.extend_catalogue(model.text_features[7:8].clone(), model.image_features[7:8].clone())
+    torch.testing.assert_close(model(items, lengths).scores[:, ids[0]], after[:, 7])
+
+
+def test_discovered_interests_follow_the_ratio(model):
+    vectors = 2 * model.config.num_items
+    assert model.config.num_interests == math.ceil(0.3 * vectors)
+    assert model.interest_centroids.shape == (model.config.num_interests + 1, 32)
+    assert model.interest_centroids[0].abs().sum() == 0
+    assert model.text_interest_ids[0] == model.image_interest_ids[0] == 0
+    dpc = tiny_model(interest_method="dpc_knn")
+    assert dpc.config.num_interests == math.ceil(0.3 * vectors)
+    assert set(dpc.text_interest_ids[1:].tolist()) | set(dpc.image_interest_ids[1:].tolist()) <= set(
+        range(1, dpc.config.num_interests + 1)
+    )
