@@ -37,6 +37,7 @@ What is measured, all in one run and at torch's default thread count:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -53,6 +54,7 @@ import torch
 from sklearn.cluster import MiniBatchKMeans
 from torch.nn.utils.rnn import pad_sequence
 
+from modeling_missrec import interest_missrec
 from modeling_missrec.interest_missrec import assign_to_nearest, interest_tokens, kmeans
 
 DIM = 300
@@ -91,7 +93,13 @@ def machine_info() -> dict[str, object]:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "load_average_1min_at_start": os.getloadavg()[0],
+        "library_sha256": library_sha256(),
     }
+
+
+def library_sha256() -> str:
+    """SHA-256 of the `interest_missrec.py` source, to tell whether every process ran the same library code."""
+    return hashlib.sha256(Path(interest_missrec.__file__).read_bytes()).hexdigest()
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -161,6 +169,7 @@ def fit(method: str, x: np.ndarray, num_clusters: int) -> tuple[torch.Tensor, in
 
 def worker(method: str, n: int, num_clusters: int) -> dict[str, object]:
     """Fit `method` on the benchmark data in this (fresh) process: time, peak memory, inertia, iterations."""
+    source = library_sha256()
     fit(method, make_data(256, 8), 8)  # warm-up: loads BLAS / OpenMP / threadpool state outside the timing
     x = make_data(n, num_clusters)
     peak_reset = reset_peak_memory()
@@ -176,6 +185,7 @@ def worker(method: str, n: int, num_clusters: int) -> dict[str, object]:
         "peak_reset": peak_reset,
         "inertia": float(sq_dist.double().sum()),
         "n_iter": n_iter,
+        "library_sha256": source,
     }
 
 
@@ -257,6 +267,10 @@ def markdown(results: dict[str, object]) -> str:
         f"sklearn {info['sklearn_version']}. Matmul bound: {gflops:.1f} GFLOP/s. 1-min load average: "
         f"{info['load_average_1min_at_start']:.2f} at start, {results['load_average_1min_at_end']:.2f} at end "
         "(other processes on the cores slow the threaded ops).",
+    ]
+    if not results["library_unchanged"]:
+        lines.append("**WARNING: interest_missrec.py changed during the run; the numbers mix library versions.**")
+    lines += [
         "",
         "| N | K | ours s | sklearn s | sklearn/ours (>=2x) | ours MiB | sklearn MiB | ours inertia "
         "| sklearn inertia | ours/sklearn (<=1) | n_iter | ours GFLOP/s | of matmul (>=50%) |",
@@ -308,6 +322,8 @@ def main() -> None:
     results["clustering"] = [clustering_case(n, k, gflops) for n, k in cases]
     results["interest_tokens"] = token_case(TOKEN_BATCH, repeats=10 if args.quick else 50)
     results["load_average_1min_at_end"] = os.getloadavg()[0]
+    hashes = {library_sha256()} | {case[m]["library_sha256"] for case in results["clustering"] for m in METHODS}
+    results["library_unchanged"] = hashes == {results["machine"]["library_sha256"]}
     print(markdown(results))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

@@ -78,11 +78,14 @@ def _cluster_means(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> 
 def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Generator) -> torch.Tensor:
     """Greedy k-means++ seeding on `x` `[S, d]`: `[K]` indices of the chosen seeds.
 
-    Each step draws `2 + ln K` candidates by D^2 sampling and keeps the one that lowers the potential most
-    (the greedy variant of Arthur & Vassilvitskii, as scikit-learn does); the candidates' distances are one
-    `[trials, d] x [d, S]` matmul.
+    Greedy k-means++ (Arthur & Vassilvitskii; scikit-learn's default) keeps, for each seed, the best of
+    `2 + ln K` candidates drawn by D^2 sampling. To make the distance work matmuls rather than K
+    matrix-vector products, candidates are drawn in at most 256 rounds, all from the D^2 distribution at
+    the start of their round; the greedy choices inside a round are still made one after the other
+    against the up-to-date potential.
     """
     n = x.shape[0]
+    per_round = math.ceil(num_clusters / 256)
     trials = 2 + int(math.log(num_clusters))
     x_sq = x.square().sum(1)
 
@@ -92,15 +95,19 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
     chosen = torch.empty(num_clusters, dtype=torch.long, device=x.device)
     chosen[0] = torch.randint(n, (1,), generator=generator).to(x.device)
     closest = sq_distances(chosen[:1])[0]
-    # All uniforms at once; inverse-CDF sampling keeps each step one cumsum + searchsorted.
-    uniforms = torch.rand(num_clusters, trials, generator=generator, dtype=torch.float64).to(x.device)
-    for k in range(1, num_clusters):
+    found = 1
+    while found < num_clusters:
+        draws = min(per_round, num_clusters - found)
         cdf = closest.to(torch.float64).cumsum(0)
-        candidates = torch.searchsorted(cdf, uniforms[k] * cdf[-1]).clamp_max_(n - 1)
-        potentials = torch.minimum(closest, sq_distances(candidates))
-        best = potentials.sum(1).argmin()
-        chosen[k] = candidates[best]
-        closest = potentials[best]
+        uniforms = torch.rand(draws * trials, generator=generator, dtype=torch.float64).to(x.device)
+        candidates = torch.searchsorted(cdf, uniforms * cdf[-1]).clamp_max_(n - 1).view(draws, trials)
+        distances = sq_distances(candidates.flatten()).view(draws, trials, n)
+        for draw in range(draws):
+            potentials = torch.minimum(closest, distances[draw])
+            best = potentials.sum(1).argmin()
+            chosen[found] = candidates[draw, best]
+            closest = potentials[best]
+            found += 1
     return chosen
 
 
