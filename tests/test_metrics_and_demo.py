@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from modeling_missrec.pipelines.demo_data import make_demo_data, pad_histories
 from modeling_missrec.pipelines.metrics import ranking_metrics, target_ranks
 
