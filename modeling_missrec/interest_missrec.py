@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-# Upper bound on the floats of one [chunk, K] distance block (64 MiB in float32).
-_BLOCK_FLOATS = 1 << 24
+# Upper bound on the floats of one [chunk, K] distance block (16 MiB in float32: it stays in cache).
+_BLOCK_FLOATS = 1 << 22
 
 
 @dataclass
@@ -69,6 +69,35 @@ def assign_to_nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.T
     return labels, sq_dist
 
 
+def _nearest_two(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest centroid, its squared distance, and the distance (not squared) to the second nearest: `[N]` each."""
+    c_sq = centroids.square().sum(1)
+    n, k = x.shape[0], centroids.shape[0]
+    labels = torch.empty(n, dtype=torch.long, device=x.device)
+    sq_dist = torch.empty(n, dtype=x.dtype, device=x.device)
+    second = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
+    step = _chunk_size(n, k)
+    for start in range(0, n, step):
+        block = x[start : start + step]
+        dist = torch.addmm(c_sq, block, centroids.T, beta=1.0, alpha=-2.0)
+        values, idx = dist.topk(min(2, k), dim=1, largest=False)
+        values = (values + block.square().sum(1, keepdim=True)).clamp_min_(0)
+        labels[start : start + step] = idx[:, 0]
+        sq_dist[start : start + step] = values[:, 0]
+        if k > 1:
+            second[start : start + step] = values[:, 1].sqrt()
+    return labels, sq_dist, second
+
+
+def _own_sq_distances(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Squared distance of every vector to its own centroid `centroids[labels]`: `[N]`, in chunks."""
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    step = _chunk_size(x.shape[0], x.shape[1])
+    for start in range(0, x.shape[0], step):
+        out[start : start + step] = (x[start : start + step] - centroids[labels[start : start + step]]).square().sum(1)
+    return out
+
+
 def _cluster_means(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
     sums = x.new_zeros(num_clusters, x.shape[1]).index_add_(0, labels, x)
     counts = torch.bincount(labels, minlength=num_clusters)
@@ -111,6 +140,36 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
     return chosen
 
 
+def _lloyd(x: torch.Tensor, centroids: torch.Tensor, max_iter: int, tol: float) -> ClusteringResult:
+    """Lloyd iterations from `centroids` `[K, d]` on `x` `[N, d]` until the relative inertia gain is below `tol`.
+
+    Hamerly-style bounds skip most distance rows once centroids settle: a vector whose distance to its own
+    (moved) centroid is below a lower bound on its distance to every other centroid keeps its label. The
+    bound is the second-nearest distance minus the largest centroid move, so the result equals plain Lloyd.
+    """
+    num_clusters = centroids.shape[0]
+    labels, sq_dist, second = _nearest_two(x, centroids)
+    previous, n_iter = math.inf, 0
+    while True:
+        n_iter += 1
+        inertia = float(sq_dist.sum())
+        new_centroids, counts = _cluster_means(x, labels, num_clusters)
+        empty = (counts == 0).nonzero().flatten()
+        if empty.numel():  # re-seed with the vectors farthest from their centroid
+            new_centroids[empty] = x[sq_dist.topk(empty.numel()).indices]
+        converged = math.isfinite(previous) and previous - inertia <= tol * previous and not empty.numel()
+        lower = second - (new_centroids - centroids).norm(dim=1).max()
+        centroids = new_centroids
+        sq_dist = _own_sq_distances(x, centroids, labels)
+        stale = (sq_dist.sqrt() > lower).nonzero().flatten()
+        second = lower
+        if stale.numel():
+            labels[stale], sq_dist[stale], second[stale] = _nearest_two(x[stale], centroids)
+        if converged or n_iter >= max_iter:
+            return ClusteringResult(labels, centroids, float(sq_dist.sum()), n_iter)
+        previous = inertia
+
+
 def kmeans(
     x: torch.Tensor,
     num_clusters: int,
@@ -120,23 +179,30 @@ def kmeans(
     tol: float = 1e-4,
     seed: int = 0,
     init_sample_size: int | None = None,
+    warm_start_size: int | None = None,
 ) -> ClusteringResult:
-    """Lloyd's k-means with chunked distance blocks, seeded and deterministic.
+    """k-means (Lloyd, chunked, with distance bounds), seeded and deterministic.
+
+    For large N the early iterations, where centroids move most and bounds prune nothing, run on a random
+    sample of `warm_start_size` vectors; Lloyd then continues on all vectors from those centroids.
 
     Args:
         x: `[N, d]` float vectors (any device).
         num_clusters: K, `1 <= K <= N`.
-        init: `"k-means++"` (seeding on a sample of `init_sample_size` vectors) or `"random"`
+        init: `"k-means++"` (greedy seeding on a sample of `init_sample_size` vectors) or `"random"`
             (K distinct vectors drawn uniformly).
-        max_iter: maximum Lloyd iterations (1 = assign to the initial centroids and update once).
+        max_iter: maximum Lloyd iterations per phase. With 1 there is no warm start: the vectors are
+            assigned to the initial centroids and the centroids updated once (the official code's one step).
         tol: stop when the inertia decreases by less than `tol` relative to the previous iteration.
-        seed: seed of the initialisation.
-        init_sample_size: vectors the k-means++ seeding looks at; defaults to `min(N, max(3K, 8192))`,
-            which keeps seeding cost O(K * log K * sample * d) independent of N.
+        seed: seed of the initialisation and of the samples.
+        init_sample_size: vectors the seeding looks at; defaults to `min(N, max(2K, 8192))`, which keeps
+            seeding cost independent of N.
+        warm_start_size: vectors of the warm-start phase; defaults to `max(16K, 32768)`. No warm start when
+            it is at least N.
 
     Returns:
-        A [`ClusteringResult`] with `labels` `[N]`, `centroids` `[K, d]`, `inertia`, `n_iter`.
-        Clusters that end up empty are re-seeded with the vectors farthest from their centroid.
+        A [`ClusteringResult`] with `labels` `[N]` (each vector's nearest centroid), `centroids` `[K, d]`
+        (the means of their members), `inertia` and `n_iter` (iterations on all N vectors).
     """
     _check_vectors(x, num_clusters)
     if init not in ("k-means++", "random"):
@@ -148,27 +214,16 @@ def kmeans(
     if init == "random":
         seeds = torch.randperm(n, generator=generator)[:num_clusters]
     else:
-        sample_size = min(n, max(3 * num_clusters, 8192)) if init_sample_size is None else init_sample_size
+        sample_size = min(n, max(2 * num_clusters, 8192)) if init_sample_size is None else init_sample_size
         sample_size = max(min(sample_size, n), num_clusters)
-        sample = torch.randperm(n, generator=generator)[:sample_size]
-        seeds = sample.to(x.device)[_kmeans_plus_plus(x[sample.to(x.device)], num_clusters, generator)]
+        sample = torch.randperm(n, generator=generator)[:sample_size].to(x.device)
+        seeds = sample[_kmeans_plus_plus(x[sample], num_clusters, generator)]
     centroids = x[seeds.to(x.device)].clone()
-
-    previous, n_iter = math.inf, 0
-    while n_iter < max_iter:
-        n_iter += 1
-        labels, sq_dist = assign_to_nearest(x, centroids)
-        inertia = float(sq_dist.sum())
-        centroids, counts = _cluster_means(x, labels, num_clusters)
-        empty = (counts == 0).nonzero().flatten()
-        if empty.numel():
-            far = sq_dist.topk(empty.numel()).indices
-            centroids[empty] = x[far]
-        if math.isfinite(previous) and previous - inertia <= tol * previous and not empty.numel():
-            break
-        previous = inertia
-    labels, sq_dist = assign_to_nearest(x, centroids)
-    return ClusteringResult(labels, centroids, float(sq_dist.sum()), n_iter)
+    warm_size = max(16 * num_clusters, 32768) if warm_start_size is None else warm_start_size
+    if max_iter > 1 and warm_size < n:
+        sample = torch.randperm(n, generator=generator)[: max(warm_size, num_clusters)].to(x.device)
+        centroids = _lloyd(x[sample], centroids, max_iter, tol).centroids
+    return _lloyd(x, centroids, max_iter, tol)
 
 
 def dpc_knn(x: torch.Tensor, num_clusters: int, *, local_size: int) -> ClusteringResult:
