@@ -42,15 +42,22 @@ class PackedLayout:
         bucket_width = torch.stack([width[a:b].max() for a, b in zip(row_splits[:-1], row_splits[1:])])
         stats = torch.stack([token_ends[ends], bucket_width]).tolist()
         starts = [0, *stats[0][:-1]]
-        self.buckets = [
-            (a, b, t0, t1, w) for a, b, t0, t1, w in zip(row_splits[:-1], row_splits[1:], starts, *stats)
-        ]
+        self.buckets = []
+        for a, b, t0, t1, w in zip(row_splits[:-1], row_splits[1:], starts, *stats):
+            bucket_mask = mask[a:b, :w]
+            # Flat positions of the real tokens in the bucket's [b * w] grid: index_copy / index_select with
+            # them is cheaper than boolean indexing, which searches the mask again on every call.
+            self.buckets.append((t0, t1, bucket_mask, bucket_mask.flatten().nonzero().flatten()))
 
     def padded(self, tokens: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Bucket `bucket` of packed `tokens` `[T, d]` as `[b, w, d]` plus its mask `[b, w]`."""
-        a, b, t0, t1, w = self.buckets[bucket]
-        mask = self.mask[a:b, :w]
-        return unpack(tokens[t0:t1], mask), mask
+        t0, t1, mask, flat = self.buckets[bucket]
+        grid = tokens.new_zeros(mask.numel(), tokens.shape[-1]).index_copy_(0, flat, tokens[t0:t1])
+        return grid.view(*mask.shape, -1), mask
+
+    def packed(self, padded: torch.Tensor, bucket: int) -> torch.Tensor:
+        """Inverse of [`padded`]: the real tokens `[T_bucket, d]` of a `[b, w, d]` bucket tensor."""
+        return padded.reshape(-1, padded.shape[-1]).index_select(0, self.buckets[bucket][3])
 
 
 class MISSRecAttention(nn.Module):
@@ -98,7 +105,7 @@ class MISSRecAttention(nn.Module):
                 attn_mask=k_mask[:, None, None, :],
                 dropout_p=self.dropout if self.training else 0.0,
             )
-            outputs.append(out.transpose(1, 2).flatten(2)[q_mask])
+            outputs.append(query_layout.packed(out.transpose(1, 2).flatten(2), bucket))
         return self.o_proj(torch.cat(outputs))
 
 
