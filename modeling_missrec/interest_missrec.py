@@ -109,12 +109,12 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
 
     Greedy k-means++ (Arthur & Vassilvitskii; scikit-learn's default) keeps, for each seed, the best of
     `2 + ln K` candidates drawn by D^2 sampling. To make the distance work matmuls rather than K
-    matrix-vector products, candidates are drawn in at most 256 rounds, all from the D^2 distribution at
+    matrix-vector products, candidates are drawn in at most 64 rounds, all from the D^2 distribution at
     the start of their round; the greedy choices inside a round are still made one after the other
     against the up-to-date potential.
     """
     n = x.shape[0]
-    per_round = math.ceil(num_clusters / 256)
+    per_round = math.ceil(num_clusters / 64)
     trials = 2 + int(math.log(num_clusters))
     x_sq = x.square().sum(1)
 
