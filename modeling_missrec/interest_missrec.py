@@ -108,14 +108,17 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
     """Greedy k-means++ seeding on `x` `[S, d]`: `[K]` indices of the chosen seeds.
 
     Greedy k-means++ (Arthur & Vassilvitskii; scikit-learn's default) keeps, for each seed, the best of
-    `2 + ln K` candidates drawn by D^2 sampling. To make the distance work matmuls rather than K
-    matrix-vector products, candidates are drawn in at most 64 rounds, all from the D^2 distribution at
-    the start of their round; the greedy choices inside a round are still made one after the other
+    `2 + ln K` candidates (2 when the sample holds fewer than 4 vectors per seed) drawn by D^2 sampling.
+    To make the distance work matmuls rather than K matrix-vector products, candidates are drawn in at most
+    64 rounds, all from the D^2 distribution at the start of their round; the greedy choices inside a round
+    are still made one after the other
     against the up-to-date potential.
     """
     n = x.shape[0]
     per_round = math.ceil(num_clusters / 64)
-    trials = 2 + int(math.log(num_clusters))
+    # With fewer than 4 sample vectors per seed, D^2 draws already land in distinct regions and the trials
+    # would cost several Lloyd passes: keep 2.
+    trials = 2 + int(math.log(num_clusters)) if n >= 4 * num_clusters else 2
     x_sq = x.square().sum(1)
 
     def sq_distances(idx: torch.Tensor) -> torch.Tensor:  # [len(idx), S]
@@ -197,8 +200,8 @@ def kmeans(
         seed: seed of the initialisation and of the samples.
         init_sample_size: vectors the seeding looks at; defaults to `min(N, max(2K, 8192))`, which keeps
             seeding cost independent of N.
-        warm_start_size: vectors of the warm-start phase; defaults to `max(16K, 32768)`. No warm start when
-            it is at least N.
+        warm_start_size: vectors of the warm-start phase; defaults to `max(16K, 32768)`. No warm start unless
+            it is at most N / 3 (below that the sample saves less than its own iterations cost).
 
     Returns:
         A [`ClusteringResult`] with `labels` `[N]` (each vector's nearest centroid), `centroids` `[K, d]`
@@ -220,7 +223,7 @@ def kmeans(
         seeds = sample[_kmeans_plus_plus(x[sample], num_clusters, generator)]
     centroids = x[seeds.to(x.device)].clone()
     warm_size = max(16 * num_clusters, 32768) if warm_start_size is None else warm_start_size
-    if max_iter > 1 and warm_size < n:
+    if max_iter > 1 and 3 * warm_size <= n:
         sample = torch.randperm(n, generator=generator)[: max(warm_size, num_clusters)].to(x.device)
         centroids = _lloyd(x[sample], centroids, max_iter, tol).centroids
     return _lloyd(x, centroids, max_iter, tol)
