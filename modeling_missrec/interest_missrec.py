@@ -111,8 +111,7 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
     `2 + ln K` candidates (2 when the sample holds fewer than 4 vectors per seed) drawn by D^2 sampling.
     To make the distance work matmuls rather than K matrix-vector products, candidates are drawn in at most
     64 rounds, all from the D^2 distribution at the start of their round; the greedy choices inside a round
-    are still made one after the other
-    against the up-to-date potential.
+    are still made one after the other against the up-to-date potential.
     """
     n = x.shape[0]
     per_round = math.ceil(num_clusters / 64)
