@@ -243,10 +243,11 @@ class MISSRecModel(MISSRecPreTrainedModel):
     def _reset_item_parameters(self, num_items: int) -> None:
         device = self.position_embeddings.weight.device
         if self.item_id_embeddings is not None:
-            self.item_id_embeddings = nn.Embedding(num_items + 1, self.config.hidden_size, padding_idx=0).to(device)
+            embeddings = nn.Embedding(num_items + 1, self.config.hidden_size, padding_idx=0)
+            self.item_id_embeddings = embeddings.to(device, self.dtype)
             self._init_weights(self.item_id_embeddings)
         if self.item_fusion.mode == "dynamic_instance":
-            self.item_fusion.weight = nn.Parameter(torch.zeros(num_items + 1, device=device))
+            self.item_fusion.weight = nn.Parameter(torch.zeros(num_items + 1, device=device, dtype=self.dtype))
 
     @torch.no_grad()
     def extend_catalogue(
@@ -280,7 +281,8 @@ class MISSRecModel(MISSRecPreTrainedModel):
             table, mask = table.to(device), mask.to(device)
             interest = torch.zeros(num_new, dtype=torch.long, device=device)
             if self.config.num_interests and mask.any():
-                labels, _ = assign_to_nearest(self._adapt(m, table[mask]), self.interest_centroids[1:])
+                adapted = self._adapt(m, table[mask].to(self.dtype)).float()
+                labels, _ = assign_to_nearest(adapted, self.interest_centroids[1:].float())
                 interest[mask] = labels + 1
             for name, new in (("features", table), ("present", mask), ("interest_ids", interest)):
                 buffer = getattr(self, f"{m}_{name}")
@@ -289,10 +291,13 @@ class MISSRecModel(MISSRecPreTrainedModel):
             weight = self.item_id_embeddings.weight
             grown = nn.Embedding(old + num_new + 1, weight.shape[1], padding_idx=0).to(device, weight.dtype)
             grown.weight.copy_(torch.cat([weight, weight.new_zeros(num_new, weight.shape[1])]))
+            grown.weight.requires_grad_(weight.requires_grad)
             self.item_id_embeddings = grown
         if self.item_fusion.mode == "dynamic_instance":
             weight = self.item_fusion.weight
-            self.item_fusion.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(num_new)]))
+            self.item_fusion.weight = nn.Parameter(
+                torch.cat([weight, weight.new_zeros(num_new)]), requires_grad=weight.requires_grad
+            )
         self.config.num_items = old + num_new
         return torch.arange(old + 1, old + num_new + 1, device=device)
 
@@ -315,7 +320,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         for m in self.modality_names:
             present = getattr(self, f"{m}_present")
             rows[m] = present.nonzero().flatten()
-            vectors.append(self._adapt(m, getattr(self, f"{m}_features")[rows[m]]).float())
+            vectors.append(self._adapt(m, getattr(self, f"{m}_features")[rows[m]].to(self.dtype)).float())
         vectors = torch.cat(vectors)
         if not len(vectors):
             raise ValueError("no item in the catalogue has any modality present: nothing to cluster")
@@ -373,6 +378,9 @@ class MISSRecModel(MISSRecPreTrainedModel):
             lengths = torch.as_tensor(lengths, device=item_seq.device).long()
             if lengths.shape != item_seq.shape[:1]:
                 raise ValueError(f"lengths has shape {tuple(lengths.shape)}; expected ({item_seq.shape[0]},)")
+            outside = lengths[(lengths < 0) | (lengths > item_seq.shape[1])]
+            if outside.numel():
+                raise ValueError(f"lengths {_first(outside)} are outside [0, {item_seq.shape[1]}] (the padded width)")
         misaligned = ((positions < lengths[:, None]) != nonzero).any(1).nonzero().flatten()
         if misaligned.numel():
             row = misaligned[0]
@@ -383,6 +391,12 @@ class MISSRecModel(MISSRecPreTrainedModel):
         empty = (lengths == 0).nonzero().flatten()
         if empty.numel():
             raise ValueError(f"rows {_first(empty)} hold only padding: every history needs at least one item")
+        if text_features is not None and "text" not in self.modality_names:
+            raise ValueError(f"text_features given but config.modalities={self.config.modalities!r}")
+        if text_features is not None and text_features.shape[-1] != self.config.text_feature_dim:
+            raise ValueError(
+                f"text_features has width {text_features.shape[-1]}; expected {self.config.text_feature_dim}"
+            )
         if text_features is not None and text_features.shape[:2] != item_seq.shape:
             raise ValueError(
                 f"text_features has shape {tuple(text_features.shape)}; expected [B, L, d] with [B, L] = "

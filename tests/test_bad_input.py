@@ -98,3 +98,17 @@ def test_loading_weights_that_do_not_fit_the_config(model, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"text_features: saved \(41, 16\) vs config \(46, 16\)"):
         MISSRecModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("lengths", [torch.tensor([5]), torch.tensor([-1])])
+def test_lengths_outside_the_padded_width(model, lengths):
+    with pytest.raises(ValueError, match="are outside \\[0, 3\\]"):
+        model(torch.tensor([[1, 2, 3]]), lengths)
+
+
+def test_augmented_text_features_on_an_image_only_model():
+    model = tiny_model(modalities="image")
+    with pytest.raises(ValueError, match="text_features given but config.modalities='image'"):
+        model.embed_sequences(torch.tensor([[1, 2]]), text_features=torch.randn(1, 2, FEATURE_DIM))
+    with pytest.raises(ValueError, match="text_features has width 999"):
+        tiny_model().embed_sequences(torch.tensor([[1, 2]]), text_features=torch.randn(1, 2, 999))

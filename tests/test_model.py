@@ -237,3 +237,20 @@ def test_discovered_interests_follow_the_ratio(model):
     assert set(dpc.text_interest_ids[1:].tolist()) | set(dpc.image_interest_ids[1:].tolist()) <= set(
         range(1, dpc.config.num_interests + 1)
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_catalogue_methods_follow_the_model_dtype(dtype):
+    model = tiny_model(id_mode="transductive", item_mm_fusion="dynamic_instance").to(dtype)
+    model.set_catalogue(torch.randn(30, FEATURE_DIM), torch.randn(30, FEATURE_DIM))
+    model.discover_interests()
+    model.extend_catalogue(torch.randn(2, FEATURE_DIM), torch.randn(2, FEATURE_DIM))
+    assert model.item_id_embeddings.weight.dtype == model.item_fusion.weight.dtype == dtype
+    assert model(torch.tensor([[1, 31, 32]])).scores.dtype == dtype
+
+
+def test_extend_catalogue_keeps_frozen_parameters_frozen():
+    model = tiny_model(id_mode="transductive", item_mm_fusion="dynamic_instance")
+    model.requires_grad_(False)
+    model.extend_catalogue(torch.randn(2, FEATURE_DIM), torch.randn(2, FEATURE_DIM))
+    assert not any(p.requires_grad for p in model.parameters())
