@@ -1,4 +1,4 @@
-"""Full-ranking metrics by hand, the demo data, and the README's main job end to end."""
+"""Full-ranking metrics by hand, and the README's main job end to end."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from modeling_missrec.pipelines.demo_data import make_demo_data, pad_histories
 from modeling_missrec.pipelines.metrics import ranking_metrics, target_ranks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,19 +27,6 @@ def test_target_ranks_and_metrics_by_hand():
     assert m["ndcg@3"] == pytest.approx((1 / math.log2(4) + 1 / math.log2(3)) / 2)
     assert m["mrr@3"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert m["mrr@2"] == pytest.approx(0.25)
-
-
-def test_demo_data_is_seeded_and_split_leave_one_out():
-    a, b = make_demo_data(num_items=50, num_users=30, seed=3), make_demo_data(num_items=50, num_users=30, seed=3)
-    assert np.array_equal(a.text_features, b.text_features) and all(map(np.array_equal, a.histories, b.histories))
-    assert (np.abs(a.text_features).sum(1) == 0).any() and (np.abs(a.image_features).sum(1) == 0).any()
-    splits = a.split()
-    seq = a.histories[0]
-    assert splits["test"][1][0] == seq[-1] and np.array_equal(splits["test"][0][0], seq[:-1])
-    assert splits["validation"][1][0] == seq[-2]
-    assert len(splits["train"][0]) == sum(len(h) - 3 for h in a.histories)
-    padded = pad_histories([np.array([1, 2, 3]), np.array([4])], max_length=2)
-    assert padded.tolist() == [[2, 3], [4, 0]]
 
 
 @pytest.mark.slow

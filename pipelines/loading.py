@@ -1,0 +1,159 @@
+"""One call from the data a user has to MISSRec-ready tables: `load_domain`, `mix_domains`, `domain_statistics`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .builder import ITEMS_SPLIT, MISSRecAmazon
+from .domain_data import SPLITS
+
+
+@dataclass
+class MultiModalDomain:
+    """A built domain (or a mix of domains).
+
+    Attributes:
+        name: the domain name, or the `+`-joined names of a mix.
+        sequences: `DatasetDict` with splits train / validation / test (`user`, `history`, `target`, `split`).
+        items: `Dataset` of the catalogue, row `i` = item id `i + 1` (`item_id`, `source_id`, `text`,
+            `text_features`, `image_features`, optional `alt_text_features`, `has_text`, `has_image`).
+        build: how it was built (`source`, `max_history`, ... of the builder config; `domains` for a mix).
+    """
+
+    name: str
+    sequences: datasets.DatasetDict
+    items: datasets.Dataset
+    build: dict = field(default_factory=dict)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+
+def load_domain(
+    domain: str = "demo",
+    *,
+    source: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    **config_kwargs,
+) -> MultiModalDomain:
+    """Build (or reuse from the `datasets` cache) both tables of a domain.
+
+    Args:
+        domain: `"demo"` or an Amazon domain (`"Scientific"`, `"Food"`, ...).
+        source: `"missrec"` (default for Amazon domains), `"raw"` or `"demo"` (the demo domain's only source).
+        data_dir: folder of the MISSRec files or of the raw 2018 files.
+        cache_dir: the `datasets` cache folder (default: the `datasets` default).
+        config_kwargs: other [`MISSRecDomainConfig`] fields (`text_dim`, `text_encoder`, `image_dir`, ...).
+
+    Returns:
+        A [`MultiModalDomain`].
+    """
+    source = source or ("demo" if domain == "demo" else "missrec")
+    tables = {}
+    for table in ("sequences", "items"):
+        builder = MISSRecAmazon(
+            config_name=f"{domain}-{table}",
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            data_dir=None if data_dir is None else str(data_dir),
+            source=source,
+            **config_kwargs,
+        )
+        builder.download_and_prepare()
+        tables[table] = builder.as_dataset()
+    build = {key: getattr(builder.config, key) for key in ("source", "max_history", "min_interactions", "text_encoder")}
+    return MultiModalDomain(domain, tables["sequences"], tables["items"][ITEMS_SPLIT], build)
+
+
+def _shift_ids(column: pa.ChunkedArray, offset: int) -> pa.Array:
+    """Add `offset` to the item ids of an int32 column or list<int32> column, keeping its layout."""
+    column = column.combine_chunks()
+    if pa.types.is_list(column.type):
+        shifted = pc.add(column.flatten(), pa.scalar(offset, pa.int32()))
+        return pa.ListArray.from_arrays(pc.subtract(column.offsets, column.offsets[0]), shifted)
+    return pc.add(column, pa.scalar(offset, pa.int32()))
+
+
+def _prefix(column: pa.ChunkedArray, prefix: str) -> pa.Array:
+    return pc.binary_join_element_wise(prefix, column.combine_chunks(), "")
+
+
+def mix_domains(domains: Sequence[MultiModalDomain], name: str | None = None) -> MultiModalDomain:
+    """Concatenate domains for multi-domain pre-training, namespacing their ids.
+
+    Items of the k-th domain are renumbered after those of the domains before it; source ids and users become
+    `"<Domain>:<id>"`. All domains must share the feature columns and widths.
+
+    Returns:
+        A [`MultiModalDomain`] named `name` (default: the names joined with `+`).
+    """
+    if not domains:
+        raise ValueError("mix_domains needs at least one domain")
+    names = [d.name for d in domains]
+    if len(set(names)) != len(names):
+        raise ValueError(f"domain names must be distinct to namespace their ids, got {names}")
+    schema = domains[0].items.features
+    for domain in domains[1:]:
+        if domain.items.features != schema:
+            raise ValueError(
+                f"domains {domains[0].name!r} and {domain.name!r} have different item columns or feature widths: "
+                f"{schema} vs {domain.items.features}"
+            )
+    offsets = np.concatenate([[0], np.cumsum([d.num_items for d in domains])[:-1]])
+    items, sequences = [], {split: [] for split in SPLITS}
+    for domain, offset in zip(domains, offsets):
+        table = domain.items.data.table
+        table = table.set_column(0, "item_id", _shift_ids(table["item_id"], int(offset)))
+        table = table.set_column(1, "source_id", _prefix(table["source_id"], f"{domain.name}:"))
+        items.append(table)
+        for split in SPLITS:
+            part = domain.sequences[split].data.table
+            part = part.set_column(0, "user", _prefix(part["user"], f"{domain.name}:"))
+            part = part.set_column(1, "history", _shift_ids(part["history"], int(offset)))
+            part = part.set_column(2, "target", _shift_ids(part["target"], int(offset)))
+            sequences[split].append(part)
+    mixed_items = datasets.Dataset(pa.concat_tables(items), split=datasets.Split(ITEMS_SPLIT))
+    mixed_sequences = datasets.DatasetDict(
+        {
+            split: datasets.Dataset(pa.concat_tables(parts), split=datasets.Split(split))
+            for split, parts in sequences.items()
+        }
+    )
+    build = {**domains[0].build, "domains": names}
+    return MultiModalDomain(name or "+".join(names), mixed_sequences, mixed_items, build)
+
+
+def domain_statistics(domain: MultiModalDomain) -> dict[str, float | int | dict]:
+    """Statistics of a built domain, computed from its tables.
+
+    `interactions` counts each user's items once: the test history plus its target (the full chronological
+    sequence of the user when it is not longer than the builder's `max_history`).
+    """
+    test = domain.sequences["test"].data.table
+    lengths = pc.list_value_length(test["history"].combine_chunks()).to_numpy() + 1
+    items = domain.items.data.table
+    stats: dict[str, float | int | dict] = {
+        "users": int(pc.count_distinct(test["user"]).as_py()),
+        "items": len(domain.items),
+        "interactions": int(lengths.sum()),
+        "avg_sequence_length": float(lengths.mean()) if len(lengths) else 0.0,
+        "max_sequence_length": int(lengths.max()) if len(lengths) else 0,
+        "items_with_text": int(pc.sum(items["has_text"]).as_py() or 0),
+        "items_with_image": int(pc.sum(items["has_image"]).as_py() or 0),
+        "examples": {split: len(domain.sequences[split]) for split in SPLITS},
+        "feature_dims": {
+            name: domain.items.features[name].length
+            for name in ("text_features", "image_features", "alt_text_features")
+            if name in domain.items.features
+        },
+    }
+    stats["density"] = stats["interactions"] / max(1, stats["users"] * stats["items"])
+    return stats
