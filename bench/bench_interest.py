@@ -42,16 +42,16 @@ import hashlib
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import sklearn
 import torch
+from common import best_time, memory_status, reset_peak_memory
+from common import machine_info as common_machine_info
 from sklearn.cluster import MiniBatchKMeans
 from torch.nn.utils.rnn import pad_sequence
 
@@ -70,48 +70,13 @@ TOKEN_BATCH, TOKEN_LENGTH, TOKEN_MODALITIES, TOKEN_VOCAB = 4096, 50, 2, 2000
 METHODS = ("ours", "sklearn")
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (or `platform.processor()` where that file is missing)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict[str, object]:
-    """Versions, thread count and CPU of the machine this benchmark runs on."""
-    return {
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "sklearn_version": sklearn.__version__,
-        "numpy_version": np.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average_1min_at_start": os.getloadavg()[0],
-        "library_sha256": library_sha256(),
-    }
-
+    """The machine's description (see `common.machine_info`) plus sklearn's version and the library's hash."""
+    return {**common_machine_info(), "sklearn_version": sklearn.__version__, "library_sha256": library_sha256()}
 
 def library_sha256() -> str:
     """SHA-256 of the `interest_missrec.py` source, to tell whether every process ran the same library code."""
     return hashlib.sha256(Path(interest_missrec.__file__).read_bytes()).hexdigest()
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall-clock seconds of `repeats` calls of `fn`, after one untimed warm-up call."""
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def matmul_gflops(repeats: int) -> float:
@@ -134,23 +99,6 @@ def make_data(n: int, num_centres: int) -> np.ndarray:
     for start in range(0, n, step):
         x[start : start + step] += centres[members[start : start + step]]
     return x
-
-
-def memory_status() -> dict[str, int]:
-    """Current (`VmRSS`) and peak (`VmHWM`) resident memory of this process, in KiB."""
-    with open("/proc/self/status") as f:
-        fields = dict(line.split(":", 1) for line in f)
-    return {key: int(fields[key].split()[0]) for key in ("VmRSS", "VmHWM")}
-
-
-def reset_peak_memory() -> bool:
-    """Reset this process's peak-RSS counter to its current RSS; False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
 
 
 def fit(method: str, x: np.ndarray, num_clusters: int) -> tuple[torch.Tensor, int]:

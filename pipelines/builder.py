@@ -48,7 +48,8 @@ class MISSRecDomainConfig(datasets.BuilderConfig):
     """One table of one domain.
 
     Attributes:
-        domain: an Amazon domain of the paper (`AMAZON_CATEGORIES`) or `"demo"`.
+        domain: an Amazon domain of the paper (`AMAZON_CATEGORIES`), `"demo"`, or, for `source="missrec"`, the
+            file prefix of one's own domain (letters, digits, `_`).
         table: `"sequences"` or `"items"`.
         source: `"missrec"`, `"raw"` or `"demo"` (see the module docstring); `"demo"` for the demo domain.
         text_dim, image_dim: feature widths of the MISSRec files (512 for CLIP ViT-B/32).
@@ -85,8 +86,11 @@ class MISSRecDomainConfig(datasets.BuilderConfig):
 
     def validate(self) -> None:
         """Raise a `ValueError` naming the first invalid field (`datasets` sets overrides without `__post_init__`)."""
-        if self.domain != "demo" and self.domain not in AMAZON_CATEGORIES:
-            raise ValueError(f"domain={self.domain!r} is not one of {[*AMAZON_CATEGORIES, 'demo']}")
+        if self.source == "raw" and self.domain not in AMAZON_CATEGORIES:
+            known = list(AMAZON_CATEGORIES)
+            raise ValueError(f"source='raw' needs an Amazon domain, one of {known}; got {self.domain!r}")
+        if not self.domain.replace("_", "").isalnum():
+            raise ValueError(f"domain={self.domain!r} must be a file prefix of letters, digits and '_'")
         if self.table not in TABLES:
             raise ValueError(f"table={self.table!r} is not one of {list(TABLES)}")
         if self.source not in SOURCES:

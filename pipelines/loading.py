@@ -48,7 +48,8 @@ def load_domain(
     """Build (or reuse from the `datasets` cache) both tables of a domain.
 
     Args:
-        domain: `"demo"` or an Amazon domain (`"Scientific"`, `"Food"`, ...).
+        domain: `"demo"`, an Amazon domain (`"Scientific"`, `"Food"`, ...) or the file prefix of one's own
+            MISSRec-format domain.
         source: `"missrec"` (default for Amazon domains), `"raw"` or `"demo"` (the demo domain's only source).
         data_dir: folder of the MISSRec files or of the raw 2018 files.
         cache_dir: the `datasets` cache folder (default: the `datasets` default).
@@ -60,8 +61,12 @@ def load_domain(
     source = source or ("demo" if domain == "demo" else "missrec")
     tables = {}
     for table in ("sequences", "items"):
+        # Own domains (not among the predefined configs) get a custom config derived from the default one.
+        known = f"{domain}-{table}" in MISSRecAmazon.builder_configs
         builder = MISSRecAmazon(
-            config_name=f"{domain}-{table}",
+            config_name=f"{domain}-{table}" if known else None,
+            domain=domain,
+            table=table,
             cache_dir=None if cache_dir is None else str(cache_dir),
             data_dir=None if data_dir is None else str(data_dir),
             source=source,

@@ -234,8 +234,12 @@ def test_bad_feature_files_and_missing_files(scientific_copy):
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(ValueError, match="'Garden-sequences' not found. Available: \\['Food-sequences'"):
+    with pytest.raises(FileNotFoundError, match="Garden.item2index"):  # an own domain: its files are read
         load_domain("Garden", data_dir=tmp_path, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="source='raw' needs an Amazon domain"):
+        load_domain("Garden", source="raw", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="must be a file prefix"):
+        load_domain("../Garden", data_dir=tmp_path, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="reads the Scientific.\\* files from data_dir"):
         load_domain("Scientific", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="source='demo' goes with domain='demo' only"):
