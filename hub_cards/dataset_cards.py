@@ -8,6 +8,7 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..pipelines.domain_data import SPLITS
+from ..pipelines.files import write_atomically
 from ..pipelines.loading import MultiModalDomain, domain_statistics
 
 TEMPLATE = Path(__file__).with_name("dataset_card_template.md")
@@ -110,8 +111,6 @@ def export_domain(domain: MultiModalDomain, folder: str | os.PathLike, repo_id: 
     for (config, split), table in tables.items():
         target = folder / "data" / config / f"{split}-00000-of-00001.parquet"
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        table.to_parquet(str(tmp))
-        os.replace(tmp, target)
+        write_atomically(target, table.to_parquet)
     dataset_card(domain, repo_id).save(folder / "README.md")
     return folder

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from .domain_data import AMAZON_CATEGORIES, DomainData, leave_one_out
+from .feature_extraction import TEXT_KINDS, extract_image_features, extract_text_features
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ AMAZON_2018_META_FOLDER = "metaFiles2"
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # preference order when an ASIN has several files
 TEXT_FIELDS = ("title", "category", "brand")
-TEXT_ENCODERS = ("clip", "sentence")
 MAX_FIELD_CHARS = 2000  # UniSRec drops a cleaned field this long or longer (pages of HTML/JS in some titles)
 _TAG = re.compile(r"<[^<>]*>")
 _SPACE = re.compile(r"\s+")
@@ -161,7 +161,8 @@ def iter_json_lines(
             tqdm(desc=desc or f"reading {path.name}", unit=" lines", disable=not progress) as bar,
         ):
             for lineno, line in enumerate(f, 1):
-                bar.update()
+                if lineno % 10_000 == 0:  # a bar update per line would cost more than the parsing
+                    bar.update(10_000)
                 if not line.strip():
                     continue
                 try:
@@ -171,6 +172,7 @@ def iter_json_lines(
                 if not isinstance(record, dict):
                     raise ValueError(f"{path}:{lineno}: expected an object, got {type(record).__name__}")
                 yield lineno, record
+            bar.update(lineno % 10_000)
     except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError; a truncated stream an EOFError
         if isinstance(error, FileNotFoundError):
             raise
@@ -536,8 +538,8 @@ def prepare_amazon_2018(
         FileNotFoundError: a missing review, metadata or image location.
         ValueError: a malformed line (names the file and line), bad arguments, or no user left after filtering.
     """
-    if text_encoder not in TEXT_ENCODERS:
-        raise ValueError(f"text_encoder={text_encoder!r}; expected one of {list(TEXT_ENCODERS)}")
+    if text_encoder not in TEXT_KINDS:
+        raise ValueError(f"text_encoder={text_encoder!r}; expected one of {list(TEXT_KINDS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     read = read_amazon_2018(
@@ -550,7 +552,6 @@ def prepare_amazon_2018(
         max_history=max_history,
         progress=progress,
     )
-    from .feature_extraction import extract_image_features, extract_text_features
 
     data = read.data
     texts = [str(t) for t in data.texts]

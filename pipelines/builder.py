@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from .demo_data import make_demo_domain
 from .domain_data import AMAZON_CATEGORIES, FEATURE_COLUMNS, SPLITS, DomainData
+from .files import write_atomically
 from .missrec_files import read_missrec_folder, write_missrec_folder
 
 TABLES = ("sequences", "items")
@@ -52,8 +53,8 @@ class MISSRecDomainConfig(datasets.BuilderConfig):
             file prefix of one's own domain (letters, digits, `_`).
         table: `"sequences"` or `"items"`.
         source: `"missrec"`, `"raw"` or `"demo"` (see the module docstring); `"demo"` for the demo domain.
-        text_dim, image_dim: feature widths of the MISSRec files (512 for CLIP ViT-B/32).
-        max_history: most recent items kept per history.
+        text_dim, image_dim: feature widths of the MISSRec files (512 for CLIP ViT-B/32), and of the demo domain.
+        max_history: most recent items kept per history (every source).
         min_interactions: k of the k-core filtering of raw reviews (users and items).
         text_encoder: `"clip"` (CLIP text tower) or `"sentence"` (a sentence encoder, e.g. MiniLM) for raw data.
         text_model, image_model: local path or Hub id of the text / CLIP image model (`None`: the defaults of
@@ -61,6 +62,8 @@ class MISSRecDomainConfig(datasets.BuilderConfig):
         image_dir: local folder of item images named by source id, for raw data (`None`: no images).
         device, batch_size: where and in what batches features are extracted.
         demo_num_items, demo_num_users, demo_seed: size and seed of the demo domain.
+        data_fingerprint: names, sizes and modification times of the input files (set by `load_domain`), so
+            the cache is rebuilt when the files change.
     """
 
     domain: str = "Scientific"
@@ -79,6 +82,7 @@ class MISSRecDomainConfig(datasets.BuilderConfig):
     demo_num_items: int = 600
     demo_num_users: int = 1000
     demo_seed: int = 0
+    data_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -181,9 +185,11 @@ class MISSRecAmazon(datasets.ArrowBasedBuilder):
         if config.source == "missrec":
             if config.data_dir is None:
                 raise ValueError(f"source='missrec' reads the {config.domain}.* files from data_dir; none was given")
-            return read_missrec_folder(
+            data = read_missrec_folder(
                 config.data_dir, config.domain, text_dim=config.text_dim, image_dim=config.image_dim
             )
+            data.splits = {name: split.keep_recent(config.max_history) for name, split in data.splits.items()}
+            return data
         return read_missrec_folder(self._prepare_raw(dl_manager), config.domain, **self._prepared_dims())
 
     def _prepared_dims(self) -> dict[str, int]:
@@ -193,24 +199,21 @@ class MISSRecAmazon(datasets.ArrowBasedBuilder):
 
     def _prepared_folder(self) -> Path:
         config = self.config
-        settings = [config.data_dir, config.min_interactions, config.max_history, config.text_encoder]
+        settings = [config.data_dir, config.data_fingerprint, config.min_interactions, config.max_history]
+        settings += [config.text_encoder]
         settings += [config.text_model, config.image_model, config.image_dir]
         key = datasets.fingerprint.Hasher.hash(settings)
         return Path(self._cache_dir_root) / "missrec_prepared" / f"{config.domain}-{key}"
 
     def _prepare_raw(self, dl_manager: datasets.DownloadManager) -> Path:
         """Raw 2018 files -> MISSRec files in the cache, once per raw setting (shared by both tables)."""
-        from .amazon_raw import prepare_amazon_2018, raw_file_urls
+        from .amazon_raw import prepare_amazon_2018, raw_file_names, raw_file_urls
 
         config, folder = self.config, self._prepared_folder()
-        if (folder / "dims.txt").is_file():
+        if (folder / "dims.txt").is_file() and not dl_manager.download_config.force_download:
             return folder
-        category = AMAZON_CATEGORIES[config.domain]
         if config.data_dir is not None:
-            files = {
-                "reviews": os.path.join(config.data_dir, f"{category}.json.gz"),
-                "meta": os.path.join(config.data_dir, f"meta_{category}.json.gz"),
-            }
+            files = {key: os.path.join(config.data_dir, name) for key, name in raw_file_names(config.domain).items()}
         else:
             files = dl_manager.download(raw_file_urls(config.domain))
         data = prepare_amazon_2018(
@@ -229,9 +232,7 @@ class MISSRecAmazon(datasets.ArrowBasedBuilder):
         )
         write_missrec_folder(data, folder)
         dims = f"{data.features['text_features'].shape[1]} {data.features['image_features'].shape[1]}"
-        tmp = folder / "dims.txt.tmp"
-        tmp.write_text(dims)
-        os.replace(tmp, folder / "dims.txt")  # written last: marks the folder complete
+        write_atomically(folder / "dims.txt", lambda file: file.write(dims.encode()))  # last: marks it complete
         return folder
 
     def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:

@@ -15,11 +15,18 @@ import numpy as np
 import torch
 
 
+def arrow_table(dataset: datasets.Dataset):
+    """The Arrow table of `dataset` in its row order (a `select`/`shuffle`/`filter` view is materialised first)."""
+    if dataset._indices is not None:
+        dataset = dataset.flatten_indices()
+    return dataset.data.table
+
+
 def feature_matrix(items: datasets.Dataset, column: str) -> np.ndarray:
-    """A fixed-width feature column of `items` as a `[N, d]` float32 array, zero-copy from Arrow where possible."""
+    """A fixed-width feature column of `items` as a `[N, d]` float32 array (zero-copy for a single Arrow chunk)."""
     if column not in items.features:
         raise ValueError(f"the items table has no column {column!r}; it has {list(items.features)}")
-    data = items.data.table[column].combine_chunks()
+    data = arrow_table(items)[column].combine_chunks()
     return data.flatten().to_numpy(zero_copy_only=False).reshape(len(data), items.features[column].length)
 
 
@@ -77,15 +84,20 @@ class SequenceCollator:
             and text_features.shape != alt_text_features.shape
         ):
             raise ValueError(f"text views differ in shape: {text_features.shape} vs {alt_text_features.shape}")
-        history = sequences.data.table["history"].combine_chunks()
+        table = arrow_table(sequences)
+        history = table["history"].combine_chunks()
         self.offsets = history.offsets.to_numpy() - history.offsets[0].as_py()
         self.items = history.flatten().to_numpy()
-        self.targets = sequences.data.table["target"].to_numpy()
+        self.targets = table["target"].to_numpy()
         self.max_seq_length = max_seq_length
         self.item_drop_ratio = item_drop_ratio
         self.word_drop_ratio = word_drop_ratio
-        self.text_features = text_features
-        self.alt_text_features = alt_text_features
+        # Row 0 = padding, rows 1..N = text, N+1..2N = the alternative view: word drop is then one gather.
+        self.text_views = (
+            None
+            if word_drop_ratio == 0
+            else np.concatenate([np.zeros_like(text_features[:1]), text_features, alt_text_features])
+        )
         self.generator = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -125,8 +137,8 @@ class SequenceCollator:
         batch["augmented_item_seq"] = torch.from_numpy(augmented)
         batch["augmented_lengths"] = torch.from_numpy(augmented_lengths)
         if self.word_drop_ratio > 0:
-            rows_of = np.maximum(augmented - 1, 0)
-            swap = (self.generator.random(augmented.shape) < self.word_drop_ratio)[..., None]
-            text = np.where(swap, self.alt_text_features[rows_of], self.text_features[rows_of])
-            batch["augmented_text_features"] = torch.from_numpy(text * (augmented != 0)[..., None])
+            swap = self.generator.random(augmented.shape) < self.word_drop_ratio
+            num_items = (len(self.text_views) - 1) // 2
+            views = np.where(augmented != 0, augmented + swap * num_items, 0)
+            batch["augmented_text_features"] = torch.from_numpy(self.text_views[views])
         return batch

@@ -66,6 +66,15 @@ class SequenceSplit:
         """`[R]` history lengths."""
         return np.diff(self.offsets)
 
+    def keep_recent(self, max_history: int) -> SequenceSplit:
+        """This split with every history cut to its `max_history` most recent items (itself if none is longer)."""
+        lengths = np.minimum(self.lengths, max_history)
+        if np.array_equal(lengths, self.lengths):
+            return self
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        index = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - (self.offsets[1:] - lengths), lengths)
+        return SequenceSplit(self.users, offsets, self.items[index], self.targets)
+
     def history(self, row: int) -> np.ndarray:
         """The history of example `row` (int32 item ids, oldest first)."""
         return self.items[self.offsets[row] : self.offsets[row + 1]]

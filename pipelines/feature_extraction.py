@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -40,6 +39,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, CLIPModel
+
+from .files import write_atomically
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 TEXT_KINDS = ("clip", "sentence")
@@ -205,7 +206,7 @@ def _extract(
             rows = slice(index * shard_size, (index + 1) * shard_size)
             shards[index] = _encode_shard(items[rows], present[rows], encoder, batch_size, sort_key, bar)
             if shard_dir is not None:
-                _save_atomically(shard_dir / f"{index:06d}.npy", partial(np.save, arr=shards[index]))
+                write_atomically(shard_dir / f"{index:06d}.npy", partial(np.save, arr=shards[index]))
     if not shards:
         return np.zeros((0, load_encoder()[1]), dtype=np.float32)
     return np.concatenate(shards)
@@ -347,7 +348,7 @@ def _check_manifest(shard_dir: Path, manifest: dict[str, Any]) -> None:
     shard_dir.mkdir(parents=True, exist_ok=True)
     if any(shard_dir.glob("*.npy")):
         raise ValueError(f"{os.fspath(shard_dir)!r} holds .npy files but no {MANIFEST_NAME}; use an empty shard_dir.")
-    _save_atomically(manifest_path, lambda file: file.write(json.dumps(manifest, indent=2).encode()))
+    write_atomically(manifest_path, lambda file: file.write(json.dumps(manifest, indent=2).encode()))
 
 
 def _load_shard(shard_dir: Path, index: int, num_rows: int) -> np.ndarray | None:
@@ -362,15 +363,3 @@ def _load_shard(shard_dir: Path, index: int, num_rows: int) -> np.ndarray | None
             "delete it to recompute it."
         )
     return shard
-
-
-def _save_atomically(path: Path, write: Callable[[Any], Any]) -> None:
-    """Call `write(binary file)` on a temporary file next to `path`, then move it into place."""
-    file = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with file:
-            write(file)
-        os.replace(file.name, path)
-    except BaseException:
-        Path(file.name).unlink(missing_ok=True)
-        raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .builder import ITEMS_SPLIT, MISSRecAmazon
+from .collator import arrow_table
 from .domain_data import SPLITS
 
 
@@ -37,12 +39,25 @@ class MultiModalDomain:
         return len(self.items)
 
 
+def files_fingerprint(*folders: str | os.PathLike | None) -> str | None:
+    """A hash of the names, sizes and modification times of the files in `folders` (None if none is given)."""
+    entries = []
+    for folder in folders:
+        if folder is not None and Path(folder).is_dir():
+            for path in sorted(Path(folder).rglob("*")):
+                if path.is_file():
+                    stat = path.stat()
+                    entries.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return datasets.fingerprint.Hasher.hash(entries) if entries else None
+
+
 def load_domain(
     domain: str = "demo",
     *,
     source: str | None = None,
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    download_mode: str | None = None,
     **config_kwargs,
 ) -> MultiModalDomain:
     """Build (or reuse from the `datasets` cache) both tables of a domain.
@@ -52,27 +67,31 @@ def load_domain(
             MISSRec-format domain.
         source: `"missrec"` (default for Amazon domains), `"raw"` or `"demo"` (the demo domain's only source).
         data_dir: folder of the MISSRec files or of the raw 2018 files.
-        cache_dir: the `datasets` cache folder (default: the `datasets` default).
+        cache_dir: the `datasets` cache folder (default: the `datasets` default). Tables are rebuilt when the
+            settings or the files in `data_dir` / `image_dir` (names, sizes, modification times) change.
+        download_mode: `datasets` download mode; `"force_redownload"` rebuilds everything, raw preparation too.
         config_kwargs: other [`MISSRecDomainConfig`] fields (`text_dim`, `text_encoder`, `image_dir`, ...).
 
     Returns:
         A [`MultiModalDomain`].
     """
     source = source or ("demo" if domain == "demo" else "missrec")
+    fingerprint = files_fingerprint(data_dir, config_kwargs.get("image_dir"))
     tables = {}
     for table in ("sequences", "items"):
         # Own domains (not among the predefined configs) get a custom config derived from the default one.
-        known = f"{domain}-{table}" in MISSRecAmazon.builder_configs
+        name = f"{domain}-{table}"
+        known = name in MISSRecAmazon.builder_configs
         builder = MISSRecAmazon(
-            config_name=f"{domain}-{table}" if known else None,
-            domain=domain,
-            table=table,
+            config_name=name if known else None,
+            **({} if known else {"name": name, "domain": domain, "table": table}),
+            data_fingerprint=fingerprint,
             cache_dir=None if cache_dir is None else str(cache_dir),
             data_dir=None if data_dir is None else str(data_dir),
             source=source,
             **config_kwargs,
         )
-        builder.download_and_prepare()
+        builder.download_and_prepare(download_mode=download_mode)
         tables[table] = builder.as_dataset()
     build = {key: getattr(builder.config, key) for key in ("source", "max_history", "min_interactions", "text_encoder")}
     return MultiModalDomain(domain, tables["sequences"], tables["items"][ITEMS_SPLIT], build)
@@ -139,14 +158,16 @@ def mix_domains(domains: Sequence[MultiModalDomain], name: str | None = None) ->
 def domain_statistics(domain: MultiModalDomain) -> dict[str, float | int | dict]:
     """Statistics of a built domain, computed from its tables.
 
-    `interactions` counts each user's items once: the test history plus its target (the full chronological
-    sequence of the user when it is not longer than the builder's `max_history`).
+    A user's sequence length is its number of training examples + 3 (leave-one-out makes one example per
+    prefix, plus the validation and test targets), so capped histories do not shorten the counts.
     """
-    test = domain.sequences["test"].data.table
-    lengths = pc.list_value_length(test["history"].combine_chunks()).to_numpy() + 1
-    items = domain.items.data.table
+    users = pc.unique(arrow_table(domain.sequences["test"])["user"])
+    train_counts = pc.value_counts(arrow_table(domain.sequences["train"])["user"])
+    per_user = dict(zip(train_counts.field("values").to_pylist(), train_counts.field("counts").to_pylist()))
+    lengths = np.array([per_user.get(user, 0) + 3 for user in users.to_pylist()], dtype=np.int64)
+    items = arrow_table(domain.items)
     stats: dict[str, float | int | dict] = {
-        "users": int(pc.count_distinct(test["user"]).as_py()),
+        "users": len(users),
         "items": len(domain.items),
         "interactions": int(lengths.sum()),
         "avg_sequence_length": float(lengths.mean()) if len(lengths) else 0.0,

@@ -15,11 +15,14 @@ Every malformed line raises a `ValueError` naming the file and the line; nothing
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .domain_data import DomainData, SequenceSplit
+from .files import write_atomically
 
 INTER_HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token"
 TEXT_HEADER = "item_id:token\ttext:token_seq"
@@ -36,69 +39,88 @@ def _path(folder: str | os.PathLike, domain: str, suffix: str, required: bool = 
     return path
 
 
+def _rows(path: Path, columns: int, header: str | None = None) -> Iterator[tuple[int, list[str]]]:
+    """(line number, tab-separated fields) of each line after the optional `header`; a wrong count raises."""
+    with open(path, encoding="utf-8") as f:
+        if header is not None and (first := f.readline().rstrip("\n")) != header:
+            raise ValueError(f"{path}:1: expected the header {header!r}, got {first!r}")
+        for lineno, line in enumerate(f, 1 if header is None else 2):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) != columns:
+                raise ValueError(f"{path}:{lineno}: expected {columns} tab-separated columns, got {len(fields)}")
+            yield lineno, fields
+
+
 def _read_index(path: Path) -> dict[str, int]:
     """`token<TAB>index` lines -> {token: index}; indices must be exactly 0..n-1."""
     index: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != 2:
-                raise ValueError(f"{path}:{lineno}: expected 2 tab-separated columns, got {len(fields)}")
-            try:
-                index[fields[0]] = int(fields[1])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: index {fields[1]!r} is not an integer") from None
+    for lineno, (token, value) in _rows(path, 2):
+        try:
+            index[token] = int(value)
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: index {value!r} is not an integer") from None
     values = np.fromiter(index.values(), dtype=np.int64, count=len(index))
     if not np.array_equal(np.sort(values), np.arange(len(values))):
         raise ValueError(f"{path}: indices must be 0..{len(values) - 1}, each once, one per distinct token")
     return index
 
 
+def _as_indices(path: Path, linenos: list[int], fields: list[str], what: str) -> np.ndarray:
+    """Parse whitespace-separated integer `fields` (one string per line) in one numpy call; name a bad line."""
+    try:
+        return np.array(" ".join(fields).split(), dtype=np.int64)
+    except ValueError:
+        for lineno, field in zip(linenos, fields):
+            if not all(token.lstrip("-").isdigit() for token in field.split()):
+                raise ValueError(f"{path}:{lineno}: {what} {field!r} is not made of integer indices") from None
+        raise
+
+
 def _read_inter(path: Path, users: np.ndarray, num_items: int) -> SequenceSplit:
-    """One `.inter` file -> a [`SequenceSplit`] with 1-based item ids."""
-    user_rows, lengths, flat, targets = [], [], [], []
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n")
-        if header != INTER_HEADER:
-            raise ValueError(f"{path}:1: expected the header {INTER_HEADER!r}, got {header!r}")
-        for lineno, line in enumerate(f, 2):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != 3:
-                raise ValueError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(fields)}")
-            try:
-                user, history, target = int(fields[0]), [int(t) for t in fields[1].split()], int(fields[2])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: user, history and target must be integer indices") from None
-            if not 0 <= user < len(users):
-                raise ValueError(f"{path}:{lineno}: user index {user} is not in user2index (0..{len(users) - 1})")
-            bad = [i for i in (*history, target) if not 0 <= i < num_items]
-            if bad:
-                raise ValueError(f"{path}:{lineno}: item index {bad[0]} is not in item2index (0..{num_items - 1})")
-            if not history:
-                raise ValueError(f"{path}:{lineno}: empty history")
-            user_rows.append(user)
-            lengths.append(len(history))
-            flat.extend(history)
-            targets.append(target)
-    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-    return SequenceSplit(users[np.array(user_rows, dtype=np.int64)], offsets, np.array(flat) + 1, np.array(targets) + 1)
+    """One `.inter` file -> a [`SequenceSplit`] with 1-based item ids (parsing and checks vectorised)."""
+    linenos, user_fields, history_fields, target_fields = [], [], [], []
+    for lineno, (user, history, target) in _rows(path, 3, INTER_HEADER):
+        linenos.append(lineno)
+        user_fields.append(user)
+        history_fields.append(history)
+        target_fields.append(target)
+    user_ids = _as_indices(path, linenos, user_fields, "user")
+    targets = _as_indices(path, linenos, target_fields, "target")
+    lengths = np.array([len(h.split()) for h in history_fields], dtype=np.int64)
+    items = _as_indices(path, linenos, history_fields, "history")
+    if len(user_ids) != len(linenos) or len(targets) != len(linenos):
+        row = next(
+            r for r, (u, t) in enumerate(zip(user_fields, target_fields)) if len(u.split()) != 1 or len(t.split()) != 1
+        )
+        raise ValueError(f"{path}:{linenos[row]}: user and target must be one integer index each")
+    if (lengths == 0).any():
+        raise ValueError(f"{path}:{linenos[int(np.argmax(lengths == 0))]}: empty history")
+    bad_users = np.flatnonzero((user_ids < 0) | (user_ids >= len(users)))
+    if bad_users.size:
+        row = bad_users[0]
+        raise ValueError(
+            f"{path}:{linenos[row]}: user index {user_ids[row]} is not in user2index (0..{len(users) - 1})"
+        )
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    # An item position's line: the history it belongs to, or the target column.
+    for ids, line_of in ((items, np.searchsorted(offsets, np.arange(len(items)), side="right") - 1), (targets, None)):
+        bad = np.flatnonzero((ids < 0) | (ids >= num_items))
+        if bad.size:
+            row = bad[0] if line_of is None else line_of[bad[0]]
+            raise ValueError(
+                f"{path}:{linenos[row]}: item index {ids[bad[0]]} is not in item2index (0..{num_items - 1})"
+            )
+    return SequenceSplit(users[user_ids], offsets, items + 1, targets + 1)
 
 
 def _read_texts(path: Path | None, item_index: dict[str, int]) -> np.ndarray:
     texts = np.full(len(item_index), "", dtype=object)
     if path is None:
         return texts
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n")
-        if header != TEXT_HEADER:
-            raise ValueError(f"{path}:1: expected the header {TEXT_HEADER!r}, got {header!r}")
-        for lineno, line in enumerate(f, 2):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != 2:
-                raise ValueError(f"{path}:{lineno}: expected 2 tab-separated columns, got {len(fields)}")
-            # The released files hold texts of items outside the index too (dropped by filtering): skip them.
-            if fields[0] in item_index:
-                texts[item_index[fields[0]]] = fields[1].strip()
+    for _, (source_id, text) in _rows(path, 2, TEXT_HEADER):
+        # The released files hold texts of items outside the index too (dropped by filtering): skip them.
+        if source_id in item_index:
+            texts[item_index[source_id]] = text.strip()
     return texts
 
 
@@ -155,12 +177,6 @@ def read_missrec_folder(
     )
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_missrec_folder(data: DomainData, folder: str | os.PathLike) -> Path:
     """Write `data` in the MISSRec/UniSRec format (the inverse of [`read_missrec_folder`]).
 
@@ -176,18 +192,15 @@ def write_missrec_folder(data: DomainData, folder: str | os.PathLike) -> Path:
         for user in split.users:
             users.setdefault(user, len(users))
 
-    def lines(path: Path, rows) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(rows)
+    def lines(rows) -> Callable[[BinaryIO], None]:
+        return lambda file: file.writelines(row.encode("utf-8") for row in rows)
 
     name = data.name
-    _write_atomic(
-        folder / f"{name}.item2index", lambda p: lines(p, (f"{s}\t{i}\n" for i, s in enumerate(data.source_ids)))
-    )
-    _write_atomic(folder / f"{name}.user2index", lambda p: lines(p, (f"{u}\t{i}\n" for u, i in users.items())))
-    _write_atomic(
+    write_atomically(folder / f"{name}.item2index", lines((f"{s}\t{i}\n" for i, s in enumerate(data.source_ids))))
+    write_atomically(folder / f"{name}.user2index", lines((f"{u}\t{i}\n" for u, i in users.items())))
+    write_atomically(
         folder / f"{name}.text",
-        lambda p: lines(p, [TEXT_HEADER + "\n", *(f"{s}\t{t}\n" for s, t in zip(data.source_ids, data.texts) if t)]),
+        lines([TEXT_HEADER + "\n", *(f"{s}\t{t}\n" for s, t in zip(data.source_ids, data.texts) if t)]),
     )
     for split_name, suffix in SPLIT_FILES.items():
         split = data.splits[split_name]
@@ -195,9 +208,9 @@ def write_missrec_folder(data: DomainData, folder: str | os.PathLike) -> Path:
             f"{users[split.users[r]]}\t{' '.join(map(str, split.history(r) - 1))}\t{split.targets[r] - 1}\n"
             for r in range(len(split))
         )
-        _write_atomic(folder / f"{name}.{suffix}", lambda p, rows=rows: lines(p, [INTER_HEADER + "\n", *rows]))
+        write_atomically(folder / f"{name}.{suffix}", lines([INTER_HEADER + "\n", *rows]))
     for feature_name, suffix in FEATURE_FILES.items():
         if feature_name in data.features:
             table = np.ascontiguousarray(data.features[feature_name], dtype="<f4")
-            _write_atomic(folder / f"{name}.{suffix}", table.tofile)
+            write_atomically(folder / f"{name}.{suffix}", table.tofile)
     return folder

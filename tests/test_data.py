@@ -122,8 +122,8 @@ def test_builder_caches_and_mixes_domains(tmp_path):
         mix_domains([first, first])
 
 
-def test_collator_pads_recent_items_and_augments():
-    sequences = load_domain("demo", demo_num_items=60, demo_num_users=40).sequences["train"]
+def test_collator_pads_recent_items_and_augments(tmp_path):
+    sequences = load_domain("demo", cache_dir=tmp_path, demo_num_items=60, demo_num_users=40).sequences["train"]
     histories = sequences["history"]
     collator = SequenceCollator(sequences, max_seq_length=4)
     rows = [0, 5, 17]
@@ -198,7 +198,7 @@ def _corrupt_line(path: Path, lineno: int, text: str) -> None:
     ("suffix", "lineno", "line", "message"),
     [
         ("train.inter", 3, "0\t0 1\n", "train.inter:3: expected 3 tab-separated columns, got 2"),
-        ("valid.inter", 2, "0\t0 x 2\t3\n", "valid.inter:2: user, history and target must be integer"),
+        ("valid.inter", 2, "0\t0 x 2\t3\n", "valid.inter:2: history '0 x 2' is not made of integer indices"),
         ("test.inter", 2, "0\t0 1 2 3\t1585\n", "test.inter:2: item index 1585 is not in item2index"),
         ("test.inter", 2, "2928\t0 1 2 3\t4\n", "test.inter:2: user index 2928 is not in user2index"),
         ("item2index", 1, "B00O47ILVA\tzero\n", "item2index:1: index 'zero' is not an integer"),
@@ -278,3 +278,37 @@ def test_build_command_prints_statistics(tmp_path, capsys):
     stats = main(["--domain", "Scientific", "--data_dir", str(SCIENTIFIC), "--cache_dir", str(tmp_path)])
     assert (stats["users"], stats["items"], stats["interactions"]) == (2928, 1585, 19712)
     assert '"interactions": 19712' in capsys.readouterr().out
+
+
+def test_collator_and_features_follow_a_selected_or_shuffled_view(tmp_path):
+    domain = load_domain("demo", cache_dir=tmp_path, demo_num_items=60, demo_num_users=40)
+    train = domain.sequences["train"]
+    view = train.select([7, 0, 3])
+    batch = SequenceCollator(view, 50)([0, 1, 2])
+    assert len(SequenceCollator(view, 50)) == 3
+    assert batch["labels"].tolist() == [train[7]["target"], train[0]["target"], train[3]["target"]]
+    shuffled = domain.items.shuffle(seed=0)
+    np.testing.assert_array_equal(
+        feature_matrix(shuffled, "text_features")[:5], np.array(shuffled[:5]["text_features"], dtype=np.float32)
+    )
+
+
+def test_cache_follows_file_changes_and_max_history_applies_to_files(tmp_path):
+    data = make_demo_domain(num_items=50, num_users=30, max_length=12, name="MyShop")
+    write_missrec_folder(data, tmp_path / "files")
+    first = load_domain("MyShop", data_dir=tmp_path / "files", cache_dir=tmp_path / "cache")
+    assert domain_statistics(first)["users"] == 30
+    assert first.sequences.cache_files["train"][0]["filename"].split("/")[-3].startswith("MyShop-sequences")
+    write_missrec_folder(make_demo_domain(num_items=50, num_users=10, name="MyShop"), tmp_path / "files")
+    assert domain_statistics(load_domain("MyShop", data_dir=tmp_path / "files", cache_dir=tmp_path / "cache"))[
+        "users"
+    ] == 10
+
+    write_missrec_folder(data, tmp_path / "files")
+    capped = load_domain("MyShop", data_dir=tmp_path / "files", cache_dir=tmp_path / "cache", max_history=3)
+    assert max(len(h) for h in capped.sequences["test"]["history"]) == 3
+    full = data.splits["test"]
+    assert capped.sequences["test"]["history"][0] == list(full.history(0)[-3:])
+    # Statistics count whole sequences, not the capped histories.
+    stats = domain_statistics(capped)
+    assert stats["interactions"] == int((full.lengths + 1).sum()) and stats["max_sequence_length"] > 4
