@@ -383,3 +383,19 @@ def test_builder_raw_source_prepares_once_and_serves_both_tables(tmp_path, monke
     assert test == {user: [ids[a] for a in seq] for user, seq in expected["sequences"].items()}
     images = feature_matrix(domain.items, "image_features")
     assert images.shape[1] == 16 and (np.abs(images).sum(1) > 0).tolist() == domain.items["has_image"]
+
+
+def test_builder_downloads_raw_files_when_no_data_dir_is_given(tmp_path, monkeypatch):
+    """Without `data_dir` the builder fetches the domain's files through the datasets download manager."""
+    from modeling_missrec.pipelines.loading import domain_statistics, load_domain
+
+    expected = write_raw_fixture(tmp_path / "raw", images=False)
+    urls = {"reviews": str(expected["reviews_path"]), "meta": str(expected["meta_path"])}
+    asked = []
+    monkeypatch.setattr(amazon_raw, "raw_file_urls", lambda domain: asked.append(domain) or urls)
+    domain = load_domain(
+        "Scientific", source="raw", cache_dir=tmp_path / "cache", text_model=save_tiny_clip(tmp_path / "c")
+    )
+    assert asked and set(asked) == {"Scientific"}
+    assert domain_statistics(domain)["users"] == len(expected["sequences"])
+    assert not any(domain.items["has_image"])

@@ -300,9 +300,10 @@ def test_cache_follows_file_changes_and_max_history_applies_to_files(tmp_path):
     assert domain_statistics(first)["users"] == 30
     assert first.sequences.cache_files["train"][0]["filename"].split("/")[-3].startswith("MyShop-sequences")
     write_missrec_folder(make_demo_domain(num_items=50, num_users=10, name="MyShop"), tmp_path / "files")
-    assert domain_statistics(load_domain("MyShop", data_dir=tmp_path / "files", cache_dir=tmp_path / "cache"))[
-        "users"
-    ] == 10
+    assert (
+        domain_statistics(load_domain("MyShop", data_dir=tmp_path / "files", cache_dir=tmp_path / "cache"))["users"]
+        == 10
+    )
 
     write_missrec_folder(data, tmp_path / "files")
     capped = load_domain("MyShop", data_dir=tmp_path / "files", cache_dir=tmp_path / "cache", max_history=3)
@@ -312,3 +313,27 @@ def test_cache_follows_file_changes_and_max_history_applies_to_files(tmp_path):
     # Statistics count whole sequences, not the capped histories.
     stats = domain_statistics(capped)
     assert stats["interactions"] == int((full.lengths + 1).sum()) and stats["max_sequence_length"] > 4
+
+
+def test_alternative_text_view_travels_from_files_to_the_word_drop(tmp_path):
+    data = make_demo_domain(num_items=40, num_users=20, text_dim=8, image_dim=8, name="Alt")
+    data.features["alt_text_features"] = -data.features["text_features"]
+    write_missrec_folder(data, tmp_path / "files")
+    assert (tmp_path / "files" / "Alt.feat2CLS").is_file()
+    domain = load_domain("Alt", data_dir=tmp_path / "files", cache_dir=tmp_path / "cache", text_dim=8, image_dim=8)
+    alt = feature_matrix(domain.items, "alt_text_features")
+    np.testing.assert_array_equal(alt, -data.features["text_features"])
+    collator = SequenceCollator(
+        domain.sequences["train"],
+        10,
+        word_drop_ratio=0.99,
+        text_features=feature_matrix(domain.items, "text_features"),
+        alt_text_features=alt,
+    )
+    batch = collator(range(len(collator)))
+    seq, text = batch["augmented_item_seq"], batch["augmented_text_features"]
+    present = seq != 0
+    rows = seq[present] - 1
+    from_alt = (text[present] == torch.tensor(alt)[rows]).all(-1)
+    from_text = (text[present] == torch.tensor(-alt)[rows]).all(-1)
+    assert (from_alt | from_text).all() and from_alt.float().mean() > 0.9
