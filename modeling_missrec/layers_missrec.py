@@ -4,6 +4,8 @@ torch's `nn.Transformer*` layers are avoided on purpose: their fused eval fast p
 weights and their packed `in_proj_weight` cannot be targeted by PEFT. Every projection here is a plain
 `nn.Linear`, so LoRA can target `q_proj`, `k_proj`, `v_proj`, `o_proj`, `fc1` and `fc2`.
 All blocks are post-LayerNorm, as in the paper's (torch default) Transformer.
+
+Also here, shared by MISSRec and the SASRec baseline: validation and truncation of left-aligned histories.
 """
 
 from __future__ import annotations
@@ -14,6 +16,80 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .configuration_missrec import MISSRecConfig
+
+
+def first_values(values: torch.Tensor, limit: int = 5) -> list:
+    """The first `limit` entries of `values` as a list, for error messages."""
+    return values.flatten()[:limit].tolist()
+
+
+def validate_history(
+    item_seq: torch.Tensor, lengths: torch.Tensor | None, num_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a batch of left-aligned histories and return it as `(item_seq [B, L] long, lengths [B] long)`.
+
+    Raises a `ValueError` naming the offending value for: a non-integer or non-2-D `item_seq`, item ids
+    outside `[0, num_items]`, `lengths` of the wrong shape or range, lengths that disagree with the padding
+    (histories are left-aligned, 0 = padding after the last item), and rows that hold only padding.
+
+    Args:
+        item_seq: `[B, L]` integer item ids, most recent last.
+        lengths: `[B]` items per row, or None to count them.
+        num_items: catalogue size; valid ids are `1..num_items`.
+    """
+    if item_seq.ndim != 2 or item_seq.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"item_seq must be an integer [B, L] tensor, got {item_seq.dtype} {tuple(item_seq.shape)}")
+    item_seq = item_seq.long()
+    out_of_range = item_seq[(item_seq < 0) | (item_seq > num_items)]
+    if out_of_range.numel():
+        raise ValueError(
+            f"item ids {first_values(out_of_range)} are outside the catalogue [1, {num_items}] (0 = padding)"
+        )
+    nonzero = item_seq != 0
+    positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+    if lengths is None:
+        lengths = nonzero.sum(1)
+    else:
+        lengths = torch.as_tensor(lengths, device=item_seq.device).long()
+        if lengths.shape != item_seq.shape[:1]:
+            raise ValueError(f"lengths has shape {tuple(lengths.shape)}; expected ({item_seq.shape[0]},)")
+        outside = lengths[(lengths < 0) | (lengths > item_seq.shape[1])]
+        if outside.numel():
+            raise ValueError(f"lengths {first_values(outside)} are outside [0, {item_seq.shape[1]}] (the padded width)")
+    misaligned = ((positions < lengths[:, None]) != nonzero).any(1).nonzero().flatten()
+    if misaligned.numel():
+        row = misaligned[0]
+        raise ValueError(
+            f"row {int(row)}: length {int(lengths[row])} disagrees with the padded history "
+            f"{item_seq[row].tolist()} (histories are left-aligned, 0 = padding after the last item)"
+        )
+    empty = (lengths == 0).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(f"rows {first_values(empty)} hold only padding: every history needs at least one item")
+    return item_seq, lengths
+
+
+def keep_most_recent(
+    item_seq: torch.Tensor, lengths: torch.Tensor, max_len: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Keep the `max_len` most recent items of validated left-aligned histories.
+
+    Args:
+        item_seq: `[B, L]` long; lengths: `[B]` long (from [`validate_history`]).
+        max_len: the longest history the model reads.
+
+    Returns:
+        `(item_seq [B, min(L, max_len)], lengths [B], index)`: `index` `[B, max_len]` holds the kept columns
+        (to gather per-position side inputs the same way), or is None when nothing was cut.
+    """
+    if item_seq.shape[1] <= max_len:
+        return item_seq, lengths, None
+    positions = torch.arange(max_len, device=item_seq.device)
+    start = (lengths - max_len).clamp_min(0)
+    index = (start[:, None] + positions).clamp_max(item_seq.shape[1] - 1)
+    lengths = lengths.clamp_max(max_len)
+    keep = positions < lengths[:, None]
+    return item_seq.gather(1, index) * keep, lengths, index
 
 
 def unpack(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,16 @@ from transformers.utils import ModelOutput
 
 from .configuration_missrec import MISSRecConfig
 from .interest_missrec import ClusteringResult, assign_to_nearest, dpc_knn, interest_tokens, kmeans
-from .layers_missrec import MISSRecDecoderLayer, MISSRecEncoderLayer, MISSRecItemFusion, PackedLayout, unpack
+from .layers_missrec import (
+    MISSRecDecoderLayer,
+    MISSRecEncoderLayer,
+    MISSRecItemFusion,
+    PackedLayout,
+    keep_most_recent,
+    unpack,
+    validate_history,
+)
+from .layers_missrec import first_values as _first
 
 FeatureTable = torch.Tensor | np.ndarray
 
@@ -70,10 +79,6 @@ class MISSRecPreTrainingOutput(ModelOutput):
     seq_item_loss: torch.FloatTensor | None = None
     seq_seq_loss: torch.FloatTensor | None = None
     diversity_loss: torch.FloatTensor | None = None
-
-
-def _first(values: torch.Tensor, limit: int = 5) -> list:
-    return values.flatten()[:limit].tolist()
 
 
 class MISSRecPreTrainedModel(PreTrainedModel):
@@ -362,35 +367,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self._check_catalogue()
         if self.config.num_interests == 0:
             raise ValueError("interests have not been discovered: call discover_interests() first")
-        if item_seq.ndim != 2 or item_seq.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"item_seq must be an integer [B, L] tensor, got {item_seq.dtype} {tuple(item_seq.shape)}")
-        item_seq = item_seq.long()
-        out_of_range = item_seq[(item_seq < 0) | (item_seq > self.config.num_items)]
-        if out_of_range.numel():
-            raise ValueError(
-                f"item ids {_first(out_of_range)} are outside the catalogue [1, {self.config.num_items}] (0 = padding)"
-            )
-        nonzero = item_seq != 0
-        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
-        if lengths is None:
-            lengths = nonzero.sum(1)
-        else:
-            lengths = torch.as_tensor(lengths, device=item_seq.device).long()
-            if lengths.shape != item_seq.shape[:1]:
-                raise ValueError(f"lengths has shape {tuple(lengths.shape)}; expected ({item_seq.shape[0]},)")
-            outside = lengths[(lengths < 0) | (lengths > item_seq.shape[1])]
-            if outside.numel():
-                raise ValueError(f"lengths {_first(outside)} are outside [0, {item_seq.shape[1]}] (the padded width)")
-        misaligned = ((positions < lengths[:, None]) != nonzero).any(1).nonzero().flatten()
-        if misaligned.numel():
-            row = misaligned[0]
-            raise ValueError(
-                f"row {int(row)}: length {int(lengths[row])} disagrees with the padded history "
-                f"{item_seq[row].tolist()} (histories are left-aligned, 0 = padding after the last item)"
-            )
-        empty = (lengths == 0).nonzero().flatten()
-        if empty.numel():
-            raise ValueError(f"rows {_first(empty)} hold only padding: every history needs at least one item")
+        item_seq, lengths = validate_history(item_seq, lengths, self.config.num_items)
         if text_features is not None and "text" not in self.modality_names:
             raise ValueError(f"text_features given but config.modalities={self.config.modalities!r}")
         if text_features is not None and text_features.shape[-1] != self.config.text_feature_dim:
@@ -402,15 +379,9 @@ class MISSRecModel(MISSRecPreTrainedModel):
                 f"text_features has shape {tuple(text_features.shape)}; expected [B, L, d] with [B, L] = "
                 f"{tuple(item_seq.shape)}"
             )
-        max_len = self.config.max_seq_length
-        if item_seq.shape[1] > max_len:
-            start = (lengths - max_len).clamp_min(0)
-            index = (start[:, None] + positions[:max_len]).clamp_max(item_seq.shape[1] - 1)
-            lengths = lengths.clamp_max(max_len)
-            keep = positions[:max_len] < lengths[:, None]
-            item_seq = item_seq.gather(1, index) * keep
-            if text_features is not None:
-                text_features = text_features.gather(1, index[..., None].expand(-1, -1, text_features.shape[-1]))
+        item_seq, lengths, index = keep_most_recent(item_seq, lengths, self.config.max_seq_length)
+        if index is not None and text_features is not None:
+            text_features = text_features.gather(1, index[..., None].expand(-1, -1, text_features.shape[-1]))
         return item_seq, lengths, text_features
 
     # ------------------------------------------------------------------ sequence side

@@ -1,0 +1,259 @@
+"""SASRec (Kang & McAuley, ICDM 2018), the ID-only baseline, as a Hugging Face `PreTrainedModel`.
+
+Follows RecBole's SASRec: item + learned position embeddings, LayerNorm, dropout, post-LayerNorm causal
+self-attention layers (no dropout inside the feed-forward), the output at the last item of each history,
+scores = that output · every item embedding, and the full-softmax cross-entropy ("CE") loss.
+The attention and feed-forward blocks are MISSRec's (separate `q_proj/k_proj/v_proj/o_proj`, `fc1/fc2`
+`nn.Linear`s), so PEFT can target the same module names in both models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_sasrec import SASRecConfig
+from .layers_missrec import (
+    MISSRecAttention,
+    MISSRecFeedForward,
+    MISSRecSublayer,
+    first_values,
+    keep_most_recent,
+    validate_history,
+)
+
+
+@dataclass
+class SASRecOutput(ModelOutput):
+    """
+    Output of [`SASRecModel.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Full-catalogue softmax cross-entropy of the next item.
+        scores (`torch.FloatTensor` of shape `(batch_size, num_items + 1)`):
+            Logits of every catalogue item (column = item id); column 0 (padding) is the dtype's minimum.
+        sequence_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Output of the last Transformer layer at each history's last item (not normalised).
+    """
+
+    loss: torch.FloatTensor | None = None
+    scores: torch.FloatTensor | None = None
+    sequence_embeddings: torch.FloatTensor | None = None
+
+
+class SASRecAttention(MISSRecAttention):
+    """Causal multi-head self-attention on dense `[B, L, d]` histories (`F.scaled_dot_product_attention`).
+
+    Histories are left-aligned, so the causal mask alone keeps every real position away from padding (which
+    only ever sits after it); the outputs at padding positions are never read.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, L, d]` -> `[B, L, d]`; position `t` attends to positions `0..t`."""
+        out = F.scaled_dot_product_attention(
+            self._heads(self.q_proj(x)),
+            self._heads(self.k_proj(x)),
+            self._heads(self.v_proj(x)),
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=True,
+        )
+        return self.o_proj(out.transpose(1, 2).flatten(2))
+
+
+class SASRecFeedForward(MISSRecFeedForward):
+    """`fc2(act(fc1(x)))`: RecBole's SASRec has no dropout between the activation and `fc2`."""
+
+    def __init__(self, config: SASRecConfig):
+        super().__init__(config)
+        self.dropout = nn.Identity()
+
+
+class SASRecLayer(nn.Module):
+    """Causal self-attention, then feed-forward, each as `LayerNorm(x + dropout(block(x)))`."""
+
+    def __init__(self, config: SASRecConfig):
+        super().__init__()
+        self.self_attention = MISSRecSublayer(config, SASRecAttention(config))
+        self.feed_forward = MISSRecSublayer(config, SASRecFeedForward(config))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, L, d]` -> `[B, L, d]`."""
+        return self.feed_forward(self.self_attention(x))
+
+
+class SASRecPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading conventions of SASRec models (RecBole's initialisation)."""
+
+    config_class = SASRecConfig
+    base_model_prefix = "sasrec"
+    main_input_name = "item_seq"
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class SASRecModel(SASRecPreTrainedModel):
+    """
+    SASRec: a causal Transformer over the item-id history; the output at the last item scores every item
+    by a dot product with the (shared) item embedding table.
+
+    Item ids are `1..config.num_items`; 0 is padding. Histories are left-aligned `[B, L]` tensors, most
+    recent item last; histories longer than `config.max_seq_length` keep their most recent items.
+
+    ```python
+    model = SASRecModel(SASRecConfig(num_items=1585))
+    out = model(item_seq, labels=targets)  # out.loss, out.scores [B, 1586]
+    ```
+    """
+
+    def __init__(self, config: SASRecConfig):
+        super().__init__(config)
+        d = config.hidden_size
+        self.item_embeddings = nn.Embedding(config.num_items + 1, d, padding_idx=0)
+        self.position_embeddings = nn.Embedding(config.max_seq_length, d)
+        self.LayerNorm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layers = nn.ModuleList(SASRecLayer(config) for _ in range(config.num_hidden_layers))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.item_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.item_embeddings = value
+
+    # ------------------------------------------------------------------ sequence side
+    def _prepare_history(
+        self, item_seq: torch.Tensor, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.num_items == 0:
+            raise ValueError("config.num_items is 0: SASRecConfig(num_items=...) must give the catalogue size")
+        item_seq, lengths = validate_history(item_seq, lengths, self.config.num_items)
+        item_seq, lengths, _ = keep_most_recent(item_seq, lengths, self.config.max_seq_length)
+        return item_seq, lengths
+
+    def encode(self, item_seq: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs of the last Transformer layer at every position.
+
+        Position `t` depends on the items at positions `0..t` only (causal). Columns past the longest
+        history are dropped, and histories longer than `max_seq_length` keep their most recent items first.
+
+        Args:
+            item_seq: `[B, L]` long, left-aligned item ids, 0 = padding, most recent last.
+            lengths: `[B]` items per history (default: counted from `item_seq`).
+
+        Returns:
+            `(hidden [B, L', hidden_size], lengths [B])` with `L' = max(lengths) <= max_seq_length`; `hidden`
+            at padding positions is meaningless.
+        """
+        item_seq, lengths = self._prepare_history(item_seq, lengths)
+        seq_len = int(lengths.max())
+        item_seq = item_seq[:, :seq_len]
+        hidden = self.item_embeddings(item_seq) + self.position_embeddings.weight[:seq_len]
+        hidden = self.dropout(self.LayerNorm(hidden))
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return hidden, lengths
+
+    def embed_sequences(self, item_seq: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Sequence representations: the last layer's output at each history's last item.
+
+        Args:
+            item_seq: `[B, L]` long, left-aligned item ids, 0 = padding, most recent last.
+            lengths: `[B]` items per history (default: counted from `item_seq`).
+
+        Returns:
+            `[B, hidden_size]`.
+        """
+        hidden, lengths = self.encode(item_seq, lengths)
+        last = (lengths - 1)[:, None, None].expand(-1, 1, hidden.shape[-1])
+        return hidden.gather(1, last).squeeze(1)
+
+    # ------------------------------------------------------------------ item side
+    def embed_items(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Item embeddings: `[C, hidden_size]` for `item_ids` `[C]`, or the whole table `[num_items + 1, d]`."""
+        weight = self.item_embeddings.weight
+        return weight if item_ids is None else weight[item_ids]
+
+    def score_items(self, sequence_embeddings: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Dot-product logits of candidate items.
+
+        Args:
+            sequence_embeddings: `[B, d]` from [`embed_sequences`].
+            item_ids: `[C]` candidate ids, or None for the whole catalogue.
+
+        Returns:
+            `[B, C]`, or `[B, num_items + 1]` (column = item id, column 0 set to the dtype's minimum).
+        """
+        logits = sequence_embeddings @ self.embed_items(item_ids).T
+        if item_ids is None:
+            logits[:, 0] = torch.finfo(logits.dtype).min
+        return logits
+
+    # ------------------------------------------------------------------ loss
+    def cross_entropy_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Full-catalogue softmax cross-entropy (RecBole's `CE` loss).
+
+        Args:
+            scores: `[B, num_items + 1]` from [`score_items`]; labels: `[B]` target item ids in `1..num_items`.
+
+        Returns:
+            `()` loss.
+        """
+        labels = torch.as_tensor(labels, device=scores.device)
+        if labels.shape != scores.shape[:1] or labels.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"labels must be an integer tensor of shape ({scores.shape[0]},), got {labels.dtype} "
+                f"{tuple(labels.shape)}"
+            )
+        bad = labels[(labels < 1) | (labels > self.config.num_items)]
+        if bad.numel():
+            raise ValueError(f"labels {first_values(bad)} are outside the catalogue [1, {self.config.num_items}]")
+        return F.cross_entropy(scores, labels.long())
+
+    def forward(
+        self,
+        item_seq: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> SASRecOutput | tuple:
+        """
+        Args:
+            item_seq: `[B, L]` long, left-aligned histories (0 = padding, most recent last).
+            lengths: `[B]` items per history (default: counted).
+            labels: `[B]` next item ids. With them the output carries the loss.
+            return_dict: return a `ModelOutput` (default) or a tuple.
+
+        Returns:
+            [`SASRecOutput`] with `scores` `[B, num_items + 1]` and `sequence_embeddings` `[B, hidden_size]`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        seq = self.embed_sequences(item_seq, lengths)
+        scores = self.score_items(seq)
+        loss = None if labels is None else self.cross_entropy_loss(scores, labels)
+        output = SASRecOutput(loss=loss, scores=scores, sequence_embeddings=seq)
+        return output if return_dict else output.to_tuple()
+
+
+SASRecConfig.register_for_auto_class()
+SASRecModel.register_for_auto_class("AutoModel")
