@@ -13,9 +13,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 
 from .configuration_missrec import MISSRecConfig
+
+
+def init_standard_weights(module: nn.Module, std: float) -> None:
+    """BERT-style init: normal(0, std) Linear/Embedding weights (zero padding row), zero biases, unit LayerNorm."""
+    if isinstance(module, nn.Linear):
+        init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        init.normal_(module.weight, mean=0.0, std=std)
+        if module.padding_idx is not None:
+            init.zeros_(module.weight[module.padding_idx])
+    elif isinstance(module, nn.LayerNorm):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
 
 
 def first_values(values: torch.Tensor, limit: int = 5) -> list:

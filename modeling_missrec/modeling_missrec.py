@@ -22,6 +22,7 @@ from .layers_missrec import (
     MISSRecEncoderLayer,
     MISSRecItemFusion,
     PackedLayout,
+    init_standard_weights,
     keep_most_recent,
     unpack,
     validate_history,
@@ -117,19 +118,8 @@ class MISSRecPreTrainedModel(PreTrainedModel):
         return f"the weights of {folder} do not fit its config ({summary}): " + "; ".join(bad)
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None:
-                init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, MISSRecItemFusion) and module.weight is not None:
+        init_standard_weights(module, self.config.initializer_range)
+        if isinstance(module, MISSRecItemFusion) and module.weight is not None:
             init.zeros_(module.weight)
 
 

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_sasrec import SASRecConfig
@@ -24,6 +23,7 @@ from .layers_missrec import (
     MISSRecFeedForward,
     MISSRecSublayer,
     first_values,
+    init_standard_weights,
     keep_most_recent,
     validate_history,
 )
@@ -97,18 +97,7 @@ class SASRecPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None:
-                init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
+        init_standard_weights(module, self.config.initializer_range)
 
 
 class SASRecModel(SASRecPreTrainedModel):

@@ -3,46 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 from conftest import random_histories, tiny_model
+from fresh_process import fresh_env, scores_without_package
 
 from modeling_missrec import MISSRecModel
-
-# Runs in a fresh interpreter whose imports of the `modeling_missrec` package fail, as on a machine that
-# only has transformers: everything must come from the saved folder.
-LOAD_WITHOUT_PACKAGE = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "modeling_missrec" or name.startswith("modeling_missrec."):
-                raise ImportError("the package must not be needed: " + name)
-
-    sys.meta_path.insert(0, Block())
-    import torch
-    from transformers import AutoConfig, AutoModel
-
-    folder, items, out = sys.argv[1], sys.argv[2], sys.argv[3]
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    assert AutoConfig.from_pretrained(folder, trust_remote_code=True).model_type == "missrec"
-    with torch.no_grad():
-        torch.save(model(torch.load(items)).scores, out)
-    """
-)
-
-
-def fresh_env(tmp_path) -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TRANSFORMERS_VERBOSITY="error")
-    env.pop("PYTHONPATH", None)
-    return env
 
 
 @pytest.mark.parametrize(
@@ -63,18 +32,9 @@ def test_remote_code_round_trip_in_a_fresh_process_is_bit_identical(tmp_path, ov
     assert "layers_missrec.py" in saved
 
     items, _ = random_histories(8, 10, 40)
-    torch.save(items, tmp_path / "items.pt")
-    script = tmp_path / "load.py"
-    script.write_text(LOAD_WITHOUT_PACKAGE)
-    subprocess.run(
-        [sys.executable, str(script), str(folder), str(tmp_path / "items.pt"), str(tmp_path / "scores.pt")],
-        check=True,
-        cwd=tmp_path,  # not the repository: nothing importable from the working directory
-        env=fresh_env(tmp_path),
-    )
+    scores = scores_without_package(folder, "missrec", items, tmp_path)
     with torch.no_grad():
-        expected = model(items).scores
-    assert torch.equal(torch.load(tmp_path / "scores.pt"), expected)
+        assert torch.equal(scores, model(items).scores)
 
 
 def test_installed_package_loads_without_trust_remote_code(tmp_path):

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import random_histories
-from test_remote_code import fresh_env
+from fresh_process import scores_without_package
 from transformers import AutoConfig, AutoModel
 
 from modeling_missrec import SASRecConfig, SASRecModel, SASRecOutput
@@ -159,28 +156,6 @@ def test_dropout_is_active_in_training_only():
         assert not torch.equal(model(items).scores, model(items).scores)
 
 
-LOAD_WITHOUT_PACKAGE = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "modeling_missrec" or name.startswith("modeling_missrec."):
-                raise ImportError("the package must not be needed: " + name)
-
-    sys.meta_path.insert(0, Block())
-    import torch
-    from transformers import AutoConfig, AutoModel
-
-    folder, items, out = sys.argv[1], sys.argv[2], sys.argv[3]
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    assert type(model).__name__ == "SASRecModel", type(model)
-    assert AutoConfig.from_pretrained(folder, trust_remote_code=True).model_type == "sasrec"
-    with torch.no_grad():
-        torch.save(model(torch.load(items)).scores, out)
-    """
-)
 
 
 def test_remote_code_round_trip_in_a_fresh_process_is_bit_identical(tmp_path, model):
@@ -197,18 +172,9 @@ def test_remote_code_round_trip_in_a_fresh_process_is_bit_identical(tmp_path, mo
     assert not [p for p in folder.iterdir() if p.is_dir()]  # flat
 
     items, _ = random_histories(8, 10, NUM_ITEMS)
-    torch.save(items, tmp_path / "items.pt")
-    script = tmp_path / "load.py"
-    script.write_text(LOAD_WITHOUT_PACKAGE)
-    subprocess.run(
-        [sys.executable, str(script), str(folder), str(tmp_path / "items.pt"), str(tmp_path / "scores.pt")],
-        check=True,
-        cwd=tmp_path,
-        env=fresh_env(tmp_path),
-    )
+    scores = scores_without_package(folder, "sasrec", items, tmp_path)
     with torch.no_grad():
-        expected = model(items).scores
-    assert torch.equal(torch.load(tmp_path / "scores.pt"), expected)
+        assert torch.equal(scores, model(items).scores)
 
 
 def test_installed_package_loads_through_auto_classes(tmp_path, model):
