@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features
+from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
 from modeling_missrec.pipelines.loading import load_domain
-from modeling_missrec.pipelines.metrics import ranking_metrics, target_ranks
 from tqdm.auto import tqdm
 
 from modeling_missrec import MISSRecModel
@@ -46,25 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.epochs < 1 or args.batch_size < 1 or args.learning_rate <= 0:
         parser.error("--epochs and --batch_size must be >= 1 and --learning_rate > 0")
     return args
-
-
-@torch.no_grad()
-def evaluate(model: MISSRecModel, collator: SequenceCollator, batch_size: int) -> dict:
-    """Full-ranking HR/NDCG/MRR@{10,20,50} of `model` (history items are ranked too, as the official code)."""
-    model.eval()
-    ranks = []
-    for start in range(0, len(collator), batch_size):
-        batch = collator(np.arange(start, min(start + batch_size, len(collator))))
-        scores = model(batch["item_seq"], batch["lengths"]).scores
-        ranks.append(target_ranks(scores, batch["labels"]))
-    return ranking_metrics(torch.cat(ranks))
-
-
-def popularity_metrics(train_targets: np.ndarray, targets: np.ndarray, num_items: int) -> dict:
-    """The same metrics for the most-popular-items baseline (popularity = training target counts)."""
-    counts = torch.bincount(torch.from_numpy(train_targets.astype(np.int64)), minlength=num_items + 1).double()
-    scores = counts.expand(len(targets), -1)
-    return ranking_metrics(target_ranks(scores, torch.from_numpy(targets.astype(np.int64))))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
             optimizer.step()
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        valid = evaluate(model, loaders["validation"], args.batch_size)
+        valid = evaluate_ranking(model, loaders["validation"], batch_size=args.batch_size)["official"]
         history.append({"epoch": epoch + 1, "loss": total / steps, "seconds": time.perf_counter() - started, **valid})
         print(f"epoch {epoch + 1}: loss {total / steps:.4f}  valid ndcg@10 {valid['ndcg@10']:.4f}")
         if valid["ndcg@10"] > best:
@@ -109,11 +90,21 @@ def main(argv: list[str] | None = None) -> dict:
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
 
     model.load_state_dict(best_state)
-    test = evaluate(model, loaders["test"], args.batch_size)
-    popularity = popularity_metrics(loaders["train"].targets, loaders["test"].targets, domain.num_items)
+    both = {"batch_size": args.batch_size, "protocols": ("official", "exclude_history")}
+    test_all = evaluate_ranking(model, loaders["test"], **both)
+    popularity_all = evaluate_ranking(
+        PopularityRecommender(loaders["train"].targets, domain.num_items), loaders["test"], **both
+    )
+    test, popularity = test_all["official"], popularity_all["official"]
     os.makedirs(args.output_dir, exist_ok=True)
     model.save_pretrained(args.output_dir)
-    results = {"test": test, "popularity_test": popularity, "epochs": history}
+    results = {
+        "test": test,
+        "popularity_test": popularity,
+        "test_exclude_history": test_all["exclude_history"],
+        "popularity_test_exclude_history": popularity_all["exclude_history"],
+        "epochs": history,
+    }
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
 

@@ -38,6 +38,9 @@ def test_main_job_trains_beats_popularity_and_saves_a_loadable_model(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["ndcg@10"] > 1.5 * metrics["popularity_test"]["ndcg@10"]
     assert len(metrics["epochs"]) == 3
+    # Masking the history can only lift the target's rank.
+    assert metrics["test_exclude_history"]["hr@10"] >= metrics["test"]["hr@10"]
+    assert metrics["popularity_test_exclude_history"]["ndcg@10"] >= metrics["popularity_test"]["ndcg@10"]
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
