@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Train MISSRec from scratch on the project's demo data and compare it with popularity.
 
-    python train.py --output_dir runs/demo
+    python train.py                                           # the demo recipe
+    python train.py --config configuration/recipes/scientific.yaml --epochs 10
 
-The data come from the project's `datasets` builder (`load_domain("demo")`, or a real domain with
+Settings come from a YAML recipe (`configuration/recipes/`); any key is overridden with `--key value`. The
+data come from the project's `datasets` builder (`load_domain("demo")`, or a real domain with
 `--domain Scientific --data_dir FOLDER` for MISSRec-format files). Single process for now: the Accelerate
 launcher, pre-training, PEFT fine-tuning and resumable checkpoints are still to come (issue 5). Each epoch
 re-discovers interests first, then trains with the full-catalogue cross-entropy; the best validation
@@ -13,6 +15,7 @@ NDCG@10 model is saved with `save_pretrained` (a remote-code folder) and evaluat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -23,29 +26,27 @@ import torch
 from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features
 from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
 from modeling_missrec.pipelines.loading import load_domain
+from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
 from tqdm.auto import tqdm
 
 from modeling_missrec import MISSRecModel
 from modeling_missrec.presets import available_presets, load_preset
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="missrec-tiny", choices=available_presets())
-    parser.add_argument("--id_mode", default="inductive", choices=["inductive", "transductive"])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--domain", default="demo", help="'demo' or an Amazon domain, e.g. Scientific")
-    parser.add_argument("--data_dir", default=None, help="folder of the domain's MISSRec-format files")
-    parser.add_argument("--num_users", type=int, default=1000, help="demo data: number of users")
-    parser.add_argument("--num_items", type=int, default=600, help="demo data: number of items")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output_dir", default="runs/demo")
-    args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.learning_rate <= 0:
-        parser.error("--epochs and --batch_size must be >= 1 and --learning_rate > 0")
-    return args
+def parse_args(argv: list[str] | None = None) -> TrainingRecipe:
+    """`--config RECIPE.yaml` (default: the demo recipe) and `--key value` overrides of any recipe key."""
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"Recipe keys (each overridable as --key value): {', '.join(TrainingRecipe.keys())}. "
+        f"Model presets: {', '.join(available_presets())}.",
+    )
+    parser.add_argument("--config", default=None, help=f"YAML recipe (default: {default_recipe_path()})")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        return load_recipe(args.config, overrides)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_exclude_history": test_all["exclude_history"],
         "popularity_test_exclude_history": popularity_all["exclude_history"],
         "epochs": history,
+        "recipe": dataclasses.asdict(args),
     }
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
