@@ -4,12 +4,14 @@
     python train.py                                           # the demo recipe
     python train.py --config configuration/recipes/scientific.yaml --epochs 10
 
+It runs unchanged as `python train.py` and as `accelerate launch train.py` (several processes: DDP, the
+interests discovered on the main process and broadcast, evaluation sharded with `gather_for_metrics`).
 Settings come from a YAML recipe (`configuration/recipes/`); any key is overridden with `--key value`. The
 data come from the project's `datasets` builder (`load_domain("demo")`, or a real domain with
-`--domain Scientific --data_dir FOLDER` for MISSRec-format files). Single process for now: the Accelerate
-launcher, pre-training, PEFT fine-tuning and resumable checkpoints are still to come (issue 5). Each epoch
-re-discovers interests first, then trains with the full-catalogue cross-entropy; the best validation
-NDCG@10 model is saved with `save_pretrained` (a remote-code folder) and evaluated on the test split.
+`--domain Scientific --data_dir FOLDER` for MISSRec-format files). Each epoch re-discovers interests first,
+then trains with the full-catalogue cross-entropy; the best validation NDCG@10 model is saved with
+`save_pretrained` (a remote-code folder) and evaluated on the test split. Still to come (issue 5): the
+pre-training stage, PEFT fine-tuning runs, SASRec in the results table, resumable checkpoints.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import time
 
-import numpy as np
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import broadcast, broadcast_object_list, set_seed
 from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features
 from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
 from modeling_missrec.pipelines.loading import load_domain
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modeling_missrec import MISSRecModel
@@ -49,11 +52,32 @@ def parse_args(argv: list[str] | None = None) -> TrainingRecipe:
         parser.error(str(error))
 
 
+def discover_interests_once(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Interest discovery on the main process only; the interest tables are then broadcast to every rank.
+
+    The catalogue and interest tables are buffers that DDP does not synchronise (`broadcast_buffers=False`),
+    so the other ranks receive them here, sized by the K the main process found.
+    """
+    model = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        model.discover_interests()
+    if accelerator.num_processes == 1:
+        return
+    (num_interests,) = broadcast_object_list([model.config.num_interests])
+    if not accelerator.is_main_process:
+        model.config.num_interests = num_interests
+        model.interest_centroids = model.interest_centroids.new_zeros(num_interests + 1, model.config.hidden_size)
+    for name in [f"{m}_interest_ids" for m in model.modality_names] + ["interest_centroids"]:
+        setattr(model, name, broadcast(getattr(model, name).contiguous(), from_process=0))
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    set_seed(args.seed)
     demo = {"demo_num_items": args.num_items, "demo_num_users": args.num_users, "demo_seed": args.seed}
-    domain = load_domain(args.domain, data_dir=args.data_dir, **(demo if args.domain == "demo" else {}))
+    with accelerator.main_process_first():  # the main process builds the datasets cache, the others reuse it
+        domain = load_domain(args.domain, data_dir=args.data_dir, **(demo if args.domain == "demo" else {}))
     features = catalogue_features(domain.items)
     config = load_preset(
         args.preset,
@@ -64,41 +88,49 @@ def main(argv: list[str] | None = None) -> dict:
     model = MISSRecModel(config)
     model.set_catalogue(**features)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-
     loaders = {split: SequenceCollator(domain.sequences[split], config.max_seq_length) for split in domain.sequences}
-    generator = np.random.default_rng(args.seed)
+    train_loader = DataLoader(
+        range(len(loaders["train"])),
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=loaders["train"],
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    unwrapped = accelerator.unwrap_model(model)
+
     best, best_state, history = -1.0, None, []
     for epoch in range(args.epochs):
         started = time.perf_counter()
-        model.discover_interests()
+        discover_interests_once(accelerator, model)
         model.train()
-        order = generator.permutation(len(loaders["train"]))
         total = 0.0
-        steps = math.ceil(len(order) / args.batch_size)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
-        for step in bar:
-            loss = model(**loaders["train"](order[step * args.batch_size : (step + 1) * args.batch_size])).loss
+        bar = tqdm(
+            train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=not accelerator.is_main_process
+        )
+        for batch in bar:
+            loss = model(**batch).loss
             optimizer.zero_grad()
-            loss.backward()
+            accelerator.backward(loss)
             optimizer.step()
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        valid = evaluate_ranking(model, loaders["validation"], batch_size=args.batch_size)["official"]
-        history.append({"epoch": epoch + 1, "loss": total / steps, "seconds": time.perf_counter() - started, **valid})
-        print(f"epoch {epoch + 1}: loss {total / steps:.4f}  valid ndcg@10 {valid['ndcg@10']:.4f}")
-        if valid["ndcg@10"] > best:
+        valid = evaluate_ranking(model, loaders["validation"], batch_size=args.batch_size, accelerator=accelerator)
+        valid = valid["official"]
+        loss = total / len(train_loader)
+        history.append({"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started, **valid})
+        accelerator.print(f"epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {valid['ndcg@10']:.4f}")
+        if valid["ndcg@10"] > best:  # the gathered metrics are the same on every rank
             best = valid["ndcg@10"]
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.clone() for k, v in unwrapped.state_dict().items()}
 
-    model.load_state_dict(best_state)
-    both = {"batch_size": args.batch_size, "protocols": ("official", "exclude_history")}
+    unwrapped.load_state_dict(best_state)
+    both = {"batch_size": args.batch_size, "protocols": ("official", "exclude_history"), "accelerator": accelerator}
     test_all = evaluate_ranking(model, loaders["test"], **both)
     popularity_all = evaluate_ranking(
         PopularityRecommender(loaders["train"].targets, domain.num_items), loaders["test"], **both
     )
     test, popularity = test_all["official"], popularity_all["official"]
-    os.makedirs(args.output_dir, exist_ok=True)
-    model.save_pretrained(args.output_dir)
     results = {
         "test": test,
         "popularity_test": popularity,
@@ -106,14 +138,19 @@ def main(argv: list[str] | None = None) -> dict:
         "popularity_test_exclude_history": popularity_all["exclude_history"],
         "epochs": history,
         "recipe": dataclasses.asdict(args),
+        "num_processes": accelerator.num_processes,
     }
-    with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        unwrapped.save_pretrained(args.output_dir)
+        with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    accelerator.wait_for_everyone()
 
-    print("\n| model | HR@10 | NDCG@10 | HR@50 | NDCG@50 |\n|---|---|---|---|---|")
+    accelerator.print("\n| model | HR@10 | NDCG@10 | HR@50 | NDCG@50 |\n|---|---|---|---|---|")
     for name, m in (("MISSRec", test), ("Popularity", popularity)):
-        print(f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | {m['ndcg@50']:.4f} |")
-    print(f"\nmodel saved to {args.output_dir}")
+        accelerator.print(f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | {m['ndcg@50']:.4f} |")
+    accelerator.print(f"\nmodel saved to {args.output_dir}")
     return results
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,22 @@ def test_main_job_trains_beats_popularity_and_saves_a_loadable_model(tmp_path):
 
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert model.config.num_items == 600 and model.config.num_interests > 0
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_launch_trains_with_ddp_and_beats_popularity(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train.py"]
+    cmd += ["--epochs", "3", "--num_users", "400", "--output_dir", str(out)]
+    env = dict(os.environ, ACCELERATE_USE_CPU="true")
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("| MISSRec |") == 1  # printed by the main process only
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2
+    assert metrics["test"]["ndcg@10"] > 1.5 * metrics["popularity_test"]["ndcg@10"]
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    assert model.config.num_interests > 0 and model.interest_centroids.shape[0] == model.config.num_interests + 1
