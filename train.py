@@ -11,7 +11,8 @@ data come from the project's `datasets` builder (`load_domain("demo")`, or a rea
 `--domain Scientific --data_dir FOLDER` for MISSRec-format files). Each epoch re-discovers interests first,
 then trains with the full-catalogue cross-entropy; the best validation NDCG@10 model is saved with
 `save_pretrained` (a remote-code folder) and evaluated on the test split. Still to come (issue 5): the
-pre-training stage, PEFT fine-tuning runs, SASRec in the results table, resumable checkpoints.
+pre-training stage, PEFT fine-tuning runs, resumable checkpoints. SASRec (RecBole defaults) and popularity
+are trained and evaluated in the same harness and printed beside MISSRec (`--baselines []` skips SASRec).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_pat
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from modeling_missrec import MISSRecModel
+from modeling_missrec import MISSRecModel, SASRecConfig, SASRecModel
 from modeling_missrec.presets import available_presets, load_preset
 
 
@@ -71,6 +72,50 @@ def discover_interests_once(accelerator: Accelerator, model: torch.nn.Module) ->
         setattr(model, name, broadcast(getattr(model, name).contiguous(), from_process=0))
 
 
+def fit(accelerator: Accelerator, model: torch.nn.Module, collator: SequenceCollator, valid: SequenceCollator, args):
+    """Train `model` with Adam for `args.epochs`, keeping the weights of the best validation NDCG@10.
+
+    MISSRec models re-discover their interests before every epoch. Returns the prepared (possibly DDP-wrapped)
+    model, with the best weights loaded, and the per-epoch history.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    train_loader = DataLoader(
+        range(len(collator)),
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    unwrapped = accelerator.unwrap_model(model)
+    name = type(unwrapped).__name__.removesuffix("Model")
+    best, best_state, history = -1.0, None, []
+    for epoch in range(args.epochs):
+        started = time.perf_counter()
+        if isinstance(unwrapped, MISSRecModel):
+            discover_interests_once(accelerator, model)
+        model.train()
+        total = 0.0
+        description = f"{name} epoch {epoch + 1}/{args.epochs}"
+        bar = tqdm(train_loader, desc=description, leave=False, disable=not accelerator.is_main_process)
+        for batch in bar:
+            loss = model(**batch).loss
+            optimizer.zero_grad()
+            accelerator.backward(loss)
+            optimizer.step()
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        metrics = evaluate_ranking(model, valid, batch_size=args.batch_size, accelerator=accelerator)["official"]
+        loss = total / len(train_loader)
+        history.append({"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started, **metrics})
+        accelerator.print(f"{name} epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {metrics['ndcg@10']:.4f}")
+        if metrics["ndcg@10"] > best:  # the gathered metrics are the same on every rank
+            best = metrics["ndcg@10"]
+            best_state = {k: v.clone() for k, v in unwrapped.state_dict().items()}
+    unwrapped.load_state_dict(best_state)
+    return model, history
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
@@ -87,68 +132,34 @@ def main(argv: list[str] | None = None) -> dict:
     )
     model = MISSRecModel(config)
     model.set_catalogue(**features)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
     loaders = {split: SequenceCollator(domain.sequences[split], config.max_seq_length) for split in domain.sequences}
-    train_loader = DataLoader(
-        range(len(loaders["train"])),
-        batch_size=args.batch_size,
-        shuffle=True,
-        collate_fn=loaders["train"],
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    unwrapped = accelerator.unwrap_model(model)
+    results = {"recipe": dataclasses.asdict(args), "num_processes": accelerator.num_processes}
+    model, results["epochs"] = fit(accelerator, model, loaders["train"], loaders["validation"], args)
+    scorers = {"MISSRec": ("", model)}
+    if "sasrec" in args.baselines:
+        set_seed(args.seed)
+        sasrec = SASRecModel(SASRecConfig(num_items=domain.num_items, max_seq_length=config.max_seq_length))
+        sasrec, results["sasrec_epochs"] = fit(accelerator, sasrec, loaders["train"], loaders["validation"], args)
+        scorers["SASRec"] = ("sasrec_", sasrec)
+    scorers["Popularity"] = ("popularity_", PopularityRecommender(loaders["train"].targets, domain.num_items))
 
-    best, best_state, history = -1.0, None, []
-    for epoch in range(args.epochs):
-        started = time.perf_counter()
-        discover_interests_once(accelerator, model)
-        model.train()
-        total = 0.0
-        bar = tqdm(
-            train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=not accelerator.is_main_process
-        )
-        for batch in bar:
-            loss = model(**batch).loss
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-            optimizer.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        valid = evaluate_ranking(model, loaders["validation"], batch_size=args.batch_size, accelerator=accelerator)
-        valid = valid["official"]
-        loss = total / len(train_loader)
-        history.append({"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started, **valid})
-        accelerator.print(f"epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {valid['ndcg@10']:.4f}")
-        if valid["ndcg@10"] > best:  # the gathered metrics are the same on every rank
-            best = valid["ndcg@10"]
-            best_state = {k: v.clone() for k, v in unwrapped.state_dict().items()}
-
-    unwrapped.load_state_dict(best_state)
     both = {"batch_size": args.batch_size, "protocols": ("official", "exclude_history"), "accelerator": accelerator}
-    test_all = evaluate_ranking(model, loaders["test"], **both)
-    popularity_all = evaluate_ranking(
-        PopularityRecommender(loaders["train"].targets, domain.num_items), loaders["test"], **both
-    )
-    test, popularity = test_all["official"], popularity_all["official"]
-    results = {
-        "test": test,
-        "popularity_test": popularity,
-        "test_exclude_history": test_all["exclude_history"],
-        "popularity_test_exclude_history": popularity_all["exclude_history"],
-        "epochs": history,
-        "recipe": dataclasses.asdict(args),
-        "num_processes": accelerator.num_processes,
-    }
+    for prefix, scorer in scorers.values():
+        metrics = evaluate_ranking(scorer, loaders["test"], **both)
+        results[f"{prefix}test"], results[f"{prefix}test_exclude_history"] = (
+            metrics["official"],
+            metrics["exclude_history"],
+        )
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
-        unwrapped.save_pretrained(args.output_dir)
+        accelerator.unwrap_model(model).save_pretrained(args.output_dir)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
             json.dump(results, f, indent=2)
     accelerator.wait_for_everyone()
 
     accelerator.print("\n| model | HR@10 | NDCG@10 | HR@50 | NDCG@50 |\n|---|---|---|---|---|")
-    for name, m in (("MISSRec", test), ("Popularity", popularity)):
+    for name, (prefix, _) in scorers.items():
+        m = results[f"{prefix}test"]
         accelerator.print(f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | {m['ndcg@50']:.4f} |")
     accelerator.print(f"\nmodel saved to {args.output_dir}")
     return results

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -28,6 +28,7 @@ class TrainingRecipe:
         preset: a model preset of `configuration/models/`.
         id_mode: `"inductive"` or `"transductive"`.
         epochs, batch_size, learning_rate, seed: optimisation (Adam).
+        baselines: trained and evaluated beside MISSRec: `["sasrec"]` or `[]` (popularity is always reported).
         output_dir: where the model and `metrics.json` go.
     """
 
@@ -41,6 +42,7 @@ class TrainingRecipe:
     batch_size: int = 256
     learning_rate: float = 1e-3
     seed: int = 0
+    baselines: list[str] = field(default_factory=lambda: ["sasrec"])
     output_dir: str = "runs/demo"
 
     def __post_init__(self) -> None:
@@ -49,6 +51,8 @@ class TrainingRecipe:
         for name in ("epochs", "batch_size", "num_users", "num_items"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        if not isinstance(self.baselines, list) or not set(self.baselines) <= {"sasrec"}:
+            raise ValueError(f"baselines={self.baselines!r} must be a list drawn from ['sasrec']")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")
 

@@ -35,10 +35,12 @@ def test_main_job_trains_beats_popularity_and_saves_a_loadable_model(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", "--epochs", "3", "--num_users", "400", "--output_dir", str(out)]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
-    assert "| MISSRec |" in result.stdout and "| Popularity |" in result.stdout
+    assert all(f"| {name} |" in result.stdout for name in ("MISSRec", "SASRec", "Popularity"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["ndcg@10"] > 1.5 * metrics["popularity_test"]["ndcg@10"]
     assert len(metrics["epochs"]) == 3
+    assert metrics["sasrec_test"]["ndcg@10"] > metrics["popularity_test"]["ndcg@10"]
+    assert len(metrics["sasrec_epochs"]) == 3
     # Masking the history can only lift the target's rank.
     assert metrics["test_exclude_history"]["hr@10"] >= metrics["test"]["hr@10"]
     assert metrics["popularity_test_exclude_history"]["ndcg@10"] >= metrics["popularity_test"]["ndcg@10"]
@@ -53,7 +55,7 @@ def test_two_process_accelerate_launch_trains_with_ddp_and_beats_popularity(tmp_
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train.py"]
-    cmd += ["--epochs", "3", "--num_users", "400", "--output_dir", str(out)]
+    cmd += ["--epochs", "3", "--num_users", "400", "--baselines", "[]", "--output_dir", str(out)]
     env = dict(os.environ, ACCELERATE_USE_CPU="true")
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
