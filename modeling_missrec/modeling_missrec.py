@@ -394,7 +394,9 @@ class MISSRecModel(MISSRecPreTrainedModel):
     ) -> torch.Tensor:
         if modality == "text" and text_features is not None:
             return self._adapt(modality, text_features.to(self.dtype))
-        if catalogue is not None:
+        # Under autograd, rows are adapted after the gather: the backward of a gather from the adapted catalogue
+        # accumulates with a multi-threaded scatter whose summation order (hence the result) varies run to run.
+        if catalogue is not None and not torch.is_grad_enabled():
             return catalogue[modality][item_seq]
         return self._adapt(modality, getattr(self, f"{modality}_features")[item_seq].to(self.dtype))
 

@@ -254,3 +254,21 @@ def test_extend_catalogue_keeps_frozen_parameters_frozen():
     model.requires_grad_(False)
     model.extend_catalogue(torch.randn(2, FEATURE_DIM), torch.randn(2, FEATURE_DIM))
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_training_gradients_are_bitwise_reproducible_on_a_multithreaded_cpu():
+    """Same seed, same batch, same gradients: needed for kill-and-resume to match an uninterrupted run."""
+    generator = torch.Generator().manual_seed(0)
+    features = {m: torch.randn(600, 512, generator=generator) for m in ("text", "image")}
+    items = torch.randint(1, 601, (256, 20), generator=generator)
+    gradients = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = MISSRecModel(tiny_config(text_feature_dim=512, image_feature_dim=512, num_items=0))
+        model.set_catalogue(**{f"{m}_features": features[m] for m in ("text", "image")})
+        model.discover_interests()
+        model.train()
+        model(items, labels=torch.arange(256) % 600 + 1).loss.backward()
+        gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys()
+    assert all(torch.equal(gradients[0][name], gradients[1][name]) for name in gradients[0])
