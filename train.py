@@ -75,9 +75,12 @@ def discover_interests_once(accelerator: Accelerator, model: torch.nn.Module) ->
 def fit(accelerator: Accelerator, model: torch.nn.Module, collator: SequenceCollator, valid: SequenceCollator, args):
     """Train `model` with Adam for `args.epochs`, keeping the weights of the best validation NDCG@10.
 
+    Stops early after `args.early_stopping_patience` epochs without a gain, and at once on a non-finite loss.
+
     MISSRec models re-discover their interests before every epoch. Returns the prepared (possibly DDP-wrapped)
     model, with the best weights loaded, and the per-epoch history.
     """
+    accelerator.gradient_accumulation_steps = args.gradient_accumulation_steps
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
     train_loader = DataLoader(
         range(len(collator)),
@@ -89,7 +92,7 @@ def fit(accelerator: Accelerator, model: torch.nn.Module, collator: SequenceColl
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     unwrapped = accelerator.unwrap_model(model)
     name = type(unwrapped).__name__.removesuffix("Model")
-    best, best_state, history = -1.0, None, []
+    best, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(args.epochs):
         started = time.perf_counter()
         if isinstance(unwrapped, MISSRecModel):
@@ -98,11 +101,18 @@ def fit(accelerator: Accelerator, model: torch.nn.Module, collator: SequenceColl
         total = 0.0
         description = f"{name} epoch {epoch + 1}/{args.epochs}"
         bar = tqdm(train_loader, desc=description, leave=False, disable=not accelerator.is_main_process)
-        for batch in bar:
-            loss = model(**batch).loss
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-            optimizer.step()
+        for step, batch in enumerate(bar):
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"{name}: loss is {loss.item()} at epoch {epoch + 1}, step {step} (batch of histories "
+                        f"{batch['item_seq'][:2].tolist()}..., labels {batch['labels'][:8].tolist()}...); "
+                        "lower learning_rate or check the features for extreme values"
+                    )
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         metrics = evaluate_ranking(model, valid, batch_size=args.batch_size, accelerator=accelerator)["official"]
@@ -110,8 +120,11 @@ def fit(accelerator: Accelerator, model: torch.nn.Module, collator: SequenceColl
         history.append({"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started, **metrics})
         accelerator.print(f"{name} epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {metrics['ndcg@10']:.4f}")
         if metrics["ndcg@10"] > best:  # the gathered metrics are the same on every rank
-            best = metrics["ndcg@10"]
+            best, best_epoch = metrics["ndcg@10"], epoch
             best_state = {k: v.clone() for k, v in unwrapped.state_dict().items()}
+        elif args.early_stopping_patience and epoch - best_epoch >= args.early_stopping_patience:
+            accelerator.print(f"{name}: no valid NDCG@10 gain for {args.early_stopping_patience} epochs, stopping")
+            break
     unwrapped.load_state_dict(best_state)
     return model, history
 

@@ -45,7 +45,7 @@ class PopularityRecommender(nn.Module):
 
     def __init__(self, train_targets: np.ndarray | torch.Tensor, num_items: int):
         super().__init__()
-        counts = torch.bincount(torch.as_tensor(train_targets, dtype=torch.long), minlength=num_items + 1)
+        counts = torch.bincount(torch.tensor(np.asarray(train_targets), dtype=torch.long), minlength=num_items + 1)
         if len(counts) > num_items + 1:
             raise ValueError(f"training targets go up to {len(counts) - 1}, beyond the {num_items} catalogue items")
         self.register_buffer("counts", counts.double())

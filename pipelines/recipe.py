@@ -28,6 +28,8 @@ class TrainingRecipe:
         preset: a model preset of `configuration/models/`.
         id_mode: `"inductive"` or `"transductive"`.
         epochs, batch_size, learning_rate, seed: optimisation (Adam).
+        gradient_accumulation_steps: batches per optimiser step (Accelerate's gradient accumulation).
+        early_stopping_patience: stop after this many epochs without a valid NDCG@10 gain (`None`: never).
         baselines: trained and evaluated beside MISSRec: `["sasrec"]` or `[]` (popularity is always reported).
         output_dir: where the model and `metrics.json` go.
     """
@@ -42,13 +44,21 @@ class TrainingRecipe:
     batch_size: int = 256
     learning_rate: float = 1e-3
     seed: int = 0
+    gradient_accumulation_steps: int = 1
+    early_stopping_patience: int | None = 10
     baselines: list[str] = field(default_factory=lambda: ["sasrec"])
     output_dir: str = "runs/demo"
 
     def __post_init__(self) -> None:
         if self.id_mode not in ("inductive", "transductive"):
             raise ValueError(f"id_mode={self.id_mode!r} is not one of ['inductive', 'transductive']")
-        for name in ("epochs", "batch_size", "num_users", "num_items"):
+        if self.early_stopping_patience is not None and (
+            not isinstance(self.early_stopping_patience, int) or self.early_stopping_patience < 1
+        ):
+            raise ValueError(
+                f"early_stopping_patience={self.early_stopping_patience!r} must be an integer >= 1 or null"
+            )
+        for name in ("epochs", "batch_size", "num_users", "num_items", "gradient_accumulation_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
         if not isinstance(self.baselines, list) or not set(self.baselines) <= {"sasrec"}:

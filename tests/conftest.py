@@ -49,3 +49,12 @@ def random_histories(batch: int, length: int, num_items: int, seed: int = 0) -> 
 @pytest.fixture
 def model() -> MISSRecModel:
     return tiny_model()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps a process-wide state once an `Accelerator` exists: reset it after the test."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

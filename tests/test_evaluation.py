@@ -45,9 +45,8 @@ def test_both_protocols_by_hand(demo):
     assert metrics["exclude_history"]["mrr@60"] >= metrics["official"]["mrr@60"]
 
 
-def test_model_metrics_do_not_depend_on_the_batch_size_and_accelerate_gives_the_same(demo):
+def test_model_metrics_do_not_depend_on_the_batch_size_and_accelerate_gives_the_same(demo, fresh_accelerate_state):
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
     from modeling_missrec import SASRecConfig, SASRecModel
 
@@ -56,10 +55,7 @@ def test_model_metrics_do_not_depend_on_the_batch_size_and_accelerate_gives_the_
     collator = SequenceCollator(demo.sequences["test"], 50)
     reference = evaluate_ranking(model, collator, batch_size=7)["official"]
     assert evaluate_ranking(model, collator, batch_size=50)["official"] == pytest.approx(reference)
-    try:
-        accelerated = evaluate_ranking(model, collator, batch_size=16, accelerator=Accelerator(cpu=True))
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+    accelerated = evaluate_ranking(model, collator, batch_size=16, accelerator=Accelerator(cpu=True))
     assert accelerated["official"] == pytest.approx(reference)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "configuration" / "recipes"
@@ -39,3 +40,30 @@ def test_errors_name_the_problem(tmp_path):
         load_recipe(None, ["--id_mode", "both"])
     with pytest.raises(FileNotFoundError, match="recipes shipped with the package: \\['demo.yaml'"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_train_stops_early_and_names_a_non_finite_loss(tmp_path, monkeypatch, fresh_accelerate_state):
+    """In-process runs of train.main on a tiny demo domain with patched validation / loss."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import train
+
+    tiny = ["--num_users", "60", "--num_items", "40", "--baselines", "[]", "--output_dir", str(tmp_path / "run")]
+    falling = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    real = train.evaluate_ranking
+
+    def validation(model, collator, **kwargs):
+        metrics = real(model, collator, **kwargs)
+        if "accelerator" in kwargs and kwargs.get("protocols") is None:  # the per-epoch validation
+            metrics["official"]["ndcg@10"] = next(falling)
+        return metrics
+
+    monkeypatch.setattr(train, "evaluate_ranking", validation)
+    results = train.main([*tiny, "--epochs", "6", "--early_stopping_patience", "2"])
+    assert [e["epoch"] for e in results["epochs"]] == [1, 2, 3]  # best at epoch 1, then 2 epochs without gain
+
+    monkeypatch.setattr(train, "evaluate_ranking", real)
+    monkeypatch.setattr(train.MISSRecModel, "finetuning_loss", lambda self, *a: torch.tensor(float("nan")))
+    with pytest.raises(FloatingPointError, match=r"MISSRec: loss is nan at epoch 1, step 0 \(batch of histories"):
+        train.main([*tiny, "--epochs", "1"])
