@@ -30,6 +30,7 @@ from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_feat
 from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
 from modeling_missrec.pipelines.loading import load_domain
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
+from modeling_missrec.pipelines.tracking import JSONLinesTracker, plot_curves
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -118,6 +119,9 @@ def fit(accelerator: Accelerator, model: torch.nn.Module, collator: SequenceColl
         metrics = evaluate_ranking(model, valid, batch_size=args.batch_size, accelerator=accelerator)["official"]
         loss = total / len(train_loader)
         history.append({"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started, **metrics})
+        accelerator.log(
+            {f"{name}/train_loss": loss, **{f"{name}/valid_{k}": v for k, v in metrics.items()}}, step=epoch + 1
+        )
         accelerator.print(f"{name} epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {metrics['ndcg@10']:.4f}")
         if metrics["ndcg@10"] > best:  # the gathered metrics are the same on every rank
             best, best_epoch = metrics["ndcg@10"], epoch
@@ -131,7 +135,11 @@ def fit(accelerator: Accelerator, model: torch.nn.Module, collator: SequenceColl
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    accelerator = Accelerator(
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        log_with=[JSONLinesTracker("train_log", args.output_dir)],
+    )
+    accelerator.init_trackers("missrec", config=dataclasses.asdict(args))
     set_seed(args.seed)
     demo = {"demo_num_items": args.num_items, "demo_num_users": args.num_users, "demo_seed": args.seed}
     with accelerator.main_process_first():  # the main process builds the datasets cache, the others reuse it
@@ -168,7 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.unwrap_model(model).save_pretrained(args.output_dir)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
             json.dump(results, f, indent=2)
-    accelerator.wait_for_everyone()
+        histories = {"MISSRec": results["epochs"]} | (
+            {"SASRec": results["sasrec_epochs"]} if "sasrec_epochs" in results else {}
+        )
+        plot_curves(histories, os.path.join(args.output_dir, "curves.png"))
+    accelerator.end_training()
 
     accelerator.print("\n| model | HR@10 | NDCG@10 | HR@50 | NDCG@50 |\n|---|---|---|---|---|")
     for name, (prefix, _) in scorers.items():

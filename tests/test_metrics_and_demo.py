@@ -41,6 +41,10 @@ def test_main_job_trains_beats_popularity_and_saves_a_loadable_model(tmp_path):
     assert len(metrics["epochs"]) == 3
     assert metrics["sasrec_test"]["ndcg@10"] > metrics["popularity_test"]["ndcg@10"]
     assert len(metrics["sasrec_epochs"]) == 3
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert logged[0]["config"]["epochs"] == 3
+    assert [row["step"] for row in logged[1:] if "MISSRec/train_loss" in row] == [1, 2, 3]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Masking the history can only lift the target's rank.
     assert metrics["test_exclude_history"]["hr@10"] >= metrics["test"]["hr@10"]
     assert metrics["popularity_test_exclude_history"]["ndcg@10"] >= metrics["popularity_test"]["ndcg@10"]

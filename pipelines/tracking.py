@@ -1,0 +1,66 @@
+"""Training logs: an Accelerate tracker writing JSON lines, and the loss / validation curves as a PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from accelerate.tracking import GeneralTracker
+
+
+class JSONLinesTracker(GeneralTracker):
+    """An Accelerate tracker appending one JSON object per `log` call to `<logging_dir>/<run_name>.jsonl`.
+
+    Pass it as `Accelerator(log_with=[JSONLinesTracker(run_name, logging_dir)])`; `accelerator.log(values, step)`
+    then writes `{"step": step, **values}`. Only the main process writes.
+    """
+
+    name = "jsonlines"
+    requires_logging_directory = True
+
+    def __init__(self, run_name: str, logging_dir: str | os.PathLike):
+        super().__init__()
+        self.path = Path(logging_dir) / f"{run_name}.jsonl"
+
+    @property
+    def tracker(self) -> Path:
+        return self.path
+
+    def store_init_configuration(self, values: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w") as f:
+            f.write(json.dumps({"config": values}, default=str) + "\n")
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **values}, default=float) + "\n")
+
+
+def plot_curves(histories: dict[str, list[dict]], path: str | os.PathLike) -> Path:
+    """Training loss and validation NDCG@10 per epoch, one line per model, saved as a PNG.
+
+    Args:
+        histories: `{model name: [{"epoch", "loss", "ndcg@10", ...}, ...]}` (the `epochs` lists of `metrics.json`).
+        path: the PNG file to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, ndcg_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, history in histories.items():
+        epochs = [row["epoch"] for row in history]
+        loss_axis.plot(epochs, [row["loss"] for row in history], marker="o", label=name)
+        ndcg_axis.plot(epochs, [row["ndcg@10"] for row in history], marker="o", label=name)
+    loss_axis.set(title="training loss", xlabel="epoch")
+    ndcg_axis.set(title="validation NDCG@10", xlabel="epoch")
+    for axis in (loss_axis, ndcg_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
