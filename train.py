@@ -22,15 +22,18 @@ import dataclasses
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import broadcast, broadcast_object_list, set_seed
 from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features
 from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
+from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
 from modeling_missrec.pipelines.loading import load_domain
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
 from modeling_missrec.pipelines.tracking import JSONLinesTracker, plot_curves
+from peft import PeftModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -54,13 +57,24 @@ def parse_args(argv: list[str] | None = None) -> TrainingRecipe:
         parser.error(str(error))
 
 
+def folder_megabytes(folder: str) -> float:
+    """Size of the weight files (`*.safetensors`) in `folder`, in MB."""
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 1e6
+
+
+def missrec_of(model: torch.nn.Module) -> MISSRecModel | None:
+    """The `MISSRecModel` inside `model` (itself, or the base of a PEFT model), or None for other models."""
+    model = model.get_base_model() if isinstance(model, PeftModel) else model
+    return model if isinstance(model, MISSRecModel) else None
+
+
 def discover_interests_once(accelerator: Accelerator, model: torch.nn.Module) -> None:
     """Interest discovery on the main process only; the interest tables are then broadcast to every rank.
 
     The catalogue and interest tables are buffers that DDP does not synchronise (`broadcast_buffers=False`),
     so the other ranks receive them here, sized by the K the main process found.
     """
-    model = accelerator.unwrap_model(model)
+    model = missrec_of(accelerator.unwrap_model(model))
     if accelerator.is_main_process:
         model.discover_interests()
     if accelerator.num_processes == 1:
@@ -82,7 +96,7 @@ def fit(accelerator: Accelerator, model: torch.nn.Module, collator: SequenceColl
     model, with the best weights loaded, and the per-epoch history.
     """
     accelerator.gradient_accumulation_steps = args.gradient_accumulation_steps
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
     train_loader = DataLoader(
         range(len(collator)),
         batch_size=args.batch_size,
@@ -92,11 +106,12 @@ def fit(accelerator: Accelerator, model: torch.nn.Module, collator: SequenceColl
     )
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     unwrapped = accelerator.unwrap_model(model)
-    name = type(unwrapped).__name__.removesuffix("Model")
+    is_missrec = missrec_of(unwrapped) is not None
+    name = "MISSRec" if is_missrec else type(unwrapped).__name__.removesuffix("Model")
     best, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(args.epochs):
         started = time.perf_counter()
-        if isinstance(unwrapped, MISSRecModel):
+        if is_missrec:
             discover_interests_once(accelerator, model)
         model.train()
         total = 0.0
@@ -130,6 +145,8 @@ def fit(accelerator: Accelerator, model: torch.nn.Module, collator: SequenceColl
             accelerator.print(f"{name}: no valid NDCG@10 gain for {args.early_stopping_patience} epochs, stopping")
             break
     unwrapped.load_state_dict(best_state)
+    if is_missrec:  # interests from the kept weights: a reloaded model (or adapter) rediscovers the same ones
+        discover_interests_once(accelerator, model)
     return model, history
 
 
@@ -145,14 +162,23 @@ def main(argv: list[str] | None = None) -> dict:
     with accelerator.main_process_first():  # the main process builds the datasets cache, the others reuse it
         domain = load_domain(args.domain, data_dir=args.data_dir, **(demo if args.domain == "demo" else {}))
     features = catalogue_features(domain.items)
-    config = load_preset(
-        args.preset,
-        id_mode=args.id_mode,
-        text_feature_dim=features["text_features"].shape[1],
-        image_feature_dim=features["image_features"].shape[1],
-    )
-    model = MISSRecModel(config)
+    dims = {
+        "text_feature_dim": features["text_features"].shape[1],
+        "image_feature_dim": features["image_features"].shape[1],
+    }
+    if args.pretrained is None:
+        model = MISSRecModel(load_preset(args.preset, id_mode=args.id_mode, **dims))
+    else:
+        model = MISSRecModel.from_pretrained(args.pretrained)
+        found = {key: getattr(model.config, key) for key in dims}
+        if found != dims or model.config.id_mode != args.id_mode:
+            raise ValueError(
+                f"pre-trained model {args.pretrained} has feature dims {found} and id_mode "
+                f"{model.config.id_mode!r}; the data and recipe need {dims} and id_mode {args.id_mode!r}"
+            )
+    config = model.config
     model.set_catalogue(**features)
+    model = apply_finetuning_strategy(model, args.strategy)
     loaders = {split: SequenceCollator(domain.sequences[split], config.max_seq_length) for split in domain.sequences}
     results = {"recipe": dataclasses.asdict(args), "num_processes": accelerator.num_processes}
     model, results["epochs"] = fit(accelerator, model, loaders["train"], loaders["validation"], args)
@@ -173,7 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
-        accelerator.unwrap_model(model).save_pretrained(args.output_dir)
+        accelerator.unwrap_model(model).save_pretrained(args.output_dir)  # a PEFT adapter folder for "lora"
+        results["saved_megabytes"] = folder_megabytes(args.output_dir)
+        if args.pretrained is not None and os.path.isdir(args.pretrained):
+            results["pretrained_megabytes"] = folder_megabytes(args.pretrained)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
             json.dump(results, f, indent=2)
         histories = {"MISSRec": results["epochs"]} | (

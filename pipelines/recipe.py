@@ -25,7 +25,10 @@ class TrainingRecipe:
         domain: `"demo"`, an Amazon domain or the prefix of one's own MISSRec-format files.
         data_dir: folder of the domain's MISSRec-format files.
         num_users, num_items: size of the demo domain.
-        preset: a model preset of `configuration/models/`.
+        preset: a model preset of `configuration/models/` (a model trained from scratch).
+        pretrained: instead of a preset, a folder (or Hub id) of a pre-trained MISSRec to fine-tune.
+        strategy: what trains: `"full"`, `"frozen"` (the paper's fine-tuning) or `"lora"` (a PEFT adapter, saved
+            as the output); `frozen` and `lora` need `pretrained`.
         id_mode: `"inductive"` or `"transductive"`.
         epochs, batch_size, learning_rate, seed: optimisation (Adam).
         gradient_accumulation_steps: batches per optimiser step (Accelerate's gradient accumulation).
@@ -39,6 +42,8 @@ class TrainingRecipe:
     num_users: int = 1000
     num_items: int = 600
     preset: str = "missrec-tiny"
+    pretrained: str | None = None
+    strategy: str = "full"
     id_mode: str = "inductive"
     epochs: int = 8
     batch_size: int = 256
@@ -61,6 +66,10 @@ class TrainingRecipe:
         for name in ("epochs", "batch_size", "num_users", "num_items", "gradient_accumulation_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        if self.strategy not in ("full", "frozen", "lora"):
+            raise ValueError(f"strategy={self.strategy!r} is not one of ['full', 'frozen', 'lora']")
+        if self.strategy != "full" and self.pretrained is None:
+            raise ValueError(f"strategy={self.strategy!r} fine-tunes a pre-trained model: set pretrained")
         if not isinstance(self.baselines, list) or not set(self.baselines) <= {"sasrec"}:
             raise ValueError(f"baselines={self.baselines!r} must be a list drawn from ['sasrec']")
         if not self.learning_rate > 0:

@@ -67,3 +67,10 @@ def test_train_stops_early_and_names_a_non_finite_loss(tmp_path, monkeypatch, fr
     monkeypatch.setattr(train.MISSRecModel, "finetuning_loss", lambda self, *a: torch.tensor(float("nan")))
     with pytest.raises(FloatingPointError, match=r"MISSRec: loss is nan at epoch 1, step 0 \(batch of histories"):
         train.main([*tiny, "--epochs", "1"])
+
+
+def test_strategy_needs_a_pretrained_model():
+    with pytest.raises(ValueError, match="strategy='lora' fine-tunes a pre-trained model: set pretrained"):
+        load_recipe(None, ["--strategy", "lora"])
+    with pytest.raises(ValueError, match="strategy='adapter' is not one of"):
+        load_recipe(None, ["--strategy", "adapter", "--pretrained", "runs/demo"])
