@@ -1,0 +1,321 @@
+"""Export a training run (a full model or a LoRA adapter) or a built domain as a Hub-ready folder, and push it.
+
+    python -m modeling_missrec.hub_cards.export model --run_dir runs/demo --output_dir exports/missrec-demo
+    python -m modeling_missrec.hub_cards.export model --run_dir runs/lora --base_model exports/missrec-demo \\
+        --output_dir exports/missrec-demo-lora
+    python -m modeling_missrec.hub_cards.export dataset --domain Scientific \\
+        --data_dir ../shared/data/amazon-scientific-mm --output_dir exports/scientific
+    ... --push_to_hub org/name [--private] [--token TOKEN]
+
+`model` reads a `train.py` output folder (weights + `metrics.json`) and writes:
+- a full model: `config.json` with `auto_map` and `custom_pipelines`, the flat remote-code files (model and the
+  `sequential-recommendation` pipeline), `model.safetensors`, `item_metadata.json`, `metrics.json` and a
+  `README.md` model card (model-index metrics of the run, intended use, data, recipe, limitations, a usage
+  snippet that runs as written);
+- a LoRA adapter (the run folder holds `adapter_config.json`): the adapter files (`base_model_name_or_path` set to
+  `--base_model_id`), `catalogue.safetensors`, `item_metadata.json`, `metrics.json` and an adapter card
+  (`library_name: peft`, `base_model`). The base must be servable: an exported model folder or its Hub id.
+
+Item metadata and an adapter's catalogue are taken from the run folder when `train.py` wrote them, else rebuilt
+from the run's data (the recipe's domain; `--data_dir` overrides where its files are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import pipeline
+
+from .. import MISSRecModel
+from ..pipelines.collator import arrow_table, catalogue_features
+from ..pipelines.loading import MultiModalDomain, domain_statistics, load_domain
+from ..pipelines.recommendation import (
+    CATALOGUE_FILE,
+    ITEM_METADATA_FILE,
+    TASK,
+    load_item_metadata,
+    load_missrec_adapter,
+    save_catalogue,
+    save_item_metadata,
+)
+from .dataset_cards import SOURCE_DESCRIPTIONS, export_domain
+from .model_cards import adapter_card, model_card
+from .push import HubPushError, push_folder
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def _empty_output(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise ValueError(f"output folder {folder} exists and is not empty: choose a new one")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The run's `metrics.json` (`train.py` writes it beside the weights)."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: export needs a train.py output folder (weights + metrics.json)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_domain(metrics: dict[str, Any], data_dir: str | None = None) -> MultiModalDomain:
+    """The domain a run trained on, rebuilt from its recipe (`domain`, `data_dir`, demo size and seed)."""
+    recipe = metrics.get("recipe") or {}
+    if "domain" not in recipe:
+        raise ValueError("metrics.json has no recipe.domain: cannot tell which data the run used")
+    domain = recipe["domain"]
+    if domain == "demo":
+        sizes = {"demo_num_items": recipe.get("num_items"), "demo_num_users": recipe.get("num_users")}
+        sizes = {k: v for k, v in sizes.items() if v is not None}
+        return load_domain("demo", demo_seed=recipe.get("seed", 0), **sizes)
+    return load_domain(domain, data_dir=data_dir or recipe.get("data_dir"))
+
+
+def item_popularity(domain: MultiModalDomain) -> np.ndarray:
+    """`[N]` how often each item is a training target (the popularity baseline's counts)."""
+    targets = arrow_table(domain.sequences["train"])["target"].to_numpy()
+    return np.bincount(targets, minlength=len(domain.items) + 1)[1:]
+
+
+def data_description(domain: MultiModalDomain | None, metrics: dict[str, Any]) -> str:
+    """A paragraph on the training data: source and statistics of the domain."""
+    recipe = metrics.get("recipe") or {}
+    if domain is None:
+        return f"The **{recipe.get('domain', 'unknown')}** domain (see the training recipe)."
+    stats = domain_statistics(domain)
+    source = SOURCE_DESCRIPTIONS.get(domain.build.get("source", "missrec"), "the domain's files")
+    return (
+        f"**{domain.name}**, built from {source}: {stats['users']:,} users, {stats['items']:,} items, "
+        f"{stats['interactions']:,} interactions; item features "
+        + ", ".join(f"{k} {v}-d" for k, v in stats["feature_dims"].items())
+        + ". Splits are leave-one-out by time (RecBole / UniSRec): each user's last item is the test target, the "
+        "one before it the validation target, every earlier prefix a training example."
+    )
+
+
+def _item_metadata(run_dir: Path, out: Path, num_items: int, domain_fn) -> dict[str, Any]:
+    """Copy the run's `item_metadata.json`, or write one from the run's domain; returns its content."""
+    if (run_dir / ITEM_METADATA_FILE).is_file():
+        shutil.copy2(run_dir / ITEM_METADATA_FILE, out / ITEM_METADATA_FILE)
+    else:
+        domain = domain_fn()
+        table = arrow_table(domain.items)
+        save_item_metadata(
+            out,
+            table["source_id"].to_pylist(),
+            table["text"].to_pylist(),
+            popularity=item_popularity(domain),
+        )
+    metadata = load_item_metadata(out)
+    if metadata["num_items"] != num_items:
+        raise ValueError(
+            f"the item metadata describes {metadata['num_items']} items but the model's catalogue has {num_items}: "
+            "is --data_dir the data the run trained on?"
+        )
+    return metadata
+
+
+def example_history(metadata: dict[str, Any], length: int = 3) -> list[str]:
+    """Source ids of a plausible history for usage snippets: the most popular items (or the first ones)."""
+    popularity = metadata.get("popularity")
+    order = np.argsort(-np.asarray(popularity), kind="stable") if popularity else np.arange(metadata["num_items"])
+    return [metadata["source_ids"][i] for i in order[:length][::-1]]
+
+
+def export_model(
+    run_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    base_model_id: str | None = None,
+    data_dir: str | None = None,
+    dataset_id: str | None = None,
+) -> Path:
+    """Write a Hub-ready folder for a `train.py` run: a full model or, when the run saved one, a LoRA adapter.
+
+    Args:
+        run_dir: the run's output folder (weights or adapter files, `metrics.json`).
+        output_dir: a new (or empty) folder.
+        repo_id: the Hub id the folder will be pushed to (used by the card's snippet; default: the folder path).
+        base_model: adapters only: the base model, an exported folder or Hub id (default: the recipe's
+            `pretrained`, then the adapter's `base_model_name_or_path`).
+        base_model_id: adapters only: the base's Hub id written into the adapter config and card (default:
+            `base_model`).
+        data_dir: where the run's domain files are, when not where the recipe says.
+        dataset_id: the Hub dataset of the training data, for the card's metadata.
+
+    Returns:
+        The output folder.
+    """
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    out = _empty_output(output_dir)
+    domain_cache: list[MultiModalDomain] = []
+
+    def domain() -> MultiModalDomain:
+        if not domain_cache:
+            domain_cache.append(run_domain(metrics, data_dir))
+        return domain_cache[0]
+
+    target = repo_id or str(out.resolve())
+    if (run_dir / "adapter_config.json").is_file():
+        return _export_adapter(
+            run_dir, out, metrics, domain, domain_cache, target, base_model, base_model_id, dataset_id
+        )
+    model = MISSRecModel.from_pretrained(run_dir).eval()
+    pipeline(TASK, model=model).save_pretrained(out)  # weights, config (auto_map, custom_pipelines), remote code
+    metadata = _item_metadata(run_dir, out, model.config.num_items, domain)
+    shutil.copy2(run_dir / "metrics.json", out / "metrics.json")
+    card = model_card(
+        model.config,
+        metrics,
+        model_id=target,
+        history=example_history(metadata),
+        data_description=data_description(domain_cache[0] if domain_cache else None, metrics),
+        dataset_id=dataset_id,
+    )
+    card.save(out / "README.md")
+    return out
+
+
+def _export_adapter(run_dir, out, metrics, domain, domain_cache, target, base_model, base_model_id, dataset_id) -> Path:
+    with open(run_dir / "adapter_config.json") as f:
+        peft_config = json.load(f)
+    recipe = metrics.get("recipe") or {}
+    base_model = base_model or recipe.get("pretrained") or peft_config.get("base_model_name_or_path")
+    if not base_model:
+        raise ValueError("the adapter's base model is unknown: pass --base_model (an exported folder or Hub id)")
+    if os.path.isdir(base_model):
+        with open(Path(base_model) / "config.json") as f:
+            if TASK not in (json.load(f).get("custom_pipelines") or {}):
+                raise ValueError(
+                    f"the base model {base_model} has no custom_pipelines, so the adapter could not be served from it: "
+                    f"export it first (python -m modeling_missrec.hub_cards.export model --run_dir {base_model} "
+                    "--output_dir BASE_EXPORT) and pass --base_model BASE_EXPORT (or its Hub id)"
+                )
+    base_model_id = base_model_id or base_model
+    for name in ADAPTER_FILES:
+        shutil.copy2(run_dir / name, out / name)
+    peft_config["base_model_name_or_path"] = base_model_id
+    with open(out / "adapter_config.json", "w") as f:
+        json.dump(peft_config, f, indent=2)
+    base = MISSRecModel.from_pretrained(base_model)
+    if (run_dir / CATALOGUE_FILE).is_file():
+        shutil.copy2(run_dir / CATALOGUE_FILE, out / CATALOGUE_FILE)
+    else:
+        save_catalogue(out, catalogue_features(domain().items), base=base)
+    model = load_missrec_adapter(base, out)  # also checks that adapter, catalogue and base fit together
+    config = model.get_base_model().config
+    metadata = _item_metadata(run_dir, out, config.num_items, domain)
+    shutil.copy2(run_dir / "metrics.json", out / "metrics.json")
+    card = adapter_card(
+        config,
+        metrics,
+        base_model=base_model_id,
+        adapter_id=target,
+        history=example_history(metadata),
+        peft_config=peft_config,
+        data_description=data_description(domain_cache[0] if domain_cache else None, metrics),
+        dataset_id=dataset_id,
+    )
+    card.save(out / "README.md")
+    return out
+
+
+def export_dataset(
+    domain: str,
+    output_dir: str | os.PathLike,
+    *,
+    data_dir: str | None = None,
+    repo_id: str | None = None,
+    demo_num_items: int | None = None,
+    demo_num_users: int | None = None,
+    demo_seed: int = 0,
+) -> Path:
+    """Build `domain` and write it as parquet plus a dataset card (see `dataset_cards.export_domain`)."""
+    out = _empty_output(output_dir)
+    if domain == "demo":
+        sizes = {"demo_num_items": demo_num_items, "demo_num_users": demo_num_users}
+        built = load_domain("demo", demo_seed=demo_seed, **{k: v for k, v in sizes.items() if v is not None})
+    else:
+        built = load_domain(domain, data_dir=data_dir)
+    return export_domain(built, out, repo_id=repo_id)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m modeling_missrec.hub_cards.export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    model = commands.add_parser("model", help="a train.py run folder: full model or LoRA adapter")
+    model.add_argument("--run_dir", required=True, help="train.py output folder (weights or adapter, metrics.json)")
+    model.add_argument("--base_model", help="adapters: the base (exported folder or Hub id); default: the recipe's")
+    model.add_argument("--base_model_id", help="adapters: the base's Hub id for the adapter config and card")
+    model.add_argument("--data_dir", help="the run's domain files, when not where the recipe says")
+    model.add_argument("--dataset_id", help="Hub dataset of the training data, for the card")
+    dataset = commands.add_parser("dataset", help="a built domain as parquet + dataset card")
+    dataset.add_argument("--domain", required=True, help="'demo', an Amazon domain name or one's own prefix")
+    dataset.add_argument("--data_dir", help="the domain's MISSRec-format files")
+    dataset.add_argument("--demo_num_items", type=int)
+    dataset.add_argument("--demo_num_users", type=int)
+    dataset.add_argument("--demo_seed", type=int, default=0)
+    for sub in (model, dataset):
+        sub.add_argument("--output_dir", required=True, help="a new or empty folder")
+        sub.add_argument("--push_to_hub", metavar="ORG/NAME", help="upload the folder to this Hub repository")
+        sub.add_argument("--private", action="store_true", help="create the Hub repository private")
+        sub.add_argument("--token", help="Hub token (default: the logged-in one or HF_TOKEN)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    repo_id = args.push_to_hub
+    if args.command == "model":
+        out = export_model(
+            args.run_dir,
+            args.output_dir,
+            repo_id=repo_id,
+            base_model=args.base_model,
+            base_model_id=args.base_model_id,
+            data_dir=args.data_dir,
+            dataset_id=args.dataset_id,
+        )
+        repo_type = "model"
+    else:
+        out = export_dataset(
+            args.domain,
+            args.output_dir,
+            data_dir=args.data_dir,
+            repo_id=repo_id,
+            demo_num_items=args.demo_num_items,
+            demo_num_users=args.demo_num_users,
+            demo_seed=args.demo_seed,
+        )
+        repo_type = "dataset"
+    print(f"exported to {out}")
+    if repo_id:
+        try:
+            url = push_folder(out, repo_id, repo_type=repo_type, private=args.private or None, token=args.token)
+        except HubPushError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"pushed to {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
