@@ -133,6 +133,9 @@ def test_catalogue_embeddings_are_cached_and_invalidated():
         model.text_adaptor.weight.mul_(2)  # an in-place update, as an optimizer step makes
     assert catalogue_index(model) is not index
     index = catalogue_index(model)
+    model.discover_interests()  # new interests change the sequence side only: the item index stays valid
+    assert catalogue_index(model) is index
+    model.set_catalogue(text_features=model.text_features[1:] * 2, image_features=model.image_features[1:])
     model.discover_interests()
     assert catalogue_index(model) is not index
     items, lengths = random_histories(4, 6, NUM_ITEMS)
