@@ -1,18 +1,27 @@
 #!/usr/bin/env python
-"""Train MISSRec from scratch on the project's demo data and compare it with popularity.
+"""Pre-train MISSRec on a mix of domains, or fine-tune it on one, beside SASRec and popularity.
 
-    python train.py                                           # the demo recipe
+    python train.py                                                    # fine-tune on the demo domain
+    python train.py --config configuration/recipes/demo-pretrain.yaml  # pre-train on two demo domains
+    python train.py --pretrained runs/demo-pretrain --strategy lora    # fine-tune a PEFT adapter on it
     python train.py --config configuration/recipes/scientific.yaml --epochs 10
 
 It runs unchanged as `python train.py` and as `accelerate launch train.py` (several processes: DDP, the
-interests discovered on the main process and broadcast, evaluation sharded with `gather_for_metrics`).
-Settings come from a YAML recipe (`configuration/recipes/`); any key is overridden with `--key value`. The
-data come from the project's `datasets` builder (`load_domain("demo")`, or a real domain with
-`--domain Scientific --data_dir FOLDER` for MISSRec-format files). Each epoch re-discovers interests first,
-then trains with the full-catalogue cross-entropy; the best validation NDCG@10 model is saved with
-`save_pretrained` (a remote-code folder) and evaluated on the test split. Still to come (issue 5): the
-pre-training stage, PEFT fine-tuning runs, resumable checkpoints. SASRec (RecBole defaults) and popularity
-are trained and evaluated in the same harness and printed beside MISSRec (`--baselines []` skips SASRec).
+interests discovered on the main process and broadcast, evaluation sharded with `gather_for_metrics`; mixed
+precision and the device come from the Accelerate config). Settings come from a YAML recipe
+(`configuration/recipes/`); any key is overridden with `--key value`. Data come from the project's `datasets`
+builder (`load_domain`); a list of domains is mixed into one catalogue.
+
+- `stage: pretrain`: the in-batch sequence->item and sequence->sequence contrastive losses over the mixed
+  domains, with item-drop (and word-drop) augmented views, no item ids, interest ratio 0.02.
+- `stage: finetune`: the full-catalogue cross-entropy on one domain, from a preset or from a `pretrained`
+  folder with a strategy (`full`, `frozen`, or `lora`, which saves a PEFT adapter), inductive or transductive.
+
+Every model re-discovers its interests before each epoch, stops early on validation NDCG@10, and keeps its
+best weights, saved with `save_pretrained` (a remote-code folder) and evaluated on the test split with both
+protocols. SASRec and popularity (and, with `baselines: [scratch]`, MISSRec from scratch under the same
+budget) are trained and evaluated in the same harness and printed beside MISSRec. With `checkpointing_steps`
+each model writes resumable checkpoints (`--resume_from_checkpoint latest` continues a killed run).
 """
 
 from __future__ import annotations
@@ -21,17 +30,30 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import broadcast, broadcast_object_list, set_seed
-from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features
+from modeling_missrec.pipelines.checkpointing import (
+    TrainingProgress,
+    check_settings,
+    checkpoint_root,
+    list_checkpoints,
+    load_best_weights,
+    match_interest_table,
+    read_progress,
+    save_checkpoint,
+    saved_interest_table_shape,
+)
+from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features, feature_matrix
 from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
 from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
-from modeling_missrec.pipelines.loading import load_domain
+from modeling_missrec.pipelines.loading import MultiModalDomain, load_domain, mix_domains
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
+from modeling_missrec.pipelines.recommendation import save_catalogue, save_item_metadata
 from modeling_missrec.pipelines.tracking import JSONLinesTracker, plot_curves
 from peft import PeftModel
 from torch.utils.data import DataLoader
@@ -39,6 +61,8 @@ from tqdm.auto import tqdm
 
 from modeling_missrec import MISSRecModel, SASRecConfig, SASRecModel
 from modeling_missrec.presets import available_presets, load_preset
+
+PRETRAINING_INTEREST_RATIO, FINETUNING_INTEREST_RATIO = 0.02, 0.5  # the paper's
 
 
 def parse_args(argv: list[str] | None = None) -> TrainingRecipe:
@@ -68,6 +92,64 @@ def missrec_of(model: torch.nn.Module) -> MISSRecModel | None:
     return model if isinstance(model, MISSRecModel) else None
 
 
+def load_training_data(args: TrainingRecipe) -> MultiModalDomain:
+    """The recipe's domain, or its domains mixed into one catalogue. Demo domains take the recipe's size."""
+    domains = []
+    for name in args.domains:
+        demo = {"demo_num_items": args.num_items, "demo_num_users": args.num_users}
+        if name == "demo":
+            demo["demo_seed"] = args.seed
+        is_demo = name == "demo" or name.startswith("demo-")
+        domains.append(load_domain(name, data_dir=args.data_dir, **(demo if is_demo else {})))
+    domain = domains[0] if len(domains) == 1 else mix_domains(domains)
+    if len(domain.sequences["train"]) == 0:
+        raise ValueError(f"domain {domain.name!r} has an empty training split: nothing to train on")
+    return domain
+
+
+def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_scratch: bool = False) -> MISSRecModel:
+    """MISSRec from the recipe's preset (or, unless `from_scratch`, its pre-trained folder) on the catalogue."""
+    dims = {f"{m}_feature_dim": features[f"{m}_features"].shape[1] for m in ("text", "image")}
+    if args.pretrained is None or from_scratch:
+        model = MISSRecModel(load_preset(args.preset, id_mode=args.id_mode, **dims))
+    else:
+        try:
+            model = MISSRecModel.from_pretrained(args.pretrained)
+        except OSError as error:
+            raise OSError(
+                f"pretrained={args.pretrained!r} is neither a MISSRec folder here nor a reachable Hub model "
+                f"(for the demo, run the pre-training recipe first: configuration/recipes/demo-pretrain.yaml): {error}"
+            ) from error
+        found = {key: getattr(model.config, key) for key in dims}
+        if found != dims:
+            raise ValueError(f"pre-trained model {args.pretrained} has feature dims {found}; the data have {dims}")
+        if model.config.id_mode == "transductive" and args.id_mode == "inductive":
+            raise ValueError(f"pre-trained model {args.pretrained} is transductive; it cannot fine-tune inductively")
+    default_ratio = PRETRAINING_INTEREST_RATIO if args.stage == "pretrain" else FINETUNING_INTEREST_RATIO
+    model.config.interest_ratio = args.interest_ratio or default_ratio
+    model.set_catalogue(**features)
+    if args.id_mode == "transductive" and model.item_id_embeddings is None:
+        model.add_item_id_embeddings()
+    return model
+
+
+def training_collator(args: TrainingRecipe, domain: MultiModalDomain, max_seq_length: int) -> SequenceCollator:
+    """Training batches; with the augmented views of pre-training for `stage: pretrain`."""
+    if args.stage == "finetune":
+        return SequenceCollator(domain.sequences["train"], max_seq_length)
+    text = {}
+    if args.word_drop_ratio > 0:
+        text = {name: feature_matrix(domain.items, name) for name in ("text_features", "alt_text_features")}
+    return SequenceCollator(
+        domain.sequences["train"],
+        max_seq_length,
+        item_drop_ratio=args.item_drop_ratio,
+        word_drop_ratio=args.word_drop_ratio,
+        seed=args.seed,
+        **text,
+    )
+
+
 def discover_interests_once(accelerator: Accelerator, model: torch.nn.Module) -> None:
     """Interest discovery on the main process only; the interest tables are then broadcast to every rank.
 
@@ -81,114 +163,175 @@ def discover_interests_once(accelerator: Accelerator, model: torch.nn.Module) ->
         return
     (num_interests,) = broadcast_object_list([model.config.num_interests])
     if not accelerator.is_main_process:
-        model.config.num_interests = num_interests
-        model.interest_centroids = model.interest_centroids.new_zeros(num_interests + 1, model.config.hidden_size)
+        match_interest_table(model, (num_interests + 1, model.config.hidden_size))
     for name in [f"{m}_interest_ids" for m in model.modality_names] + ["interest_centroids"]:
         setattr(model, name, broadcast(getattr(model, name).contiguous(), from_process=0))
 
 
-def fit(accelerator: Accelerator, model: torch.nn.Module, collator: SequenceCollator, valid: SequenceCollator, args):
+def checkpoint_to_resume(args: TrainingRecipe, name: str) -> Path | None:
+    """The newest checkpoint of model `name` in the run `args.resume_from_checkpoint` points to, if any."""
+    if args.resume_from_checkpoint is None:
+        return None
+    run = args.output_dir if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
+    found = list_checkpoints(checkpoint_root(run, name))
+    return found[-1] if found else None
+
+
+def fit(
+    logger: Accelerator,
+    name: str,
+    model: torch.nn.Module,
+    collator: SequenceCollator,
+    valid: SequenceCollator,
+    args: TrainingRecipe,
+) -> tuple[torch.nn.Module, Accelerator, list[dict]]:
     """Train `model` with Adam for `args.epochs`, keeping the weights of the best validation NDCG@10.
 
     Stops early after `args.early_stopping_patience` epochs without a gain, and at once on a non-finite loss.
+    MISSRec models re-discover their interests before every epoch. Each model gets an `Accelerator` of its own
+    (its checkpoints then hold only its state); `logger` is the run's Accelerator, which holds the trackers.
+    With `args.checkpointing_steps`, checkpoints go to `output_dir/checkpoints/<name>/`, and a run resuming
+    (`args.resume_from_checkpoint`) continues from the newest one: same batches, same random draws.
 
-    MISSRec models re-discover their interests before every epoch. Returns the prepared (possibly DDP-wrapped)
-    model, with the best weights loaded, and the per-epoch history.
+    Returns:
+        The prepared (possibly DDP-wrapped) model with the best weights loaded, its Accelerator, and the
+        per-epoch history.
     """
-    accelerator.gradient_accumulation_steps = args.gradient_accumulation_steps
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
-    train_loader = DataLoader(
-        range(len(collator)),
-        batch_size=args.batch_size,
-        shuffle=True,
-        collate_fn=collator,
-        generator=torch.Generator().manual_seed(args.seed),
+    accelerator = Accelerator(
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
     )
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
+    loader = DataLoader(range(len(collator)), batch_size=args.batch_size, shuffle=True, collate_fn=collator)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, loader)
     unwrapped = accelerator.unwrap_model(model)
-    is_missrec = missrec_of(unwrapped) is not None
-    name = "MISSRec" if is_missrec else type(unwrapped).__name__.removesuffix("Model")
-    best, best_epoch, best_state, history = -1.0, 0, None, []
-    for epoch in range(args.epochs):
-        started = time.perf_counter()
-        if is_missrec:
+    missrec = missrec_of(unwrapped)
+    settings = {**args.training_settings, "num_processes": accelerator.num_processes}
+    progress, best_state = TrainingProgress(name, settings), None
+    resume = checkpoint_to_resume(args, name)
+    if resume is not None:
+        progress = read_progress(resume)
+        check_settings(progress, settings, resume)
+        match_interest_table(missrec, saved_interest_table_shape(resume))
+        accelerator.load_state(str(resume))
+        best_state = load_best_weights(resume)
+        accelerator.print(f"{name}: resumed from {resume} (epoch {progress.epoch + 1}, batch {progress.step})")
+    root = checkpoint_root(args.output_dir, name)
+    save = {"accelerator": accelerator, "root": root, "total_limit": args.checkpoints_total_limit}
+    every = args.checkpointing_steps if isinstance(args.checkpointing_steps, int) else None
+    while not progress.finished and progress.epoch < args.epochs:
+        epoch, started = progress.epoch, time.perf_counter()
+        if missrec is not None and progress.step == 0:  # mid-epoch, the checkpoint holds this epoch's interests
             discover_interests_once(accelerator, model)
         model.train()
-        total = 0.0
+        train_loader.set_epoch(epoch)
+        collator.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(train_loader, progress.step) if progress.step else train_loader
         description = f"{name} epoch {epoch + 1}/{args.epochs}"
-        bar = tqdm(train_loader, desc=description, leave=False, disable=not accelerator.is_main_process)
-        for step, batch in enumerate(bar):
+        bar = tqdm(batches, desc=description, leave=False, disable=not accelerator.is_main_process)
+        for batch in bar:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"{name}: loss is {loss.item()} at epoch {epoch + 1}, step {step} (batch of histories "
-                        f"{batch['item_seq'][:2].tolist()}..., labels {batch['labels'][:8].tolist()}...); "
+                        f"{name}: loss is {loss.item()} at epoch {epoch + 1}, step {progress.step} (batch of "
+                        f"histories {batch['item_seq'][:2].tolist()}..., labels {batch['labels'][:8].tolist()}...); "
                         "lower learning_rate or check the features for extreme values"
                     )
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            total += loss.item()
+            progress.step, progress.global_step = progress.step + 1, progress.global_step + 1
+            progress.loss_sum += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            if every and progress.global_step % every == 0:
+                save_checkpoint(progress=progress, best_state=best_state, **save)
         metrics = evaluate_ranking(model, valid, batch_size=args.batch_size, accelerator=accelerator)["official"]
-        loss = total / len(train_loader)
-        history.append({"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started, **metrics})
-        accelerator.log(
-            {f"{name}/train_loss": loss, **{f"{name}/valid_{k}": v for k, v in metrics.items()}}, step=epoch + 1
-        )
+        loss = progress.loss_sum / progress.step
+        seconds = time.perf_counter() - started
+        progress.history.append({"epoch": epoch + 1, "loss": loss, "seconds": seconds, **metrics})
+        logger.log({f"{name}/train_loss": loss, **{f"{name}/valid_{k}": v for k, v in metrics.items()}}, step=epoch + 1)
         accelerator.print(f"{name} epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {metrics['ndcg@10']:.4f}")
-        if metrics["ndcg@10"] > best:  # the gathered metrics are the same on every rank
-            best, best_epoch = metrics["ndcg@10"], epoch
-            best_state = {k: v.clone() for k, v in unwrapped.state_dict().items()}
-        elif args.early_stopping_patience and epoch - best_epoch >= args.early_stopping_patience:
+        progress.epoch, progress.step, progress.loss_sum = epoch + 1, 0, 0.0
+        if metrics["ndcg@10"] > progress.best:  # the gathered metrics are the same on every rank
+            progress.best, progress.best_epoch = metrics["ndcg@10"], epoch
+            best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+        elif args.early_stopping_patience and epoch - progress.best_epoch >= args.early_stopping_patience:
             accelerator.print(f"{name}: no valid NDCG@10 gain for {args.early_stopping_patience} epochs, stopping")
-            break
-    unwrapped.load_state_dict(best_state)
-    if is_missrec:  # interests from the kept weights: a reloaded model (or adapter) rediscovers the same ones
+            progress.finished = True
+        if args.checkpointing_steps is not None and not progress.finished:
+            save_checkpoint(progress=progress, best_state=best_state, **save)
+    if best_state is not None:
+        match_interest_table(missrec, saved_interest_table_shape(best_state))
+        unwrapped.load_state_dict(best_state)
+    if missrec is not None:  # interests from the kept weights: a reloaded model (or adapter) rediscovers them
         discover_interests_once(accelerator, model)
-    return model, history
+    if args.checkpointing_steps is not None and not (resume is not None and progress.finished):
+        progress.finished = True
+        save_checkpoint(progress=progress, best_state=None, **save)
+    return model, accelerator, progress.history
+
+
+def prepare_output_dir(accelerator: Accelerator, args: TrainingRecipe) -> None:
+    """Refuse to mix a fresh run's checkpoints with an earlier run's, unless asked to overwrite them."""
+    checkpoints = Path(args.output_dir) / "checkpoints"
+    if args.resume_from_checkpoint is not None:
+        run = args.output_dir if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
+        if not any(list_checkpoints(p) for p in (Path(run) / "checkpoints").glob("*")):
+            raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint in {Path(run) / 'checkpoints'}")
+    elif checkpoints.is_dir() and any(checkpoints.iterdir()):
+        if not args.overwrite_output_dir:
+            raise FileExistsError(
+                f"{args.output_dir} holds checkpoints of an earlier run: continue it with --resume_from_checkpoint "
+                "latest, start over with --overwrite_output_dir true, or choose another --output_dir"
+            )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(checkpoints)
+        accelerator.wait_for_everyone()
+
+
+def print_results(accelerator: Accelerator, rows: dict[str, dict]) -> None:
+    accelerator.print("\n| model | HR@10 | NDCG@10 | HR@50 | NDCG@50 |\n|---|---|---|---|---|")
+    for name, m in rows.items():
+        accelerator.print(f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | {m['ndcg@50']:.4f} |")
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    accelerator = Accelerator(
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-        log_with=[JSONLinesTracker("train_log", args.output_dir)],
-    )
+    accelerator = Accelerator(log_with=[JSONLinesTracker("train_log", args.output_dir)])
+    prepare_output_dir(accelerator, args)
     accelerator.init_trackers("missrec", config=dataclasses.asdict(args))
-    set_seed(args.seed)
-    demo = {"demo_num_items": args.num_items, "demo_num_users": args.num_users, "demo_seed": args.seed}
     with accelerator.main_process_first():  # the main process builds the datasets cache, the others reuse it
-        domain = load_domain(args.domain, data_dir=args.data_dir, **(demo if args.domain == "demo" else {}))
+        domain = load_training_data(args)
     features = catalogue_features(domain.items)
-    dims = {
-        "text_feature_dim": features["text_features"].shape[1],
-        "image_feature_dim": features["image_features"].shape[1],
-    }
-    if args.pretrained is None:
-        model = MISSRecModel(load_preset(args.preset, id_mode=args.id_mode, **dims))
-    else:
-        model = MISSRecModel.from_pretrained(args.pretrained)
-        found = {key: getattr(model.config, key) for key in dims}
-        if found != dims or model.config.id_mode != args.id_mode:
-            raise ValueError(
-                f"pre-trained model {args.pretrained} has feature dims {found} and id_mode "
-                f"{model.config.id_mode!r}; the data and recipe need {dims} and id_mode {args.id_mode!r}"
-            )
-    config = model.config
-    model.set_catalogue(**features)
-    model = apply_finetuning_strategy(model, args.strategy)
-    loaders = {split: SequenceCollator(domain.sequences[split], config.max_seq_length) for split in domain.sequences}
-    results = {"recipe": dataclasses.asdict(args), "num_processes": accelerator.num_processes}
-    model, results["epochs"] = fit(accelerator, model, loaders["train"], loaders["validation"], args)
-    scorers = {"MISSRec": ("", model)}
+    set_seed(args.seed)
+    model = apply_finetuning_strategy(build_missrec(args, features), args.strategy)
+    max_seq_length = missrec_of(model).config.max_seq_length
+    train = training_collator(args, domain, max_seq_length)
+    loaders = {split: SequenceCollator(domain.sequences[split], max_seq_length) for split in ("validation", "test")}
+    results = {"recipe": dataclasses.asdict(args), "domain": domain.name, "num_processes": accelerator.num_processes}
+    label = "MISSRec" if args.pretrained is None else f"MISSRec (pre-trained, {args.strategy})"
+    model, _, results["epochs"] = fit(accelerator, "MISSRec", model, train, loaders["validation"], args)
+    scorers = {label: ("", model)}
+    if "scratch" in args.baselines:
+        set_seed(args.seed)
+        scratch = build_missrec(args, features, from_scratch=True)
+        scratch, _, results["scratch_epochs"] = fit(
+            accelerator, "MISSRec-scratch", scratch, train, loaders["validation"], args
+        )
+        scorers["MISSRec from scratch"] = ("scratch_", scratch)
     if "sasrec" in args.baselines:
         set_seed(args.seed)
-        sasrec = SASRecModel(SASRecConfig(num_items=domain.num_items, max_seq_length=config.max_seq_length))
-        sasrec, results["sasrec_epochs"] = fit(accelerator, sasrec, loaders["train"], loaders["validation"], args)
+        sasrec = SASRecModel(SASRecConfig(num_items=domain.num_items, max_seq_length=max_seq_length))
+        sasrec_train = SequenceCollator(domain.sequences["train"], max_seq_length)  # next-item CE, no augmentation
+        sasrec, _, results["sasrec_epochs"] = fit(
+            accelerator, "SASRec", sasrec, sasrec_train, loaders["validation"], args
+        )
         scorers["SASRec"] = ("sasrec_", sasrec)
-    scorers["Popularity"] = ("popularity_", PopularityRecommender(loaders["train"].targets, domain.num_items))
+    popularity = PopularityRecommender(SequenceCollator(domain.sequences["train"], 1).targets, domain.num_items)
+    scorers["Popularity"] = ("popularity_", popularity)
 
     both = {"batch_size": args.batch_size, "protocols": ("official", "exclude_history"), "accelerator": accelerator}
     for prefix, scorer in scorers.values():
@@ -199,22 +342,25 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
-        accelerator.unwrap_model(model).save_pretrained(args.output_dir)  # a PEFT adapter folder for "lora"
+        saved = accelerator.unwrap_model(model)
+        saved.save_pretrained(args.output_dir)  # a PEFT adapter folder for "lora"
+        if isinstance(saved, PeftModel):  # the adapter carries its domain's catalogue (the base has another)
+            save_catalogue(args.output_dir, saved)
+        items = domain.items.select_columns(["source_id", "text"]).to_dict()
+        save_item_metadata(args.output_dir, items["source_id"], items["text"], popularity=popularity.counts[1:].long())
         results["saved_megabytes"] = folder_megabytes(args.output_dir)
         if args.pretrained is not None and os.path.isdir(args.pretrained):
             results["pretrained_megabytes"] = folder_megabytes(args.pretrained)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
             json.dump(results, f, indent=2)
-        histories = {"MISSRec": results["epochs"]} | (
-            {"SASRec": results["sasrec_epochs"]} if "sasrec_epochs" in results else {}
-        )
+        histories = {
+            name: results[key]
+            for name, key in (("MISSRec", "epochs"), ("MISSRec-scratch", "scratch_epochs"), ("SASRec", "sasrec_epochs"))
+            if key in results
+        }
         plot_curves(histories, os.path.join(args.output_dir, "curves.png"))
     accelerator.end_training()
-
-    accelerator.print("\n| model | HR@10 | NDCG@10 | HR@50 | NDCG@50 |\n|---|---|---|---|---|")
-    for name, (prefix, _) in scorers.items():
-        m = results[f"{prefix}test"]
-        accelerator.print(f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | {m['ndcg@50']:.4f} |")
+    print_results(accelerator, {name: results[f"{prefix}test"] for name, (prefix, _) in scorers.items()})
     accelerator.print(f"\nmodel saved to {args.output_dir}")
     return results
 

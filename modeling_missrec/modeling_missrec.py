@@ -235,14 +235,29 @@ class MISSRecModel(MISSRecPreTrainedModel):
         if resized:
             self._reset_item_parameters(num_items)
 
+    def _fresh_item_id_embeddings(self) -> nn.Embedding:
+        embeddings = nn.Embedding(self.config.num_items + 1, self.config.hidden_size, padding_idx=0)
+        embeddings = embeddings.to(self.position_embeddings.weight.device, self.dtype)
+        self._init_weights(embeddings)
+        return embeddings
+
     def _reset_item_parameters(self, num_items: int) -> None:
         device = self.position_embeddings.weight.device
         if self.item_id_embeddings is not None:
-            embeddings = nn.Embedding(num_items + 1, self.config.hidden_size, padding_idx=0)
-            self.item_id_embeddings = embeddings.to(device, self.dtype)
-            self._init_weights(self.item_id_embeddings)
+            self.item_id_embeddings = self._fresh_item_id_embeddings()
         if self.item_fusion.mode == "dynamic_instance":
             self.item_fusion.weight = nn.Parameter(torch.zeros(num_items + 1, device=device, dtype=self.dtype))
+
+    def add_item_id_embeddings(self) -> None:
+        """Switch an inductive model to transductive mode: add a freshly initialised item-id embedding.
+
+        This is how a pre-trained model (pre-training uses no item ids) is fine-tuned in transductive mode;
+        the id logits join the fused modality logits as `(s_id + 2 * fused) / 3`.
+        """
+        if self.item_id_embeddings is not None:
+            raise ValueError("the model is already transductive (it has item-id embeddings)")
+        self.config.id_mode = "transductive"
+        self.item_id_embeddings = self._fresh_item_id_embeddings()
 
     @torch.no_grad()
     def extend_catalogue(

@@ -31,6 +31,7 @@ from .missrec_files import read_missrec_folder, write_missrec_folder
 
 TABLES = ("sequences", "items")
 SOURCES = ("missrec", "raw", "demo")
+TABLES_VERSION = datasets.Version("1.1.1")
 ITEMS_SPLIT = "items"
 _ROWS_PER_TABLE = 8192
 
@@ -83,6 +84,9 @@ class MISSRecDomainConfig(datasets.BuilderConfig):
     demo_num_users: int = 1000
     demo_seed: int = 0
     data_fingerprint: str | None = None
+    # Part of the cache path: bumped when the tables a config builds change (1.1: demo domains share one
+    # feature space, so pre-training transfers across them).
+    version: datasets.Version | str | None = TABLES_VERSION
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -156,7 +160,7 @@ def item_table(data: DomainData, start: int = 0, stop: int | None = None) -> pa.
 class MISSRecAmazon(datasets.ArrowBasedBuilder):
     """The multi-modal Amazon review domains of MISSRec (and the demo domain), see the module docstring."""
 
-    VERSION = datasets.Version("1.0.0")
+    VERSION = TABLES_VERSION
     BUILDER_CONFIG_CLASS = MISSRecDomainConfig
     BUILDER_CONFIGS = _configs()
     DEFAULT_CONFIG_NAME = "demo-sequences"

@@ -51,7 +51,9 @@ class SequenceCollator:
             replaced by its alternative text view (`alt_text_features`) with this probability.
         text_features, alt_text_features: `[N, d]` catalogue text features and their alternative view (row
             i = item i + 1); needed when `word_drop_ratio` > 0.
-        seed: seed of the augmentations (each batch draws from one generator in call order).
+        seed: seed of the augmentations. A batch's random draws depend only on the seed, the epoch (see
+            [`set_epoch`]) and the batch's rows, not on how many batches came before: a run resumed mid-epoch
+            (or a loader that prefetches) gets exactly the augmentations of an uninterrupted run.
 
     Calling it with `rows` (a sequence of B row indices) returns `item_seq` `[B, L]` (left-aligned, 0 = pad),
     `lengths` `[B]`, `labels` `[B]`, and with augmentations `augmented_item_seq` `[B, L]`,
@@ -98,10 +100,15 @@ class SequenceCollator:
             if word_drop_ratio == 0
             else np.concatenate([np.zeros_like(text_features[:1]), text_features, alt_text_features])
         )
-        self.generator = np.random.default_rng(seed)
+        self.seed = seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the augmentations of `epoch` from now on (call it with the sampler's `set_epoch`)."""
+        self.epoch = epoch
 
     def pad(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`[B, L]` int64 left-aligned most recent items of the histories of `rows`, and `[B]` lengths."""
@@ -113,8 +120,10 @@ class SequenceCollator:
         keep = positions < lengths[:, None]
         return np.where(keep, self.items[np.where(keep, index, 0)], 0).astype(np.int64), lengths.astype(np.int64)
 
-    def _item_drop(self, item_seq: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        keep = (item_seq != 0) & (self.generator.random(item_seq.shape) >= self.item_drop_ratio)
+    def _item_drop(
+        self, item_seq: np.ndarray, lengths: np.ndarray, generator: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        keep = (item_seq != 0) & (generator.random(item_seq.shape) >= self.item_drop_ratio)
         last = np.arange(len(lengths)), lengths - 1
         keep[last] |= ~keep.any(1)  # never drop a whole history: keep its most recent item
         order = np.argsort(~keep, axis=1, kind="stable")  # kept items first, in their order
@@ -131,13 +140,15 @@ class SequenceCollator:
         }
         if self.item_drop_ratio == 0 and self.word_drop_ratio == 0:
             return batch
+        # The rows of a batch (a slice of the epoch's permutation) identify it within the epoch.
+        generator = np.random.default_rng([self.seed, self.epoch, int(rows[0]) if len(rows) else 0, len(rows)])
         augmented, augmented_lengths = (
-            self._item_drop(item_seq, lengths) if self.item_drop_ratio > 0 else (item_seq, lengths)
+            self._item_drop(item_seq, lengths, generator) if self.item_drop_ratio > 0 else (item_seq, lengths)
         )
         batch["augmented_item_seq"] = torch.from_numpy(augmented)
         batch["augmented_lengths"] = torch.from_numpy(augmented_lengths)
         if self.word_drop_ratio > 0:
-            swap = self.generator.random(augmented.shape) < self.word_drop_ratio
+            swap = generator.random(augmented.shape) < self.word_drop_ratio
             num_items = (len(self.text_views) - 1) // 2
             views = np.where(augmented != 0, augmented + swap * num_items, 0)
             batch["augmented_text_features"] = torch.from_numpy(self.text_views[views])

@@ -1,10 +1,13 @@
 """A seeded synthetic multi-modal catalogue with real structure: the project's own demo data.
 
 Items belong to latent interests; their text and image features are two noisy random projections of the
-same latent vector, and some items miss one modality (all-zero row). Users drift between a few interests
-of their own, so the next item is predictable from the recent history but not from popularity alone.
-Everything is generated with array operations (one step of all users at a time), so a domain of 100k items
-and 1M interactions takes seconds.
+same latent vector, and some items miss one modality (all-zero row). The projections and a pool of interest
+centres come from a "world" shared by every demo domain (as CLIP features are shared by every Amazon
+domain), while each domain's seed picks its own interests, items and users: demo domains of different seeds
+are different catalogues in one feature space, which is what pre-training transfers across. Users drift
+between a few interests of their own, so the next item is predictable from the recent history but not from
+popularity alone. Everything is generated with array operations (one step of all users at a time), so a
+domain of 100k items and 1M interactions takes seconds.
 """
 
 from __future__ import annotations
@@ -28,8 +31,17 @@ def make_demo_domain(
     max_history: int = 50,
     seed: int = 0,
     name: str = "demo",
+    world_seed: int = 0,
+    world_interests: int = 64,
+    nuisance_scale: float = 8.0,
 ) -> DomainData:
     """Generate a demo domain (see the module docstring). Same arguments, same data.
+
+    `seed` draws the domain (its interests among the world's `world_interests` centres, its items, users and
+    histories); `world_seed` draws the shared feature space (centres and text/image projections).
+    `nuisance_scale` is the spread of per-item factors unrelated to interests, written into the features
+    along directions the world also fixes: a model must learn to look past them (which pre-training on
+    other demo domains teaches, as those directions are shared).
 
     Returns:
         A [`DomainData`] with `num_items` items and `num_users` users of `min_length..max_length` items each,
@@ -41,15 +53,24 @@ def make_demo_domain(
         raise ValueError(f"need 3 <= min_length <= max_length, got {min_length}, {max_length}")
     if num_users < 1:
         raise ValueError(f"num_users={num_users} must be >= 1")
+    if world_interests < num_interests:
+        raise ValueError(f"world_interests={world_interests} must be >= num_interests={num_interests}")
+    world = np.random.default_rng(world_seed)
+    world_centres = world.standard_normal((world_interests, latent_dim)) * 2.0
+    projections = {
+        name_: world.standard_normal((2 * latent_dim, dim)).astype(np.float32)
+        for name_, dim in (("text_features", text_dim), ("image_features", image_dim))
+    }
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((num_interests, latent_dim)) * 2.0
+    centres = world_centres[rng.choice(world_interests, num_interests, replace=False)]
     interest = rng.permutation(np.arange(num_items) % num_interests)
     latent = centres[interest] + rng.standard_normal((num_items, latent_dim))
     features = {}
-    for name_, dim in (("text_features", text_dim), ("image_features", image_dim)):
-        projection = rng.standard_normal((latent_dim, dim)).astype(np.float32)
-        noise = rng.standard_normal((num_items, dim), dtype=np.float32)
-        features[name_] = latent.astype(np.float32) @ projection + 0.5 * noise
+    nuisance = rng.standard_normal((num_items, latent_dim)) * nuisance_scale
+    factors = np.concatenate([latent, nuisance], axis=1).astype(np.float32)
+    for name_, projection in projections.items():
+        noise = rng.standard_normal((num_items, projection.shape[1]), dtype=np.float32)
+        features[name_] = factors @ projection + 0.5 * noise
     missing = rng.random(num_items) < missing_rate
     drop_text = missing & (rng.random(num_items) < 0.5)
     features["text_features"][drop_text] = 0.0

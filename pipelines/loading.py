@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,8 @@ def load_domain(
 
     Args:
         domain: `"demo"`, an Amazon domain (`"Scientific"`, `"Food"`, ...) or the file prefix of one's own
-            MISSRec-format domain.
+            MISSRec-format domain. `"demo-<k>"` is the demo domain of seed `k` (named so that several demo
+            domains can be mixed).
         source: `"missrec"` (default for Amazon domains), `"raw"` or `"demo"` (the demo domain's only source).
         data_dir: folder of the MISSRec files or of the raw 2018 files.
         cache_dir: the `datasets` cache folder (default: the `datasets` default). Tables are rebuilt when the
@@ -75,16 +77,20 @@ def load_domain(
     Returns:
         A [`MultiModalDomain`].
     """
+    name = domain
+    seeded_demo = re.fullmatch(r"demo-(\d+)", domain)
+    if seeded_demo:
+        domain, config_kwargs["demo_seed"] = "demo", int(seeded_demo.group(1))
     source = source or ("demo" if domain == "demo" else "missrec")
     fingerprint = files_fingerprint(data_dir, config_kwargs.get("image_dir"))
     tables = {}
     for table in ("sequences", "items"):
         # Own domains (not among the predefined configs) get a custom config derived from the default one.
-        name = f"{domain}-{table}"
-        known = name in MISSRecAmazon.builder_configs
+        config_name = f"{domain}-{table}"
+        known = config_name in MISSRecAmazon.builder_configs
         builder = MISSRecAmazon(
-            config_name=name if known else None,
-            **({} if known else {"name": name, "domain": domain, "table": table}),
+            config_name=config_name if known else None,
+            **({} if known else {"name": config_name, "domain": domain, "table": table}),
             data_fingerprint=fingerprint,
             cache_dir=None if cache_dir is None else str(cache_dir),
             data_dir=None if data_dir is None else str(data_dir),
@@ -94,7 +100,7 @@ def load_domain(
         builder.download_and_prepare(download_mode=download_mode)
         tables[table] = builder.as_dataset()
     build = {key: getattr(builder.config, key) for key in ("source", "max_history", "min_interactions", "text_encoder")}
-    return MultiModalDomain(domain, tables["sequences"], tables["items"][ITEMS_SPLIT], build)
+    return MultiModalDomain(name, tables["sequences"], tables["items"][ITEMS_SPLIT], build)
 
 
 def _shift_ids(column: pa.ChunkedArray, offset: int) -> pa.Array:

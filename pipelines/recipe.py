@@ -22,22 +22,39 @@ class TrainingRecipe:
     """What `train.py` runs.
 
     Attributes:
-        domain: `"demo"`, an Amazon domain or the prefix of one's own MISSRec-format files.
-        data_dir: folder of the domain's MISSRec-format files.
-        num_users, num_items: size of the demo domain.
+        stage: `"finetune"` (full-catalogue cross-entropy on one domain) or `"pretrain"` (the in-batch
+            contrastive losses over a mix of domains, with the augmented views; no item ids).
+        domain: `"demo"` (`"demo-<k>"`: the demo domain of seed k), an Amazon domain or the prefix of one's own
+            MISSRec-format files; a list of them is mixed into one catalogue (pre-training).
+        data_dir: folder of the domains' MISSRec-format files (several domains can share it: files are
+            prefixed by the domain name).
+        num_users, num_items: size of the demo domains.
         preset: a model preset of `configuration/models/` (a model trained from scratch).
         pretrained: instead of a preset, a folder (or Hub id) of a pre-trained MISSRec to fine-tune.
         strategy: what trains: `"full"`, `"frozen"` (the paper's fine-tuning) or `"lora"` (a PEFT adapter, saved
             as the output); `frozen` and `lora` need `pretrained`.
-        id_mode: `"inductive"` or `"transductive"`.
+        id_mode: `"inductive"` or `"transductive"` (a pre-trained inductive model gets a new item-id embedding).
+        interest_ratio: K = ceil(interest_ratio * 2N) interests; `None`: the paper's 0.02 for pre-training and
+            0.5 for fine-tuning.
+        item_drop_ratio, word_drop_ratio: pre-training augmentations (word drop needs `alt_text_features`).
         epochs, batch_size, learning_rate, seed: optimisation (Adam).
         gradient_accumulation_steps: batches per optimiser step (Accelerate's gradient accumulation).
         early_stopping_patience: stop after this many epochs without a valid NDCG@10 gain (`None`: never).
-        baselines: trained and evaluated beside MISSRec: `["sasrec"]` or `[]` (popularity is always reported).
+        baselines: trained and evaluated beside MISSRec, drawn from `"sasrec"` and `"scratch"` (MISSRec from
+            `preset` with the same fine-tuning budget, to measure what pre-training brings; needs `pretrained`).
+            Popularity is always reported.
         output_dir: where the model and `metrics.json` go.
+        overwrite_output_dir: a run that does not resume refuses an `output_dir` holding checkpoints unless this
+            is set (they are then deleted).
+        checkpointing_steps: save a resumable checkpoint every this many batches (an integer), at the end of
+            every epoch (`"epoch"`), or never (`None`). Checkpoints go to `output_dir/checkpoints/<model>/`.
+        checkpoints_total_limit: how many checkpoints of each model are kept (the newest).
+        resume_from_checkpoint: `"latest"` resumes from the newest checkpoints in `output_dir`, a folder resumes
+            from that run's; each model resumes where it stopped (a finished one is not trained again).
     """
 
-    domain: str = "demo"
+    stage: str = "finetune"
+    domain: str | list[str] = "demo"
     data_dir: str | None = None
     num_users: int = 1000
     num_items: int = 600
@@ -45,6 +62,9 @@ class TrainingRecipe:
     pretrained: str | None = None
     strategy: str = "full"
     id_mode: str = "inductive"
+    interest_ratio: float | None = None
+    item_drop_ratio: float = 0.2
+    word_drop_ratio: float = 0.0
     epochs: int = 8
     batch_size: int = 256
     learning_rate: float = 1e-3
@@ -53,8 +73,34 @@ class TrainingRecipe:
     early_stopping_patience: int | None = 10
     baselines: list[str] = field(default_factory=lambda: ["sasrec"])
     output_dir: str = "runs/demo"
+    overwrite_output_dir: bool = False
+    checkpointing_steps: int | str | None = None
+    checkpoints_total_limit: int = 2
+    resume_from_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
+        if self.stage not in ("finetune", "pretrain"):
+            raise ValueError(f"stage={self.stage!r} is not one of ['finetune', 'pretrain']")
+        domains = self.domains
+        if not domains or not all(isinstance(d, str) and d for d in domains) or len(set(domains)) != len(domains):
+            raise ValueError(f"domain={self.domain!r} must be a domain name or a list of distinct names")
+        if self.stage == "pretrain" and (self.strategy != "full" or self.id_mode != "inductive"):
+            raise ValueError(
+                "stage='pretrain' trains every parameter without item ids: strategy full, id_mode inductive"
+            )
+        if self.interest_ratio is not None and not 0 < self.interest_ratio <= 1:
+            raise ValueError(f"interest_ratio={self.interest_ratio!r} must be in (0, 1] or null")
+        for name in ("item_drop_ratio", "word_drop_ratio"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        if self.checkpointing_steps not in (None, "epoch") and not (
+            isinstance(self.checkpointing_steps, int) and self.checkpointing_steps >= 1
+        ):
+            raise ValueError(
+                f"checkpointing_steps={self.checkpointing_steps!r} must be an integer >= 1, 'epoch' or null"
+            )
+        if not isinstance(self.checkpoints_total_limit, int) or self.checkpoints_total_limit < 1:
+            raise ValueError(f"checkpoints_total_limit={self.checkpoints_total_limit!r} must be an integer >= 1")
         if self.id_mode not in ("inductive", "transductive"):
             raise ValueError(f"id_mode={self.id_mode!r} is not one of ['inductive', 'transductive']")
         if self.early_stopping_patience is not None and (
@@ -70,10 +116,24 @@ class TrainingRecipe:
             raise ValueError(f"strategy={self.strategy!r} is not one of ['full', 'frozen', 'lora']")
         if self.strategy != "full" and self.pretrained is None:
             raise ValueError(f"strategy={self.strategy!r} fine-tunes a pre-trained model: set pretrained")
-        if not isinstance(self.baselines, list) or not set(self.baselines) <= {"sasrec"}:
-            raise ValueError(f"baselines={self.baselines!r} must be a list drawn from ['sasrec']")
+        if not isinstance(self.baselines, list) or not set(self.baselines) <= {"sasrec", "scratch"}:
+            raise ValueError(f"baselines={self.baselines!r} must be a list drawn from ['sasrec', 'scratch']")
+        if "scratch" in self.baselines and self.pretrained is None:
+            raise ValueError("baseline 'scratch' compares a pre-trained model with one from scratch: set pretrained")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")
+
+    @property
+    def domains(self) -> list[str]:
+        """The domain names, as a list."""
+        return [self.domain] if isinstance(self.domain, str) else list(self.domain)
+
+    @property
+    def training_settings(self) -> dict:
+        """The keys that decide what a run computes: a checkpoint resumes only under the same ones."""
+        bookkeeping = {"output_dir", "overwrite_output_dir", "checkpointing_steps", "checkpoints_total_limit"}
+        bookkeeping |= {"resume_from_checkpoint", "epochs", "early_stopping_patience"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -24,7 +24,7 @@ def test_every_shipped_recipe_loads(path):
 
 
 def test_errors_name_the_problem(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown recipe keys \['lr'\]; valid keys: \['domain'"):
+    with pytest.raises(ValueError, match=r"unknown recipe keys \['lr'\]; valid keys: \['stage', 'domain'"):
         load_recipe(None, ["--lr", "0.1"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 2\nwarmup: 10\n")
@@ -38,7 +38,7 @@ def test_errors_name_the_problem(tmp_path):
         load_recipe(None, ["--batch_size", "0"])
     with pytest.raises(ValueError, match="id_mode='both'"):
         load_recipe(None, ["--id_mode", "both"])
-    with pytest.raises(FileNotFoundError, match="recipes shipped with the package: \\['demo.yaml'"):
+    with pytest.raises(FileNotFoundError, match="recipes shipped with the package: \\['demo-finetune.yaml'"):
         load_recipe(tmp_path / "missing.yaml")
 
 
@@ -74,3 +74,42 @@ def test_strategy_needs_a_pretrained_model():
         load_recipe(None, ["--strategy", "lora"])
     with pytest.raises(ValueError, match="strategy='adapter' is not one of"):
         load_recipe(None, ["--strategy", "adapter", "--pretrained", "runs/demo"])
+
+
+def test_stage_and_checkpoint_keys_are_validated():
+    with pytest.raises(ValueError, match="stage='train' is not one of"):
+        load_recipe(None, ["--stage", "train"])
+    with pytest.raises(ValueError, match="stage='pretrain' trains every parameter without item ids"):
+        load_recipe(None, ["--stage", "pretrain", "--id_mode", "transductive"])
+    with pytest.raises(ValueError, match="checkpointing_steps=0 must be"):
+        load_recipe(None, ["--checkpointing_steps", "0"])
+    with pytest.raises(ValueError, match="baseline 'scratch' compares a pre-trained model"):
+        load_recipe(None, ["--baselines", "[scratch]"])
+    with pytest.raises(ValueError, match="must be a domain name or a list of distinct names"):
+        load_recipe(None, ["--domain", "[demo-1, demo-1]"])
+    recipe = load_recipe(None, ["--domain", "[demo-1, demo-2]", "--stage", "pretrain"])
+    assert recipe.domains == ["demo-1", "demo-2"] and "output_dir" not in recipe.training_settings
+
+
+def test_checkpoints_resume_refuse_other_settings_and_protect_earlier_runs(tmp_path, fresh_accelerate_state):
+    """In-process: epoch checkpoints are kept up to the limit, a finished run resumes without training again,
+    a resume under other settings and a fresh run over existing checkpoints are refused."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import train
+    from modeling_missrec.pipelines.checkpointing import list_checkpoints, read_progress
+
+    run = tmp_path / "run"
+    tiny = ["--num_users", "60", "--num_items", "40", "--baselines", "[]", "--output_dir", str(run), "--epochs", "3"]
+    first = train.main([*tiny, "--checkpointing_steps", "epoch", "--checkpoints_total_limit", "2"])
+    saved = list_checkpoints(run / "checkpoints" / "MISSRec")
+    assert len(saved) == 2 and read_progress(saved[-1]).finished
+    assert not list((run / "checkpoints" / "MISSRec").glob(".tmp-*"))  # every save completed its rename
+    resumed = train.main([*tiny, "--checkpointing_steps", "epoch", "--resume_from_checkpoint", "latest"])
+    assert resumed["epochs"] == first["epochs"] and resumed["test"] == pytest.approx(first["test"], abs=1e-6)
+    with pytest.raises(ValueError, match=r"other settings \(learning_rate: 0.001 there, 0.002 now\)"):
+        train.main([*tiny, "--learning_rate", "0.002", "--resume_from_checkpoint", "latest"])
+    with pytest.raises(FileExistsError, match="holds checkpoints of an earlier run"):
+        train.main(tiny)
+    assert list_checkpoints(run / "checkpoints" / "MISSRec") == saved  # the refused runs wrote nothing

@@ -1,0 +1,144 @@
+"""Resumable training checkpoints: the Accelerate state plus where the run stood, written atomically.
+
+A checkpoint of one trained model is a folder `<output_dir>/checkpoints/<model>/step-<global step>/` holding
+what `Accelerator.save_state` writes (model weights with the catalogue and interest buffers, optimiser, data
+sampler, the RNG states of every process), the best weights so far (`best_model.safetensors`) and
+`progress.json` (epoch, batches done in it, best score, per-epoch history, the recipe settings, whether the
+model finished). It is written to a hidden temporary folder and renamed when complete, so a run killed while
+saving leaves the previous checkpoints intact; the newest `total_limit` are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+PROGRESS_FILE = "progress.json"
+BEST_WEIGHTS_FILE = "best_model.safetensors"
+PREFIX = "step-"
+
+
+@dataclass
+class TrainingProgress:
+    """Where the training of one model stands.
+
+    Attributes:
+        model: the trained model's name (also its checkpoint folder).
+        settings: the recipe settings of the run (`TrainingRecipe.training_settings`).
+        epoch: completed epochs.
+        step: batches completed in the epoch in progress.
+        global_step: batches completed since the start.
+        best: best validation NDCG@10 so far (-1 before the first evaluation).
+        best_epoch: the epoch (0-based) of `best`.
+        loss_sum: sum of the batch losses of the epoch in progress.
+        history: one dict of metrics per completed epoch.
+        finished: training of this model ended (its best weights are loaded and final).
+    """
+
+    model: str
+    settings: dict
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    best: float = -1.0
+    best_epoch: int = 0
+    loss_sum: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    finished: bool = False
+
+
+def checkpoint_root(output_dir: str | os.PathLike, model: str) -> Path:
+    """The folder of `model`'s checkpoints inside a run's `output_dir`."""
+    return Path(output_dir) / "checkpoints" / model
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints in `root`, oldest first (temporary folders of interrupted saves are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / PROGRESS_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
+
+
+def read_progress(folder: str | os.PathLike) -> TrainingProgress:
+    return TrainingProgress(**json.loads((Path(folder) / PROGRESS_FILE).read_text()))
+
+
+def check_settings(progress: TrainingProgress, settings: dict, folder: str | os.PathLike) -> None:
+    """Refuse to resume from a checkpoint written under other recipe settings (`ValueError` naming them)."""
+    keys = sorted(set(progress.settings) | set(settings))
+    differ = [
+        f"{k}: {progress.settings.get(k)!r} there, {settings.get(k)!r} now"
+        for k in keys
+        if progress.settings.get(k) != settings.get(k)
+    ]
+    if differ:
+        raise ValueError(f"checkpoint {folder} comes from a run with other settings ({'; '.join(differ)})")
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    root: str | os.PathLike,
+    progress: TrainingProgress,
+    best_state: dict[str, torch.Tensor] | None,
+    total_limit: int,
+) -> Path:
+    """Save the Accelerate state of every process plus `progress` and `best_state` as `root/step-<N>`.
+
+    Every process must call it (each saves its own RNG state). Returns the checkpoint folder.
+    """
+    root = Path(root)
+    final = root / f"{PREFIX}{progress.global_step:08d}"
+    temporary = root / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if best_state is not None:
+            save_file({k: v.contiguous() for k, v in best_state.items()}, str(temporary / BEST_WEIGHTS_FILE))
+        (temporary / PROGRESS_FILE).write_text(json.dumps(dataclasses.asdict(progress), indent=1))
+        if final.exists():  # the same step saved again (e.g. the end of training right after an epoch end)
+            shutil.rmtree(final)
+        temporary.rename(final)
+        for old in list_checkpoints(root)[:-total_limit]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def saved_interest_table_shape(state: dict[str, torch.Tensor] | str | os.PathLike) -> tuple[int, ...] | None:
+    """Shape of the interest-centroid buffer in a state dict or in a checkpoint folder (None if it has none)."""
+    if isinstance(state, dict):
+        return next((tuple(v.shape) for k, v in state.items() if k.endswith("interest_centroids")), None)
+    with safe_open(str(Path(state) / "model.safetensors"), "pt") as f:
+        key = next((k for k in f.keys() if k.endswith("interest_centroids")), None)
+        return None if key is None else tuple(f.get_slice(key).get_shape())
+
+
+def match_interest_table(model: torch.nn.Module | None, shape: tuple[int, ...] | None) -> None:
+    """Size a MISSRec model's interest-centroid buffer `[K + 1, d]` to `shape`, so that saved weights load.
+
+    The number of interests K comes from clustering and may change with the weights. Does nothing for other
+    models (`model` None) or states without the buffer.
+    """
+    if model is None or shape is None:
+        return
+    model.config.num_interests = shape[0] - 1
+    model.interest_centroids = model.interest_centroids.new_zeros(shape)
+
+
+def load_best_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    path = Path(folder) / BEST_WEIGHTS_FILE
+    return load_file(str(path)) if path.is_file() else None
