@@ -97,8 +97,9 @@ def test_checkpoints_resume_refuse_other_settings_and_protect_earlier_runs(tmp_p
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import train
     from modeling_missrec.pipelines.checkpointing import list_checkpoints, read_progress
+
+    import train
 
     run = tmp_path / "run"
     tiny = ["--num_users", "60", "--num_items", "40", "--baselines", "[]", "--output_dir", str(run), "--epochs", "3"]
