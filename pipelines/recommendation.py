@@ -432,6 +432,20 @@ class ItemIndex:
             view[:, start : start + len(column), j] = column.T
 
     @classmethod
+    def _empty_for(cls, inner: nn.Module, weight: torch.Tensor | None, num_items: int, *, has_id: bool) -> ItemIndex:
+        """An unfilled index of `num_items` items with the fusion settings of MISSRec model `inner`."""
+        return cls(
+            inner.modality_names,
+            inner.item_fusion.mode,
+            weight,
+            inner.config.score_temperature,
+            num_items=num_items,
+            hidden_size=inner.config.hidden_size,
+            has_id=has_id,
+            device=inner.device,
+        )
+
+    @classmethod
     @torch.no_grad()
     def from_model(cls, model: nn.Module, chunk_items: int = 65536) -> ItemIndex:
         """The index of a MISSRec model's catalogue (items `1..N`), built in chunks of items to bound memory."""
@@ -443,16 +457,7 @@ class ItemIndex:
         weight = fusion.weight
         if weight is not None and fusion.mode == "dynamic_instance":
             weight = weight[1:]  # per item id; row 0 is padding
-        index = cls(
-            inner.modality_names,
-            fusion.mode,
-            weight,
-            inner.config.score_temperature,
-            num_items=num_items,
-            hidden_size=inner.config.hidden_size,
-            has_id=getattr(inner, "item_id_embeddings", None) is not None,
-            device=inner.device,
-        )
+        index = cls._empty_for(inner, weight, num_items, has_id=getattr(inner, "item_id_embeddings", None) is not None)
         for start in range(1, num_items + 1, chunk_items):
             ids = torch.arange(start, min(num_items, start + chunk_items - 1) + 1, device=inner.device)
             embeddings = {key: value.float() for key, value in inner.embed_items(ids).items()}
@@ -481,16 +486,7 @@ class ItemIndex:
         num = len(present[0])
         if weight is not None and fusion.mode == "dynamic_instance":
             weight = weight.new_zeros(num)  # new items' per-item weights start at zero
-        index = cls(
-            inner.modality_names,
-            fusion.mode,
-            weight,
-            inner.config.score_temperature,
-            num_items=num,
-            hidden_size=inner.config.hidden_size,
-            has_id=False,  # cold-start items are served by inductive models only
-            device=inner.device,
-        )
+        index = cls._empty_for(inner, weight, num, has_id=False)  # cold-start items: inductive models only
         index._fill(0, embeddings, torch.stack(present, 1))
         return index
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-# Imports of the `modeling_missrec` package fail in the child: everything must come from the saved folder.
-SCORE_WITHOUT_PACKAGE = textwrap.dedent(
+# The first lines of every fresh-process script: imports of the `modeling_missrec` package fail in the child,
+# so everything must come from the saved folder.
+WITHOUT_PACKAGE = textwrap.dedent(
     """
     import importlib.abc, sys
 
@@ -21,6 +22,11 @@ SCORE_WITHOUT_PACKAGE = textwrap.dedent(
                 raise ImportError("the package must not be needed: " + name)
 
     sys.meta_path.insert(0, Block())
+    """
+)
+
+SCORE_WITHOUT_PACKAGE = WITHOUT_PACKAGE + textwrap.dedent(
+    """
     import torch
     from transformers import AutoConfig, AutoModel
 

@@ -253,21 +253,10 @@ def test_cli_exports_a_dataset_and_reports_an_offline_push_clearly(tmp_path, cap
 
     assert "{model,dataset}" in help_of()
     assert all(flag in help_of("model") for flag in ("--run_dir", "--base_model", "--push_to_hub", "--output_dir"))
+    small_demo = ["dataset", "--domain", "demo", "--demo_num_items", "60", "--demo_num_users", "100"]
     command = [
-        sys.executable,
-        "-m",
-        "modeling_missrec.hub_cards.export",
-        "dataset",
-        "--domain",
-        "demo",
-        "--demo_num_items",
-        "60",
-        "--demo_num_users",
-        "100",
-        "--output_dir",
-        str(tmp_path / "data"),
-        "--push_to_hub",
-        "org/missrec-demo-data",
+        *[sys.executable, "-m", "modeling_missrec.hub_cards.export", *small_demo],
+        *["--output_dir", str(tmp_path / "data"), "--push_to_hub", "org/missrec-demo-data"],
     ]
     env = {**fresh_env(tmp_path), "PYTHONPATH": ""}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
@@ -276,21 +265,6 @@ def test_cli_exports_a_dataset_and_reports_an_offline_push_clearly(tmp_path, cap
     assert "offline mode is on (HF_HUB_OFFLINE=1)" in result.stderr and "Traceback" not in result.stderr
     card = DatasetCard.load(tmp_path / "data" / "README.md")
     assert card.data.configs[0]["config_name"] == "demo-sequences"
-    assert (
-        main(
-            [
-                "dataset",
-                "--domain",
-                "demo",
-                "--demo_num_items",
-                "60",
-                "--demo_num_users",
-                "100",
-                "--output_dir",
-                str(tmp_path / "data2"),
-            ]
-        )
-        == 0
-    )
+    assert main([*small_demo, "--output_dir", str(tmp_path / "data2")]) == 0
     with pytest.raises(ValueError, match="not empty"):
         main(["dataset", "--domain", "demo", "--output_dir", str(tmp_path / "data2")])

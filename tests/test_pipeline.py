@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 from conftest import FEATURE_DIM, random_histories, tiny_model
-from fresh_process import fresh_env
+from fresh_process import WITHOUT_PACKAGE, fresh_env
 from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
 from modeling_missrec.pipelines.recommendation import (
     CATALOGUE_FILE,
@@ -336,16 +336,9 @@ def recommender_output(model, history, top_k, prefix):
 
 
 # ------------------------------------------------------------------ fresh process, package not importable
-FRESH = textwrap.dedent(
+FRESH = WITHOUT_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "modeling_missrec" or name.startswith("modeling_missrec."):
-                raise ImportError("the package must not be needed: " + name)
-
-    sys.meta_path.insert(0, Block())
+    import json
     import torch
     from transformers import AutoModel, pipeline
 
