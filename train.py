@@ -172,8 +172,7 @@ def checkpoint_to_resume(args: TrainingRecipe, name: str) -> Path | None:
     """The newest checkpoint of model `name` in the run `args.resume_from_checkpoint` points to, if any."""
     if args.resume_from_checkpoint is None:
         return None
-    run = args.output_dir if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
-    found = list_checkpoints(checkpoint_root(run, name))
+    found = list_checkpoints(checkpoint_root(args.resume_run_dir, name))
     return found[-1] if found else None
 
 
@@ -277,9 +276,9 @@ def prepare_output_dir(accelerator: Accelerator, args: TrainingRecipe) -> None:
     """Refuse to mix a fresh run's checkpoints with an earlier run's, unless asked to overwrite them."""
     checkpoints = Path(args.output_dir) / "checkpoints"
     if args.resume_from_checkpoint is not None:
-        run = args.output_dir if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
-        if not any(list_checkpoints(p) for p in (Path(run) / "checkpoints").glob("*")):
-            raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint in {Path(run) / 'checkpoints'}")
+        checkpoints = Path(args.resume_run_dir) / "checkpoints"
+        if not any(list_checkpoints(p) for p in checkpoints.glob("*")):
+            raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint in {checkpoints}")
     elif checkpoints.is_dir() and any(checkpoints.iterdir()):
         if not args.overwrite_output_dir:
             raise FileExistsError(
@@ -330,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
             accelerator, "SASRec", sasrec, sasrec_train, loaders["validation"], args
         )
         scorers["SASRec"] = ("sasrec_", sasrec)
-    popularity = PopularityRecommender(SequenceCollator(domain.sequences["train"], 1).targets, domain.num_items)
+    popularity = PopularityRecommender(train.targets, domain.num_items)
     scorers["Popularity"] = ("popularity_", popularity)
 
     both = {"batch_size": args.batch_size, "protocols": ("official", "exclude_history"), "accelerator": accelerator}

@@ -129,6 +129,13 @@ class TrainingRecipe:
         return [self.domain] if isinstance(self.domain, str) else list(self.domain)
 
     @property
+    def resume_run_dir(self) -> str | None:
+        """The run folder `resume_from_checkpoint` points to (`"latest"`: this `output_dir`), or None."""
+        if self.resume_from_checkpoint == "latest":
+            return self.output_dir
+        return self.resume_from_checkpoint
+
+    @property
     def training_settings(self) -> dict:
         """The keys that decide what a run computes: a checkpoint resumes only under the same ones."""
         bookkeeping = {"output_dir", "overwrite_output_dir", "checkpointing_steps", "checkpoints_total_limit"}

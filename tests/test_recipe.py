@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
 import torch
+from modeling_missrec.pipelines.checkpointing import list_checkpoints, read_progress
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
 
-RECIPES = Path(__file__).resolve().parents[1] / "configuration" / "recipes"
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "configuration" / "recipes"
+
+
+@pytest.fixture
+def train(monkeypatch):
+    """The repository's `train.py` as a module, for in-process runs of `train.main`."""
+    monkeypatch.syspath_prepend(str(REPO))
+    return importlib.import_module("train")
 
 
 def test_default_recipe_is_the_demo_job_and_overrides_are_typed():
@@ -42,13 +52,8 @@ def test_errors_name_the_problem(tmp_path):
         load_recipe(tmp_path / "missing.yaml")
 
 
-def test_train_stops_early_and_names_a_non_finite_loss(tmp_path, monkeypatch, fresh_accelerate_state):
+def test_train_stops_early_and_names_a_non_finite_loss(train, tmp_path, monkeypatch, fresh_accelerate_state):
     """In-process runs of train.main on a tiny demo domain with patched validation / loss."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import train
-
     tiny = ["--num_users", "60", "--num_items", "40", "--baselines", "[]", "--output_dir", str(tmp_path / "run")]
     falling = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
     real = train.evaluate_ranking
@@ -91,16 +96,9 @@ def test_stage_and_checkpoint_keys_are_validated():
     assert recipe.domains == ["demo-1", "demo-2"] and "output_dir" not in recipe.training_settings
 
 
-def test_checkpoints_resume_refuse_other_settings_and_protect_earlier_runs(tmp_path, fresh_accelerate_state):
+def test_checkpoints_resume_refuse_other_settings_and_protect_earlier_runs(train, tmp_path, fresh_accelerate_state):
     """In-process: epoch checkpoints are kept up to the limit, a finished run resumes without training again,
     a resume under other settings and a fresh run over existing checkpoints are refused."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from modeling_missrec.pipelines.checkpointing import list_checkpoints, read_progress
-
-    import train
-
     run = tmp_path / "run"
     tiny = ["--num_users", "60", "--num_items", "40", "--baselines", "[]", "--output_dir", str(run), "--epochs", "3"]
     first = train.main([*tiny, "--checkpointing_steps", "epoch", "--checkpoints_total_limit", "2"])
