@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import shutil
@@ -202,7 +203,15 @@ def fit(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
     )
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
-    loader = DataLoader(range(len(collator)), batch_size=args.batch_size, shuffle=True, collate_fn=collator)
+    # The loader's own generator: a new epoch iterator draws its worker seed from it, not from the global RNG
+    # that dropout uses, so a run resumed mid-epoch makes the same dropout draws as an uninterrupted one.
+    loader = DataLoader(
+        range(len(collator)),
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, loader)
     unwrapped = accelerator.unwrap_model(model)
     missrec = missrec_of(unwrapped)
@@ -304,6 +313,25 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.init_trackers("missrec", config=dataclasses.asdict(args))
     with accelerator.main_process_first():  # the main process builds the datasets cache, the others reuse it
         domain = load_training_data(args)
+    results, table = train_and_evaluate(accelerator, args, domain)
+    # The DDP models of train_and_evaluate are gone; their reducers must be freed while every rank is still
+    # here: a gloo process group destroyed after its peer exited can wait forever.
+    gc.collect()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    print_results(accelerator, table)
+    accelerator.print(f"\nmodel saved to {args.output_dir}")
+    return results
+
+
+def train_and_evaluate(
+    accelerator: Accelerator, args: TrainingRecipe, domain: MultiModalDomain
+) -> tuple[dict, dict[str, dict]]:
+    """Train MISSRec and the baselines, evaluate them on the test split, save the model, metrics and curves.
+
+    Returns:
+        The results written to `metrics.json`, and the test metrics (official protocol) of each model by name.
+    """
     features = catalogue_features(domain.items)
     set_seed(args.seed)
     model = apply_finetuning_strategy(build_missrec(args, features), args.strategy)
@@ -358,10 +386,7 @@ def main(argv: list[str] | None = None) -> dict:
             if key in results
         }
         plot_curves(histories, os.path.join(args.output_dir, "curves.png"))
-    accelerator.end_training()
-    print_results(accelerator, {name: results[f"{prefix}test"] for name, (prefix, _) in scorers.items()})
-    accelerator.print(f"\nmodel saved to {args.output_dir}")
-    return results
+    return results, {name: results[f"{prefix}test"] for name, (prefix, _) in scorers.items()}
 
 
 if __name__ == "__main__":

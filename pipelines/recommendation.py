@@ -61,6 +61,17 @@ CATALOGUE_FILE = "catalogue.safetensors"
 ITEM_METADATA_FORMAT = "missrec-item-metadata"
 CATALOGUE_FORMAT = "missrec-catalogue"
 # Config keys an adapter's base must share with the base it was trained on (id_mode is handled on its own).
+# How the adapted model discovers its interests; a fine-tuned model may use other settings than its base (the
+# paper clusters 2% of the vectors in pre-training, 50% in fine-tuning), so the adapter's catalogue carries them.
+INTEREST_KEYS = (
+    "interest_method",
+    "interest_ratio",
+    "knn_local_ratio",
+    "kmeans_init",
+    "kmeans_max_iter",
+    "kmeans_tol",
+    "interest_seed",
+)
 SIGNATURE_KEYS = (
     "model_type",
     "hidden_size",
@@ -240,9 +251,11 @@ def save_catalogue(
         The path of the written file.
     """
     tensors: dict[str, torch.Tensor] = {}
+    interests = None
     if isinstance(catalogue, nn.Module):
         inner = _unwrap(catalogue)
         base = catalogue if base is None else base
+        interests = {key: getattr(inner.config, key) for key in INTEREST_KEYS}
         for m in inner.modality_names:
             tensors[f"{m}_features"] = getattr(inner, f"{m}_features")[1:]
             tensors[f"{m}_present"] = getattr(inner, f"{m}_present")[1:]
@@ -268,6 +281,8 @@ def save_catalogue(
     if base is not None:
         metadata["base_signature"] = json.dumps(base_signature(base), sort_keys=True)
         metadata["base_fingerprint"] = base_fingerprint(base)
+    if interests is not None:
+        metadata["interest_settings"] = json.dumps(interests, sort_keys=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     path = Path(folder) / CATALOGUE_FILE
     _write_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
@@ -279,8 +294,8 @@ def load_catalogue(path_or_repo: str | os.PathLike, **hub_kwargs) -> tuple[dict[
 
     Returns:
         `(tables, metadata)`: tables as keyword arguments of `MISSRecModel.set_catalogue` (`text_features` `[N, dt]`,
-        `text_present` `[N]`, ...); metadata with `num_items` and, when saved, `base_signature` (a dict) and
-        `base_fingerprint`.
+        `text_present` `[N]`, ...); metadata with `num_items` and, when saved, `base_signature` (a dict),
+        `base_fingerprint` and `interest_settings` (the adapted model's interest-discovery config values).
     """
     path = _resolve(path_or_repo, CATALOGUE_FILE, **hub_kwargs)
     if path is None:
@@ -290,8 +305,9 @@ def load_catalogue(path_or_repo: str | os.PathLike, **hub_kwargs) -> tuple[dict[
         tables = {key: f.get_tensor(key) for key in f.keys()}
     if metadata.get("format") != CATALOGUE_FORMAT:
         raise ValueError(f"{path} is not a MISSRec catalogue (format {metadata.get('format')!r})")
-    if "base_signature" in metadata:
-        metadata["base_signature"] = json.loads(metadata["base_signature"])
+    for key in ("base_signature", "interest_settings"):
+        if key in metadata:
+            metadata[key] = json.loads(metadata[key])
     tables = {k: v.bool() if k.endswith("_present") else v for k, v in tables.items()}
     return tables, metadata
 
@@ -312,7 +328,8 @@ def load_missrec_adapter(
        (same config signature; same Transformer weights unless `check_base_weights=False`), else `ValueError`;
        then the adapter's catalogue replaces the base's;
     3. the adapter is loaded with `PeftModel.from_pretrained` and the interests are rediscovered from the adapted
-       weights (deterministic, so the trained model's interests come back).
+       weights with the adapted model's settings saved in the catalogue (deterministic, so the trained model's
+       interests come back).
 
     The adapter's `item_metadata.json`, when present, is kept as `model.missrec_item_metadata` for the pipeline.
 
@@ -332,6 +349,7 @@ def load_missrec_adapter(
         tables, metadata = saved
         _check_adapter_base(base, metadata, adapter, check_base_weights)
         base.set_catalogue(**tables)
+        base.config.update(metadata.get("interest_settings", {}))
         if (
             metadata.get("base_signature", {}).get("id_mode") == "transductive"
             and base.config.id_mode != "transductive"
