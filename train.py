@@ -255,10 +255,11 @@ def fit(
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if every and progress.global_step % every == 0:
                 save_checkpoint(progress=progress, best_state=best_state, **save)
+        trained = time.perf_counter()
         metrics = evaluate_ranking(model, valid, batch_size=args.batch_size, accelerator=accelerator)["official"]
         loss = progress.loss_sum / progress.step
-        seconds = time.perf_counter() - started
-        progress.history.append({"epoch": epoch + 1, "loss": loss, "seconds": seconds, **metrics})
+        seconds = {"train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
+        progress.history.append({"epoch": epoch + 1, "loss": loss, **seconds, **metrics})
         logger.log({f"{name}/train_loss": loss, **{f"{name}/valid_{k}": v for k, v in metrics.items()}}, step=epoch + 1)
         accelerator.print(f"{name} epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {metrics['ndcg@10']:.4f}")
         progress.epoch, progress.step, progress.loss_sum = epoch + 1, 0, 0.0

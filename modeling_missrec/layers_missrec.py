@@ -152,6 +152,28 @@ class PackedLayout:
         return padded.reshape(-1, padded.shape[-1]).index_select(0, self.buckets[bucket][3])
 
 
+class MISSRecDropout(nn.Module):
+    """Inverted dropout with the keep mask drawn as `rand >= p`: the same distribution as `nn.Dropout`, but
+    about 2x faster on CPUs, where `bernoulli_` generates random numbers far slower than `rand` (the model's
+    dropout, 0.5 on every sublayer, was a tenth of a training step)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability {p} must be in [0, 1)")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[..., d]` -> `[..., d]`, unchanged in eval mode or with `p = 0`."""
+        if not self.training or self.p == 0:
+            return x
+        keep = (torch.rand_like(x) >= self.p).to(x.dtype).div_(1 - self.p)
+        return x * keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class MISSRecAttention(nn.Module):
     """Multi-head attention on packed tokens, computed by `F.scaled_dot_product_attention` per row bucket.
 
@@ -208,7 +230,7 @@ class MISSRecFeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACT2FN[config.hidden_act]
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = MISSRecDropout(config.hidden_dropout_prob)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -222,7 +244,7 @@ class MISSRecSublayer(nn.Module):
     def __init__(self, config: MISSRecConfig, block: nn.Module):
         super().__init__()
         self.block = block
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = MISSRecDropout(config.hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
@@ -300,8 +322,10 @@ class MISSRecItemFusion(nn.Module):
     ) -> torch.Tensor:
         """
         Args:
-            modality_logits: `[B, C, M]` cosine logits of C candidates for M modalities.
-            present: `[C, M]` bool, whether the candidate has that modality.
+            modality_logits: `[M, B, C]` cosine logits of C candidates for M modalities (modality first, so the
+                softmax over modalities runs over contiguous `[B, C]` slices: several times faster than over
+                a last dimension of size M).
+            present: `[M, C]` bool, whether the candidate has that modality.
             item_ids: `[C]` catalogue ids of the candidates (needed by `dynamic_instance`;
                 None means all items `0..num_items` in order).
 
@@ -309,12 +333,11 @@ class MISSRecItemFusion(nn.Module):
             `[B, C]` fused logits.
         """
         if self.mode == "static":
-            weights = present.to(modality_logits.dtype)
-            return (modality_logits * weights).sum(-1) / weights.sum(-1).clamp_min(1)
+            weights = present.to(modality_logits.dtype)[:, None]
+            return (modality_logits * weights).sum(0) / weights.sum(0).clamp_min(1)
         w = self.weight if self.mode == "dynamic_shared" or item_ids is None else self.weight[item_ids]
-        w = w.unsqueeze(-1) if self.mode == "dynamic_instance" else w
         # Items with no modality at all keep a finite gate (their softmax would be NaN) and get weight 0.
-        hidden = ~present & present.any(-1, keepdim=True)
-        gate = (modality_logits * w).masked_fill(hidden, float("-inf"))
-        weights = torch.softmax(gate, dim=-1) * present
-        return (modality_logits * weights).sum(-1)
+        hidden = ~present & present.any(0, keepdim=True)
+        gate = (modality_logits * w).masked_fill(hidden[:, None], float("-inf"))
+        weights = torch.softmax(gate, dim=0) * present[:, None]
+        return (modality_logits * weights).sum(0)

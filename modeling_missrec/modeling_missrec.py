@@ -19,6 +19,7 @@ from .configuration_missrec import MISSRecConfig
 from .interest_missrec import ClusteringResult, assign_to_nearest, dpc_knn, interest_tokens, kmeans
 from .layers_missrec import (
     MISSRecDecoderLayer,
+    MISSRecDropout,
     MISSRecEncoderLayer,
     MISSRecItemFusion,
     PackedLayout,
@@ -152,7 +153,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
             nn.Embedding(config.num_items + 1, d, padding_idx=0) if config.id_mode == "transductive" else None
         )
         self.LayerNorm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = MISSRecDropout(config.hidden_dropout_prob)
         self.encoder = nn.ModuleList(MISSRecEncoderLayer(config) for _ in range(config.num_encoder_layers))
         self.decoder = nn.ModuleList(MISSRecDecoderLayer(config) for _ in range(config.num_decoder_layers))
         self.item_fusion = MISSRecItemFusion(config)
@@ -404,16 +405,22 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self,
         modality: str,
         item_seq: torch.Tensor,
+        mask: torch.Tensor,
         text_features: torch.Tensor | None,
         catalogue: dict[str, torch.Tensor] | None,
     ) -> torch.Tensor:
-        if modality == "text" and text_features is not None:
-            return self._adapt(modality, text_features.to(self.dtype))
-        # Under autograd, rows are adapted after the gather: the backward of a gather from the adapted catalogue
-        # accumulates with a multi-threaded scatter whose summation order (hence the result) varies run to run.
-        if catalogue is not None and not torch.is_grad_enabled():
-            return catalogue[modality][item_seq]
-        return self._adapt(modality, getattr(self, f"{modality}_features")[item_seq].to(self.dtype))
+        """`[B, L, d]` adapted embeddings of the history items, zero where `mask` `[B, L]` is False."""
+        own_text = modality == "text" and text_features is not None
+        if catalogue is not None and not own_text:
+            # A lookup in the adapted catalogue; `F.embedding`'s backward sums the gradients of repeated items
+            # in a fixed order (indexing's backward does not: its multi-threaded scatter varies run to run).
+            return F.embedding(item_seq, catalogue[modality]) * mask[..., None]
+        # Only the masked-in rows are adapted: most positions of a padded batch are padding.
+        rows = text_features[mask] if own_text else getattr(self, f"{modality}_features")[item_seq[mask]]
+        adapted = self._adapt(modality, rows.to(self.dtype))
+        embeddings = adapted.new_zeros(*item_seq.shape, adapted.shape[-1])
+        embeddings[mask] = adapted  # its backward is a gather: deterministic
+        return embeddings
 
     def _encode(
         self,
@@ -441,7 +448,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         embeddings, present, interests = [], [], []
         for m in self.modality_names:
             mask = getattr(self, f"{m}_present")[item_seq] & valid
-            embeddings.append(self._history_embeddings(m, item_seq, text_features, catalogue) * mask[..., None])
+            embeddings.append(self._history_embeddings(m, item_seq, mask, text_features, catalogue))
             present.append(mask)
             interests.append(getattr(self, f"{m}_interest_ids")[item_seq] * mask)
 
@@ -546,9 +553,9 @@ class MISSRecModel(MISSRecPreTrainedModel):
             `[B, C]`, or `[B, num_items + 1]` (column = item id, column 0 set to the dtype's minimum).
         """
         items = self.embed_items(item_ids, catalogue)
-        present = torch.stack([getattr(self, f"{m}_present") for m in self.modality_names], dim=-1)
-        present = present if item_ids is None else present[item_ids]
-        modality_logits = torch.stack([sequence_embeddings @ items[m].T for m in self.modality_names], dim=-1)
+        present = torch.stack([getattr(self, f"{m}_present") for m in self.modality_names])  # [M, C]
+        present = present if item_ids is None else present[:, item_ids]
+        modality_logits = torch.stack([sequence_embeddings @ items[m].T for m in self.modality_names])  # [M, B, C]
         logits = self.item_fusion(modality_logits, present, item_ids)
         if "id" in items:
             logits = (sequence_embeddings @ items["id"].T + 2 * logits) / 3

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import FEATURE_DIM, random_histories, tiny_config, tiny_model
 
 from modeling_missrec import MISSRecModel
+from modeling_missrec.layers_missrec import MISSRecDropout
 
 
 @pytest.mark.parametrize("seq_mm_fusion", ["add", "contextual"])
@@ -272,3 +273,18 @@ def test_training_gradients_are_bitwise_reproducible_on_a_multithreaded_cpu():
         gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
     assert gradients[0].keys() == gradients[1].keys()
     assert all(torch.equal(gradients[0][name], gradients[1][name]) for name in gradients[0])
+
+
+def test_dropout_keeps_the_expectation_and_routes_gradients_through_kept_units_only():
+    dropout = MISSRecDropout(0.5).train()
+    x = torch.ones(400, 300, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x)
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert torch.equal(y[kept], torch.full_like(y[kept], 2.0))  # kept units scaled by 1 / (1 - p)
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() * 2)
+    assert dropout.eval()(x) is x and MISSRecDropout(0.0).train()(x) is x
+    with pytest.raises(ValueError, match="dropout probability 1.0"):
+        MISSRecDropout(1.0)

@@ -1,0 +1,206 @@
+"""Benchmark of training: `train.py` on real Amazon Scientific (both modes) and the transfer claim on demo data.
+
+Run from the repository root: `python bench/bench_train.py [--cases ...] [--epochs N] [--output PATH]`. It prints a
+markdown table and writes every number, with the machine's description, to JSON (default
+`bench/results/bench_train.json`). Each case runs `train.main` in a fresh subprocess (a clean heap, so its peak
+resident memory is its own); trained models go to `bench/results/runs/<case>/`.
+
+Cases:
+- `transductive`, `inductive`: `configuration/recipes/scientific.yaml` on `../shared/data/amazon-scientific-mm`,
+  from scratch with the paper's hyper-parameters (missrec-base, batch 512, lr 1e-3, up to 30 epochs, early stop
+  after 10 without a valid NDCG@10 gain) in that id mode, beside popularity; SASRec (ID-only, the same in both
+  modes) is trained in the transductive case.
+- `transfer`: the README's main job. Pre-training on demo-1 + demo-2 (`demo-pretrain.yaml`), then a LoRA adapter
+  on the unseen domain `demo` (`demo-finetune.yaml`) beside MISSRec from scratch, SASRec and popularity under the
+  same fine-tuning budget.
+
+Per model: test HR@10 / NDCG@10 / HR@50 / NDCG@50 (official protocol: history items not masked), the median
+seconds of a training epoch (interest discovery + batches) and of a full validation pass, the epoch of the best
+validation NDCG@10 and the epochs run, and the case process's peak resident memory (every model of a case runs
+in one process, so the peak is the largest of them). The reference is the official MISSRec code measured on this
+machine on the same data (issue 5); it is not rerun here, so its ratios compare across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import machine_info, memory_status
+
+REPO = Path(__file__).resolve().parents[1]
+SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific-mm"
+RECIPES = REPO / "configuration" / "recipes"
+RUNS = REPO / "bench" / "results" / "runs"
+CASES = ("transductive", "inductive", "transfer")
+# The official code on this machine, same data, from scratch, capped at 27 epochs (issue 5).
+REFERENCE = {
+    "transductive": {
+        "hr@10": 0.1636, "ndcg@10": 0.0854, "hr@50": 0.3306, "ndcg@50": 0.1214,
+        "train_seconds": 44.0, "eval_seconds": 3.7, "peak_gib": 2.0,
+    },
+    "inductive": {"hr@10": 0.1633, "ndcg@10": 0.0819},
+}  # fmt: skip
+TARGETS = {"train_speedup": 3.0, "eval_speedup": 3.0, "peak_gib": 2.0}
+MODELS = (  # (name in the table, key of the test metrics, key of the epoch history)
+    ("MISSRec", "test", "epochs"),
+    ("MISSRec (pre-trained, lora)", "test", "epochs"),
+    ("MISSRec from scratch", "scratch_test", "scratch_epochs"),
+    ("SASRec", "sasrec_test", "sasrec_epochs"),
+    ("Popularity", "popularity_test", None),
+)
+
+
+def case_runs(case: str, epochs: int | None) -> list[list[str]]:
+    """The `train.py` argument lists of a case, run one after the other."""
+    limit = [] if epochs is None else ["--epochs", str(epochs)]
+    if case == "transfer":
+        pretrained, finetuned = RUNS / "transfer-pretrain", RUNS / "transfer-finetune"
+        return [
+            ["--config", str(RECIPES / "demo-pretrain.yaml"), "--output_dir", str(pretrained), *limit],
+            [
+                "--config", str(RECIPES / "demo-finetune.yaml"), "--pretrained", str(pretrained),
+                "--output_dir", str(finetuned), *limit,
+            ],
+        ]  # fmt: skip
+    baselines = "[sasrec]" if case == "transductive" else "[]"
+    return [
+        [
+            "--config", str(RECIPES / "scientific.yaml"), "--data_dir", str(SCIENTIFIC), "--id_mode", case,
+            "--baselines", baselines, "--output_dir", str(RUNS / case), *limit,
+        ]
+    ]  # fmt: skip
+
+
+def summarise(results: dict) -> list[dict]:
+    """One row per model of a `train.main` result: test metrics, median epoch/eval seconds, best epoch."""
+    rows = []
+    label = "MISSRec" if results["recipe"]["pretrained"] is None else "MISSRec (pre-trained, lora)"
+    for name, test_key, history_key in MODELS:
+        if test_key not in results or (test_key == "test" and name != label):
+            continue
+        row = {"model": name, **{k: results[test_key][k] for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50")}}
+        history = results.get(history_key) if history_key else None
+        if history:
+            best = max(history, key=lambda e: e["ndcg@10"])
+            row.update(
+                train_seconds=statistics.median(e["train_seconds"] for e in history),
+                eval_seconds=statistics.median(e["eval_seconds"] for e in history),
+                best_epoch=best["epoch"],
+                epochs_run=len(history),
+            )
+        rows.append(row)
+    return rows
+
+
+def run_case(case: str, epochs: int | None) -> dict:
+    """Worker: the case's `train.main` runs in this process; its rows and the process's peak memory."""
+    sys.path.insert(0, str(REPO))
+    import train
+
+    started = time.perf_counter()
+    results = [train.main(argv) for argv in case_runs(case, epochs)]
+    return {
+        "case": case,
+        "wall_seconds": time.perf_counter() - started,
+        "peak_gib": memory_status()["VmHWM"] / 2**20,
+        "rows": summarise(results[-1]),
+        "pretraining": summarise(results[0]) if len(results) > 1 else None,
+    }
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "| case | model | HR@10 | NDCG@10 | HR@50 | NDCG@50 | s / train epoch | s / eval pass | best epoch / run "
+        "| peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        case = result["case"]
+        for row in result["rows"]:
+            epochs = f"{row['best_epoch']} / {row['epochs_run']}" if "best_epoch" in row else "—"
+            lines.append(
+                f"| {case} | {row['model']} | {number(row['hr@10'])} | {number(row['ndcg@10'])} | "
+                f"{number(row['hr@50'])} | {number(row['ndcg@50'])} | {number(row.get('train_seconds'), 1)} | "
+                f"{number(row.get('eval_seconds'), 2)} | {epochs} | {result['peak_gib']:.2f} |"
+            )
+        if case in REFERENCE:
+            ref = REFERENCE[case]
+            lines.append(
+                f"| {case} | official code (reference) | {number(ref['hr@10'])} | {number(ref['ndcg@10'])} | "
+                f"{number(ref.get('hr@50'))} | {number(ref.get('ndcg@50'))} | {number(ref.get('train_seconds'), 1)} | "
+                f"{number(ref.get('eval_seconds'), 2)} | — | {number(ref.get('peak_gib'), 2)} |"
+            )
+    return "\n".join(lines)
+
+
+def verdicts(results: list[dict]) -> list[str]:
+    """The issue's targets, each with the measured value and pass / MISS."""
+    out = []
+    for result in results:
+        case, rows = result["case"], {row["model"]: row for row in result["rows"]}
+        if case in REFERENCE and "MISSRec" in rows:
+            ours, ref = rows["MISSRec"], REFERENCE[case]
+            out.append(_verdict(f"{case}: test NDCG@10 >= reference", ours["ndcg@10"], ref["ndcg@10"], ">="))
+            if "SASRec" in rows:
+                out.append(_verdict(f"{case}: NDCG@10 above SASRec", ours["ndcg@10"], rows["SASRec"]["ndcg@10"], ">"))
+            reference_epoch = REFERENCE["transductive"]["train_seconds"]
+            speedup = reference_epoch / ours["train_seconds"]
+            out.append(_verdict(f"{case}: training epoch speed-up vs reference", speedup, TARGETS["train_speedup"]))
+            speedup = REFERENCE["transductive"]["eval_seconds"] / ours["eval_seconds"]
+            out.append(_verdict(f"{case}: evaluation speed-up vs reference", speedup, TARGETS["eval_speedup"]))
+            out.append(_verdict(f"{case}: peak GiB", result["peak_gib"], TARGETS["peak_gib"], "<"))
+        if case == "transfer" and "MISSRec from scratch" in rows:
+            lora, scratch = rows["MISSRec (pre-trained, lora)"]["ndcg@10"], rows["MISSRec from scratch"]["ndcg@10"]
+            out.append(_verdict("transfer: LoRA on the pre-trained model above scratch (NDCG@10)", lora, scratch, ">"))
+    return out
+
+
+def _verdict(what: str, value: float, target: float, relation: str = ">=") -> str:
+    holds = {">=": value >= target, ">": value > target, "<": value < target}[relation]
+    return f"- {what}: {value:.4g} (target {relation} {target:.4g}) {'pass' if holds else 'MISS'}"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--epochs", type=int, default=None, help="cap every run at N epochs (default: the recipe's)")
+    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "bench_train.json"))
+    parser.add_argument("--worker", choices=CASES, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(run_case(args.worker, args.epochs)))
+        return
+    if {"transductive", "inductive"} & set(args.cases) and not SCIENTIFIC.is_dir():
+        sys.exit(f"{SCIENTIFIC} is missing: the Scientific cases need the shared data folder beside the repository")
+    results = []
+    for case in args.cases:
+        command = [sys.executable, __file__, "--worker", case]
+        command += [] if args.epochs is None else ["--epochs", str(args.epochs)]
+        done = subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.PIPE, text=True)
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"{case}: done in {results[-1]['wall_seconds']:.0f} s", file=sys.stderr)
+    print(markdown(results))
+    print("\n" + "\n".join(verdicts(results)))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report = {"machine": machine_info(), "epochs": args.epochs, "reference": REFERENCE, "results": results}
+    output.write_text(json.dumps(report, indent=2))
+    print(f"\nWrote {output}")
+
+
+if __name__ == "__main__":
+    main()
