@@ -321,7 +321,10 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     print_results(accelerator, table)
-    accelerator.print(f"\nmodel saved to {args.output_dir}")
+    size = f"{results['saved_megabytes']:.2f} MB" if "saved_megabytes" in results else "saved"
+    if "pretrained_megabytes" in results:
+        size += f"; the pre-trained base: {results['pretrained_megabytes']:.2f} MB"
+    accelerator.print(f"\nmodel saved to {args.output_dir} ({size})")
     return results
 
 

@@ -9,15 +9,16 @@
   folder and loaded back with `PeftModel.from_pretrained(base, folder)`.
 - `"full"`: every parameter trains.
 
-The catalogue (features, interest tables) is held in buffers of the base model, not in the adapter: after
-loading an adapter, set the domain's catalogue if needed and call `discover_interests()`. Interest
-discovery is deterministic (`config.interest_seed`), so a model whose interests were last discovered
+The catalogue (features, interest tables) is held in buffers of the base model, not in the adapter: `train.py`
+saves the domain's catalogue and interest settings beside the adapter (`save_catalogue`), and
+`modeling_missrec.pipelines.recommendation.load_missrec_adapter` puts them back and rediscovers the interests.
+Interest discovery is deterministic (`config.interest_seed`), so a model whose interests were last discovered
 from its final weights gets the same interests back.
 """
 
 from __future__ import annotations
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
 STRATEGIES = ("frozen", "lora", "full")
@@ -65,14 +66,3 @@ def apply_finetuning_strategy(
         modules_to_save=trained_in_frozen_mode(model),
     )
     return get_peft_model(model, config)
-
-
-def load_adapter(base: nn.Module, adapter: str, *, is_trainable: bool = False) -> PeftModel:
-    """Load a LoRA adapter folder (or Hub id) onto `base` and rediscover its interests from the adapted weights.
-
-    Returns:
-        The `PeftModel` (in eval mode unless `is_trainable`).
-    """
-    model = PeftModel.from_pretrained(base, adapter, is_trainable=is_trainable)
-    model.base_model.model.discover_interests()
-    return model if is_trainable else model.eval()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import random_histories, tiny_model
-from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy, load_adapter
+from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
+from modeling_missrec.pipelines.recommendation import load_missrec_adapter
 from peft import PeftModel
 
 from modeling_missrec import MISSRecModel
@@ -82,6 +83,6 @@ def test_lora_targets_the_projections_and_the_adapter_reloads_to_identical_score
     base_bytes = (tmp_path / "base" / "model.safetensors").stat().st_size
     assert adapter_bytes < base_bytes
 
-    reloaded = load_adapter(MISSRecModel.from_pretrained(tmp_path / "base"), str(tmp_path / "adapter"))
+    reloaded = load_missrec_adapter(MISSRecModel.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
     with torch.no_grad():
         assert torch.equal(reloaded(item_seq=items, lengths=lengths).scores, after)
