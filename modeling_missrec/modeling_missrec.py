@@ -415,8 +415,12 @@ class MISSRecModel(MISSRecPreTrainedModel):
             # A lookup in the adapted catalogue; `F.embedding`'s backward sums the gradients of repeated items
             # in a fixed order (indexing's backward does not: its multi-threaded scatter varies run to run).
             return F.embedding(item_seq, catalogue[modality]) * mask[..., None]
-        # Only the masked-in rows are adapted: most positions of a padded batch are padding.
-        rows = text_features[mask] if own_text else getattr(self, f"{modality}_features")[item_seq[mask]]
+        table = getattr(self, f"{modality}_features")
+        if not torch.is_grad_enabled():  # serving: short histories, where selecting rows costs more than it saves
+            features = text_features if own_text else table[item_seq]
+            return self._adapt(modality, features.to(self.dtype)) * mask[..., None]
+        # In training only the masked-in rows are adapted: most positions of a padded batch are padding.
+        rows = text_features[mask] if own_text else table[item_seq[mask]]
         adapted = self._adapt(modality, rows.to(self.dtype))
         embeddings = adapted.new_zeros(*item_seq.shape, adapted.shape[-1])
         embeddings[mask] = adapted  # its backward is a gather: deterministic
