@@ -195,18 +195,28 @@ class MISSRecAttention(nn.Module):
         return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(
-        self, queries: torch.Tensor, query_layout: PackedLayout, keys: torch.Tensor, key_layout: PackedLayout
+        self,
+        queries: torch.Tensor,
+        query_layout: PackedLayout,
+        keys: torch.Tensor,
+        key_layout: PackedLayout,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
             queries: `[Tq, d]` packed query tokens laid out by `query_layout`.
             keys: `[Tk, d]` packed key/value tokens laid out by `key_layout` (same rows and buckets); every
                 row needs at least one key.
+            rows: `[T]`, for self-attention over tokens that are rows of a table: `queries` and `keys` are then
+                that table `[R, d]` and token `t` is its row `rows[t]`. The projections run once per table row
+                and are gathered (with `F.embedding`, whose backward is deterministic): cheaper when R < T.
 
         Returns:
             `[Tq, d]`.
         """
         q_all, k_all, v_all = self.q_proj(queries), self.k_proj(keys), self.v_proj(keys)
+        if rows is not None:
+            q_all, k_all, v_all = (F.embedding(rows, projected) for projected in (q_all, k_all, v_all))
         outputs = []
         for bucket in range(len(query_layout.buckets)):
             q, q_mask = query_layout.padded(q_all, bucket)
@@ -247,9 +257,14 @@ class MISSRecSublayer(nn.Module):
         self.dropout = MISSRecDropout(config.hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
-        """`x` `[T, d]` packed tokens and the block's extra inputs -> `[T, d]`."""
-        return self.LayerNorm(x + self.dropout(self.block(x, *args)))
+    def forward(self, x: torch.Tensor, *args: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """`x` `[T, d]` packed tokens and the block's extra inputs -> `[T, d]`.
+
+        With `rows` `[T]` (attention blocks only), `x` is a table `[R, d]` whose row `rows[t]` is token `t`.
+        """
+        if rows is None:
+            return self.LayerNorm(x + self.dropout(self.block(x, *args)))
+        return self.LayerNorm(F.embedding(rows, x) + self.dropout(self.block(x, *args, rows=rows)))
 
 
 class MISSRecEncoderLayer(nn.Module):
@@ -260,9 +275,13 @@ class MISSRecEncoderLayer(nn.Module):
         self.self_attention = MISSRecSublayer(config, MISSRecAttention(config))
         self.feed_forward = MISSRecSublayer(config, MISSRecFeedForward(config))
 
-    def forward(self, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
-        """`x` `[T, d]` packed interest tokens laid out by `layout` -> `[T, d]`."""
-        return self.feed_forward(self.self_attention(x, layout, x, layout))
+    def forward(self, x: torch.Tensor, layout: PackedLayout, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """`x` `[T, d]` packed interest tokens laid out by `layout` -> `[T, d]`.
+
+        With `rows` `[T]`, `x` is the centroid table `[K + 1, d]` and token `t` is centroid `rows[t]`: the first
+        layer then projects each centroid once instead of once per history that holds it.
+        """
+        return self.feed_forward(self.self_attention(x, layout, x, layout, rows=rows))
 
 
 class MISSRecDecoderLayer(nn.Module):

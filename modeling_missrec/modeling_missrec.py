@@ -479,8 +479,13 @@ class MISSRecModel(MISSRecPreTrainedModel):
         # A history with no interest token attends to the all-zero padding centroid instead of nothing.
         memory_mask[:, 0] |= ~memory_mask.any(1)
         memory_layout = PackedLayout(memory_mask, row_splits)
-        memory = self.interest_centroids[interest_ids[memory_mask]].to(hidden.dtype)  # packed [Tm, d]
-        for layer in self.encoder:
+        memory_rows = interest_ids[memory_mask]  # packed [Tm] centroid ids
+        centroids = self.interest_centroids.to(hidden.dtype)
+        if len(centroids) < len(memory_rows):  # the first layer projects the K + 1 centroids, not the Tm tokens
+            memory = self.encoder[0](centroids, memory_layout, rows=memory_rows)
+        else:
+            memory = self.encoder[0](centroids[memory_rows], memory_layout)
+        for layer in self.encoder[1:]:
             memory = layer(memory, memory_layout)
         counts = memory_mask.sum(1, keepdim=True).to(memory.dtype)
         pooled = unpack(memory, memory_mask).sum(1) / counts

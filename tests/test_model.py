@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import FEATURE_DIM, random_histories, tiny_config, tiny_model
 
 from modeling_missrec import MISSRecModel
-from modeling_missrec.layers_missrec import MISSRecDropout
+from modeling_missrec.layers_missrec import MISSRecDropout, MISSRecEncoderLayer, PackedLayout
 
 
 @pytest.mark.parametrize("seq_mm_fusion", ["add", "contextual"])
@@ -288,3 +288,24 @@ def test_dropout_keeps_the_expectation_and_routes_gradients_through_kept_units_o
     assert dropout.eval()(x) is x and MISSRecDropout(0.0).train()(x) is x
     with pytest.raises(ValueError, match="dropout probability 1.0"):
         MISSRecDropout(1.0)
+
+
+def test_encoder_layer_reading_a_table_equals_the_gathered_tokens_with_gradients():
+    """The first encoder layer projects the K + 1 centroids once and gathers (`rows`); same output and gradients
+    as projecting every memory token."""
+    torch.manual_seed(0)
+    layer = MISSRecEncoderLayer(tiny_config()).eval()
+    table = torch.randn(7, 32, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    rows = torch.tensor([1, 3, 5, 3, 6, 1, 2, 3, 4])  # packed: centroids repeat across histories
+    layout = PackedLayout(mask, [0, 3])
+    gathered = layer(table[rows], layout)
+    torch.autograd.backward(gathered, torch.ones_like(gathered))
+    expected_grads = [table.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    table.grad = None
+    layer.zero_grad()
+    from_table = layer(table, layout, rows=rows)
+    torch.autograd.backward(from_table, torch.ones_like(from_table))
+    torch.testing.assert_close(from_table, gathered, atol=1e-5, rtol=0)
+    for expected, got in zip(expected_grads, [table.grad] + [p.grad for p in layer.parameters()]):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
