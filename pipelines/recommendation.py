@@ -259,6 +259,10 @@ def save_catalogue(
         for m in inner.modality_names:
             tensors[f"{m}_features"] = getattr(inner, f"{m}_features")[1:]
             tensors[f"{m}_present"] = getattr(inner, f"{m}_present")[1:]
+        if inner.config.num_interests:  # the interests as trained: rediscovery may differ across thread counts
+            tensors["interest_centroids"] = inner.interest_centroids
+            for m in inner.modality_names:
+                tensors[f"{m}_interest_ids"] = getattr(inner, f"{m}_interest_ids")[1:]
     else:
         for m in ("text", "image"):
             if catalogue.get(f"{m}_features") is None:
@@ -274,7 +278,7 @@ def save_catalogue(
             tensors[f"{m}_features"], tensors[f"{m}_present"] = table, present
         if not tensors:
             raise ValueError("the catalogue needs text_features and/or image_features")
-    rows = {len(t) for t in tensors.values()}
+    rows = {len(t) for k, t in tensors.items() if k != "interest_centroids"}
     if len(rows) != 1:
         raise ValueError(f"the catalogue tables have different numbers of rows: {sorted(rows)}")
     metadata = {"format": CATALOGUE_FORMAT, "version": "1", "num_items": str(rows.pop())}
@@ -295,7 +299,8 @@ def load_catalogue(path_or_repo: str | os.PathLike, **hub_kwargs) -> tuple[dict[
     Returns:
         `(tables, metadata)`: tables as keyword arguments of `MISSRecModel.set_catalogue` (`text_features` `[N, dt]`,
         `text_present` `[N]`, ...); metadata with `num_items` and, when saved, `base_signature` (a dict),
-        `base_fingerprint` and `interest_settings` (the adapted model's interest-discovery config values).
+        `base_fingerprint`, `interest_settings` (the adapted model's interest-discovery config values) and
+        `interest_tables` (its interests: `interest_centroids` `[K + 1, d]`, `text_interest_ids` `[N]`, ...).
     """
     path = _resolve(path_or_repo, CATALOGUE_FILE, **hub_kwargs)
     if path is None:
@@ -309,6 +314,9 @@ def load_catalogue(path_or_repo: str | os.PathLike, **hub_kwargs) -> tuple[dict[
         if key in metadata:
             metadata[key] = json.loads(metadata[key])
     tables = {k: v.bool() if k.endswith("_present") else v for k, v in tables.items()}
+    interests = {k: tables.pop(k) for k in list(tables) if "interest" in k}
+    if interests:
+        metadata["interest_tables"] = interests
     return tables, metadata
 
 
@@ -327,9 +335,9 @@ def load_missrec_adapter(
     2. when the adapter carries `catalogue.safetensors`, the base must match the base the adapter was trained on
        (same config signature; same Transformer weights unless `check_base_weights=False`), else `ValueError`;
        then the adapter's catalogue replaces the base's;
-    3. the adapter is loaded with `PeftModel.from_pretrained` and the interests are rediscovered from the adapted
-       weights with the adapted model's settings saved in the catalogue (deterministic, so the trained model's
-       interests come back).
+    3. the adapter is loaded with `PeftModel.from_pretrained`; the interests saved with the catalogue are put back
+       (bit-exact, whatever the machine), or, for a catalogue without them, rediscovered from the adapted weights
+       with the adapted model's interest settings.
 
     The adapter's `item_metadata.json`, when present, is kept as `model.missrec_item_metadata` for the pipeline.
 
@@ -361,9 +369,32 @@ def load_missrec_adapter(
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=is_trainable, **hub_kwargs)
     except RuntimeError as error:  # shape mismatches from load_state_dict
         raise ValueError(f"the adapter {adapter} does not fit the base model: {error}") from error
-    model.get_base_model().discover_interests()
+    interests = None if saved is None else saved[1].get("interest_tables")
+    if interests is None:
+        model.get_base_model().discover_interests()
+    else:
+        _restore_interests(model.get_base_model(), interests)
     model.missrec_item_metadata = load_item_metadata(adapter, **hub_kwargs)
     return model if is_trainable else model.eval()
+
+
+def _restore_interests(model: nn.Module, interests: dict[str, torch.Tensor]) -> None:
+    """Put the interests saved with an adapter's catalogue back into the MISSRec `model` (ids of items `1..N`)."""
+    centroids = interests["interest_centroids"]
+    if centroids.ndim != 2 or centroids.shape[1] != model.config.hidden_size:
+        raise ValueError(
+            f"saved interest centroids {tuple(centroids.shape)} do not fit hidden_size {model.config.hidden_size}"
+        )
+    device = model.interest_centroids.device
+    for m in model.modality_names:
+        ids = interests[f"{m}_interest_ids"]
+        if len(ids) != model.config.num_items or (len(ids) and int(ids.max()) >= len(centroids)):
+            raise ValueError(
+                f"saved {m} interest ids do not fit {model.config.num_items} items and {len(centroids) - 1} interests"
+            )
+        setattr(model, f"{m}_interest_ids", torch.cat([ids.new_zeros(1), ids]).to(device))
+    model.interest_centroids = centroids.to(device=device, dtype=model.interest_centroids.dtype)
+    model.config.num_interests = len(centroids) - 1
 
 
 def _check_adapter_base(base: nn.Module, metadata: dict, adapter, check_weights: bool) -> None:
