@@ -274,7 +274,7 @@ def fit(
     if best_state is not None:
         match_interest_table(missrec, saved_interest_table_shape(best_state))
         unwrapped.load_state_dict(best_state)
-    if missrec is not None:  # interests from the kept weights: a reloaded model (or adapter) rediscovers them
+    if missrec is not None:  # interests from the kept weights: a reloaded model rediscovers them (adapters carry them)
         discover_interests_once(accelerator, model)
     if args.checkpointing_steps is not None and not (resume is not None and progress.finished):
         progress.finished = True

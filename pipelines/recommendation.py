@@ -60,7 +60,6 @@ ITEM_METADATA_FILE = "item_metadata.json"
 CATALOGUE_FILE = "catalogue.safetensors"
 ITEM_METADATA_FORMAT = "missrec-item-metadata"
 CATALOGUE_FORMAT = "missrec-catalogue"
-# Config keys an adapter's base must share with the base it was trained on (id_mode is handled on its own).
 # How the adapted model discovers its interests; a fine-tuned model may use other settings than its base (the
 # paper clusters 2% of the vectors in pre-training, 50% in fine-tuning), so the adapter's catalogue carries them.
 INTEREST_KEYS = (
@@ -72,6 +71,7 @@ INTEREST_KEYS = (
     "kmeans_tol",
     "interest_seed",
 )
+# Config keys an adapter's base must share with the base it was trained on (id_mode is handled on its own).
 SIGNATURE_KEYS = (
     "model_type",
     "hidden_size",
@@ -352,9 +352,10 @@ def load_missrec_adapter(
         raise ValueError("base is already a PeftModel: pass the plain base model")
     if _resolve(adapter, "adapter_config.json", **hub_kwargs) is None:
         raise ValueError(f"{adapter} is not a PEFT adapter (it has no adapter_config.json)")
-    saved = load_catalogue(adapter, **hub_kwargs)
+    saved, interests = load_catalogue(adapter, **hub_kwargs), None
     if saved is not None:
         tables, metadata = saved
+        interests = metadata.get("interest_tables")
         _check_adapter_base(base, metadata, adapter, check_base_weights)
         base.set_catalogue(**tables)
         base.config.update(metadata.get("interest_settings", {}))
@@ -369,7 +370,6 @@ def load_missrec_adapter(
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=is_trainable, **hub_kwargs)
     except RuntimeError as error:  # shape mismatches from load_state_dict
         raise ValueError(f"the adapter {adapter} does not fit the base model: {error}") from error
-    interests = None if saved is None else saved[1].get("interest_tables")
     if interests is None:
         model.get_base_model().discover_interests()
     else:
