@@ -71,6 +71,7 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
 
 
 def read_progress(folder: str | os.PathLike) -> TrainingProgress:
+    """The [`TrainingProgress`] saved in checkpoint `folder`."""
     return TrainingProgress(**json.loads((Path(folder) / PROGRESS_FILE).read_text()))
 
 
@@ -140,5 +141,6 @@ def match_interest_table(model: torch.nn.Module | None, shape: tuple[int, ...] |
 
 
 def load_best_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The best weights so far saved in checkpoint `folder` (a state dict), or None when it holds none."""
     path = Path(folder) / BEST_WEIGHTS_FILE
     return load_file(str(path)) if path.is_file() else None
