@@ -118,7 +118,8 @@ class PackedLayout:
 
     Tokens travel packed (`[T, d]`, the True positions of `mask` in row-major order), so per-token layers
     never touch padding. Attention needs a padded layout; it is built per bucket of consecutive rows, each
-    padded only to its own widest row. With rows sorted by length this keeps padding small.
+    padded only to its own widest row. With rows sorted by length this keeps padding small. A bucket with no
+    padding at all (a single history, or rows of equal length) is a view of the packed tokens: no copies.
 
     Args:
         mask: `[B, S]` bool, True = real token.
@@ -128,28 +129,38 @@ class PackedLayout:
     def __init__(self, mask: torch.Tensor, row_splits: list[int]):
         self.mask = mask
         columns = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-        width = (columns * mask).amax(1)  # last real column + 1, per row
-        token_ends = mask.sum(1).cumsum(0)
-        ends = torch.tensor(row_splits[1:], device=mask.device) - 1
-        bucket_width = torch.stack([width[a:b].max() for a, b in zip(row_splits[:-1], row_splits[1:])])
-        stats = torch.stack([token_ends[ends], bucket_width]).tolist()
-        starts = [0, *stats[0][:-1]]
+        # One host transfer for the per-row width (last real column + 1) and token count: bucket bounds are
+        # then plain Python, which costs less than a tensor op per bucket (it matters for single requests).
+        widths, counts = torch.stack([(columns * mask).amax(1), mask.sum(1)]).tolist()
         self.buckets = []
-        for a, b, t0, t1, w in zip(row_splits[:-1], row_splits[1:], starts, *stats):
-            bucket_mask = mask[a:b, :w]
+        t0 = 0
+        for a, b in zip(row_splits[:-1], row_splits[1:]):
+            width, t1 = max(widths[a:b]), t0 + sum(counts[a:b])
+            bucket_mask = mask[a:b, :width]
             # Flat positions of the real tokens in the bucket's [b * w] grid: index_copy / index_select with
             # them is cheaper than boolean indexing, which searches the mask again on every call.
-            self.buckets.append((t0, t1, bucket_mask, bucket_mask.flatten().nonzero().flatten()))
+            dense = t1 - t0 == (b - a) * width
+            flat = None if dense else bucket_mask.flatten().nonzero().flatten()
+            self.buckets.append((t0, t1, bucket_mask, flat))
+            t0 = t1
+
+    def is_dense(self, bucket: int) -> bool:
+        """Whether bucket `bucket` has no padding (its attention needs no mask)."""
+        return self.buckets[bucket][3] is None
 
     def padded(self, tokens: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Bucket `bucket` of packed `tokens` `[T, d]` as `[b, w, d]` plus its mask `[b, w]`."""
         t0, t1, mask, flat = self.buckets[bucket]
+        if flat is None:
+            return tokens[t0:t1].view(*mask.shape, -1), mask
         grid = tokens.new_zeros(mask.numel(), tokens.shape[-1]).index_copy_(0, flat, tokens[t0:t1])
         return grid.view(*mask.shape, -1), mask
 
     def packed(self, padded: torch.Tensor, bucket: int) -> torch.Tensor:
         """Inverse of [`padded`]: the real tokens `[T_bucket, d]` of a `[b, w, d]` bucket tensor."""
-        return padded.reshape(-1, padded.shape[-1]).index_select(0, self.buckets[bucket][3])
+        flat = self.buckets[bucket][3]
+        padded = padded.reshape(-1, padded.shape[-1])
+        return padded if flat is None else padded.index_select(0, flat)
 
 
 class MISSRecDropout(nn.Module):
@@ -226,7 +237,7 @@ class MISSRecAttention(nn.Module):
                 self._heads(q),
                 self._heads(k),
                 self._heads(v),
-                attn_mask=k_mask[:, None, None, :],
+                attn_mask=None if key_layout.is_dense(bucket) else k_mask[:, None, None, :],
                 dropout_p=self.dropout if self.training else 0.0,
             )
             outputs.append(query_layout.packed(out.transpose(1, 2).flatten(2), bucket))

@@ -432,8 +432,9 @@ class MISSRecModel(MISSRecPreTrainedModel):
         lengths: torch.Tensor | None,
         text_features: torch.Tensor | None = None,
         catalogue: dict[str, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequence embeddings `[B, d]` and the diversity regulariser `()`.
+        with_diversity: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sequence embeddings `[B, d]` and the diversity regulariser `()` (None unless `with_diversity`).
 
         `catalogue` (from `_adapted_catalogue`) saves adapting the same item twice when the caller scores
         the catalogue too; without it the adaptor runs on the history's own rows.
@@ -487,9 +488,11 @@ class MISSRecModel(MISSRecPreTrainedModel):
             memory = self.encoder[0](centroids[memory_rows], memory_layout)
         for layer in self.encoder[1:]:
             memory = layer(memory, memory_layout)
-        counts = memory_mask.sum(1, keepdim=True).to(memory.dtype)
-        pooled = unpack(memory, memory_mask).sum(1) / counts
-        diversity = pooled.square().sum() / pooled.shape[-1]
+        diversity = None
+        if with_diversity:
+            counts = memory_mask.sum(1, keepdim=True).to(memory.dtype)
+            pooled = unpack(memory, memory_mask).sum(1) / counts
+            diversity = pooled.square().sum() / pooled.shape[-1]
 
         for layer in self.decoder[:-1]:
             hidden = layer(hidden, layout, memory, memory_layout)
@@ -521,7 +524,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         Returns:
             `[B, hidden_size]`.
         """
-        return self._encode(item_seq, lengths, text_features)[0]
+        return self._encode(item_seq, lengths, text_features, with_diversity=False)[0]
 
     # ------------------------------------------------------------------ item side
     def embed_items(

@@ -309,3 +309,20 @@ def test_encoder_layer_reading_a_table_equals_the_gathered_tokens_with_gradients
     torch.testing.assert_close(from_table, gathered, atol=1e-5, rtol=0)
     for expected, got in zip(expected_grads, [table.grad] + [p.grad for p in layer.parameters()]):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_layout_buckets_without_padding_are_views_of_the_packed_tokens():
+    """A bucket whose rows fill their width (a single history, equal lengths) is a view: no copy, no attention
+    mask; a bucket with padding is scattered into a zero grid. Both round-trip to the packed tokens."""
+    mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    tokens = torch.randn(int(mask.sum()), 4)
+    layout = PackedLayout(mask, [0, 2, 4])
+    assert layout.is_dense(0) and not layout.is_dense(1)
+    dense, dense_mask = layout.padded(tokens, 0)
+    assert dense.data_ptr() == tokens.data_ptr() and dense.shape == (2, 3, 4) and dense_mask.all()
+    padded, padded_mask = layout.padded(tokens, 1)
+    assert padded.shape == (2, 2, 4) and padded_mask.tolist() == [[True, True], [True, False]]
+    torch.testing.assert_close(padded[padded_mask], tokens[6:], rtol=0, atol=0)
+    assert (padded[~padded_mask] == 0).all()
+    repacked = torch.cat([layout.packed(dense, 0), layout.packed(padded, 1)])
+    torch.testing.assert_close(repacked, tokens, rtol=0, atol=0)
