@@ -57,6 +57,26 @@ def test_one_step_kmeans_matches_a_single_lloyd_update():
     assert torch.allclose(one.centroids, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("iterations", [1, 2, 5])
+def test_lloyd_with_bounds_equals_plain_lloyd(iterations):
+    """The Hamerly bounds only skip work: after each number of iterations the labels and centroids are those of
+    plain Lloyd (assign every vector, then average), and the inertia is the exact sum over the vectors."""
+    from modeling_missrec.interest_missrec import _lloyd
+
+    x, _ = planted_clusters(num_clusters=12, per_cluster=40, dim=16, seed=3)
+    x = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4)) * 10  # overlapping clusters
+    start = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(2))[:12]].clone()
+    labels, _ = assign_to_nearest(x, start)
+    for _ in range(iterations):
+        centroids = torch.stack([x[labels == k].mean(0) for k in range(12)])
+        labels, _ = assign_to_nearest(x, centroids)
+    result = _lloyd(x, start, max_iter=iterations, tol=0.0)
+    assert result.n_iter == iterations
+    assert torch.equal(result.labels, labels)
+    torch.testing.assert_close(result.centroids, centroids, atol=1e-5, rtol=0)
+    assert result.inertia == pytest.approx(float((x - centroids[labels]).square().sum()), rel=1e-5)
+
+
 def test_dpc_knn_recovers_planted_clusters():
     x, truth = planted_clusters(num_clusters=5, per_cluster=40)
     result = dpc_knn(x, 5, local_size=10)
