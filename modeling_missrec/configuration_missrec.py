@@ -69,7 +69,7 @@ class MISSRecConfig(PretrainedConfig):
         kmeans_max_iter (`int`, *optional*, defaults to 1):
             Maximum Lloyd iterations. The defaults, `kmeans_init="random", kmeans_max_iter=1`, are the one-step
             clustering of the official code, which recommended better than k-means++ run to convergence
-            (`"k-means++"`, 30) on Amazon Scientific and costs far less per epoch.
+            (`"k-means++"`, 30) on Amazon Scientific and costs less per epoch.
         kmeans_tol (`float`, *optional*, defaults to 1e-4):
             Stop when the relative decrease of the k-means inertia falls below this value.
         interest_seed (`int`, *optional*, defaults to 0):
