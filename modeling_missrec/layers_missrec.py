@@ -56,10 +56,12 @@ def validate_history(
     if item_seq.ndim != 2 or item_seq.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"item_seq must be an integer [B, L] tensor, got {item_seq.dtype} {tuple(item_seq.shape)}")
     item_seq = item_seq.long()
-    out_of_range = item_seq[(item_seq < 0) | (item_seq > num_items)]
-    if out_of_range.numel():
+    # Each check is one reduction on the happy path; the offending values are looked up only to name them.
+    out_of_range = (item_seq < 0) | (item_seq > num_items)
+    if out_of_range.any():
         raise ValueError(
-            f"item ids {first_values(out_of_range)} are outside the catalogue [1, {num_items}] (0 = padding)"
+            f"item ids {first_values(item_seq[out_of_range])} are outside the catalogue [1, {num_items}] "
+            "(0 = padding)"
         )
     nonzero = item_seq != 0
     positions = torch.arange(item_seq.shape[1], device=item_seq.device)
@@ -69,19 +71,23 @@ def validate_history(
         lengths = torch.as_tensor(lengths, device=item_seq.device).long()
         if lengths.shape != item_seq.shape[:1]:
             raise ValueError(f"lengths has shape {tuple(lengths.shape)}; expected ({item_seq.shape[0]},)")
-        outside = lengths[(lengths < 0) | (lengths > item_seq.shape[1])]
-        if outside.numel():
-            raise ValueError(f"lengths {first_values(outside)} are outside [0, {item_seq.shape[1]}] (the padded width)")
-    misaligned = ((positions < lengths[:, None]) != nonzero).any(1).nonzero().flatten()
-    if misaligned.numel():
-        row = misaligned[0]
+        outside = (lengths < 0) | (lengths > item_seq.shape[1])
+        if outside.any():
+            raise ValueError(
+                f"lengths {first_values(lengths[outside])} are outside [0, {item_seq.shape[1]}] (the padded width)"
+            )
+    misaligned = ((positions < lengths[:, None]) != nonzero).any(1)
+    if misaligned.any():
+        row = misaligned.nonzero()[0, 0]
         raise ValueError(
             f"row {int(row)}: length {int(lengths[row])} disagrees with the padded history "
             f"{item_seq[row].tolist()} (histories are left-aligned, 0 = padding after the last item)"
         )
-    empty = (lengths == 0).nonzero().flatten()
-    if empty.numel():
-        raise ValueError(f"rows {first_values(empty)} hold only padding: every history needs at least one item")
+    empty = lengths == 0
+    if empty.any():
+        raise ValueError(
+            f"rows {first_values(empty.nonzero())} hold only padding: every history needs at least one item"
+        )
     return item_seq, lengths
 
 
@@ -143,6 +149,23 @@ class PackedLayout:
             flat = None if dense else bucket_mask.flatten().nonzero().flatten()
             self.buckets.append((t0, t1, bucket_mask, flat))
             t0 = t1
+        self.full = t0 == mask.numel()  # no padding at all (e.g. one history): packing is a reshape
+
+    def pack(self, values: torch.Tensor) -> torch.Tensor:
+        """The real positions of `values` `[B, S, ...]`, packed: `[T, ...]`."""
+        return values.flatten(0, 1) if self.full else values[self.mask]
+
+    def positions(self) -> torch.Tensor:
+        """`[B, S]` long: the packed row of every position (meaningless at padding)."""
+        if self.full:
+            return torch.arange(self.mask.numel(), device=self.mask.device).view(self.mask.shape)
+        return self.mask.flatten().cumsum(0).view(self.mask.shape) - 1
+
+    def row_means(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The mean of every row's packed tokens `[T, d]`: `[B, d]`."""
+        if self.full:
+            return tokens.view(*self.mask.shape, -1).mean(1)
+        return unpack(tokens, self.mask).sum(1) / self.mask.sum(1, keepdim=True).to(tokens.dtype)
 
     def is_dense(self, bucket: int) -> bool:
         """Whether bucket `bucket` has no padding (its attention needs no mask)."""
@@ -202,6 +225,13 @@ class MISSRecAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
+    def project_table(
+        self, queries: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(q_proj(queries), k_proj(keys), v_proj(keys))`, each `[T, d]`; `keys` defaults to `queries`."""
+        keys = queries if keys is None else keys
+        return self.q_proj(queries), self.k_proj(keys), self.v_proj(keys)
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
 
@@ -212,6 +242,7 @@ class MISSRecAttention(nn.Module):
         keys: torch.Tensor,
         key_layout: PackedLayout,
         rows: torch.Tensor | None = None,
+        projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -221,13 +252,15 @@ class MISSRecAttention(nn.Module):
             rows: `[T]`, for self-attention over tokens that are rows of a table: `queries` and `keys` are then
                 that table `[R, d]` and token `t` is its row `rows[t]`. The projections run once per table row
                 and are gathered (with `F.embedding`, whose backward is deterministic): cheaper when R < T.
+            projected: with `rows`, the table's projections `(q_proj(table), k_proj(table), v_proj(table))`,
+                each `[R, d]`, computed earlier (see [`project_table`]); they are then not recomputed.
 
         Returns:
             `[Tq, d]`.
         """
-        q_all, k_all, v_all = self.q_proj(queries), self.k_proj(keys), self.v_proj(keys)
+        q_all, k_all, v_all = self.project_table(queries, keys) if projected is None else projected
         if rows is not None:
-            q_all, k_all, v_all = (F.embedding(rows, projected) for projected in (q_all, k_all, v_all))
+            q_all, k_all, v_all = (F.embedding(rows, table) for table in (q_all, k_all, v_all))
         outputs = []
         for bucket in range(len(query_layout.buckets)):
             q, q_mask = query_layout.padded(q_all, bucket)
@@ -268,14 +301,22 @@ class MISSRecSublayer(nn.Module):
         self.dropout = MISSRecDropout(config.hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, *args: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *args: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """`x` `[T, d]` packed tokens and the block's extra inputs -> `[T, d]`.
 
-        With `rows` `[T]` (attention blocks only), `x` is a table `[R, d]` whose row `rows[t]` is token `t`.
+        With `rows` `[T]` (attention blocks only), `x` is a table `[R, d]` whose row `rows[t]` is token `t`, and
+        `projected` optionally holds the table's precomputed q/k/v projections.
         """
         if rows is None:
             return self.LayerNorm(x + self.dropout(self.block(x, *args)))
-        return self.LayerNorm(F.embedding(rows, x) + self.dropout(self.block(x, *args, rows=rows)))
+        update = self.block(x, *args, rows=rows, projected=projected)
+        return self.LayerNorm(F.embedding(rows, x) + self.dropout(update))
 
 
 class MISSRecEncoderLayer(nn.Module):
@@ -286,13 +327,20 @@ class MISSRecEncoderLayer(nn.Module):
         self.self_attention = MISSRecSublayer(config, MISSRecAttention(config))
         self.feed_forward = MISSRecSublayer(config, MISSRecFeedForward(config))
 
-    def forward(self, x: torch.Tensor, layout: PackedLayout, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        layout: PackedLayout,
+        rows: torch.Tensor | None = None,
+        projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """`x` `[T, d]` packed interest tokens laid out by `layout` -> `[T, d]`.
 
         With `rows` `[T]`, `x` is the centroid table `[K + 1, d]` and token `t` is centroid `rows[t]`: the first
-        layer then projects each centroid once instead of once per history that holds it.
+        layer then projects each centroid once instead of once per history that holds it. `projected` holds
+        those projections when they were computed earlier (serving: they change only with the weights).
         """
-        return self.feed_forward(self.self_attention(x, layout, x, layout, rows=rows))
+        return self.feed_forward(self.self_attention(x, layout, x, layout, rows=rows, projected=projected))
 
 
 class MISSRecDecoderLayer(nn.Module):

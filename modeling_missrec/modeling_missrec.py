@@ -25,7 +25,6 @@ from .layers_missrec import (
     PackedLayout,
     init_standard_weights,
     keep_most_recent,
-    unpack,
     validate_history,
 )
 from .layers_missrec import first_values as _first
@@ -391,8 +390,15 @@ class MISSRecModel(MISSRecPreTrainedModel):
         return item_seq, lengths, text_features
 
     # ------------------------------------------------------------------ sequence side
-    def _adapted_catalogue(self, item_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Adapted (not normalised) embeddings per modality, zero where the modality is absent: `[C, d]`."""
+    def adapted_catalogue(self, item_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Adapted (not normalised) embeddings per modality, zero where the modality is absent.
+
+        Args:
+            item_ids: `[C]` long item ids, or None for the whole catalogue `0..num_items` (row = item id).
+
+        Returns:
+            `{"text": [C, d], "image": [C, d]}` (the config's modalities).
+        """
         out = {}
         for m in self.modality_names:
             features, present = getattr(self, f"{m}_features"), getattr(self, f"{m}_present")
@@ -433,17 +439,20 @@ class MISSRecModel(MISSRecPreTrainedModel):
         text_features: torch.Tensor | None = None,
         catalogue: dict[str, torch.Tensor] | None = None,
         with_diversity: bool = True,
+        interest_projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sequence embeddings `[B, d]` and the diversity regulariser `()` (None unless `with_diversity`).
 
-        `catalogue` (from `_adapted_catalogue`) saves adapting the same item twice when the caller scores
-        the catalogue too; without it the adaptor runs on the history's own rows.
+        `catalogue` (from [`adapted_catalogue`]) saves adapting the same item twice when the caller scores
+        the catalogue too; without it the adaptor runs on the history's own rows. `interest_projections` (from
+        [`interest_projections`]) saves the first encoder layer's projections.
         """
         item_seq, lengths, text_features = self._prepare_history(item_seq, lengths, text_features)
         # Longest histories first, so attention buckets of consecutive rows have similar lengths.
-        order = lengths.argsort(descending=True, stable=True)
-        item_seq, lengths = item_seq[order], lengths[order]
-        text_features = None if text_features is None else text_features[order]
+        order = lengths.argsort(descending=True, stable=True) if len(lengths) > 1 else None
+        if order is not None:
+            item_seq, lengths = item_seq[order], lengths[order]
+            text_features = None if text_features is None else text_features[order]
         # Positions past the longest history are padding in every row: drop them.
         seq_len = int(lengths[0])
         item_seq = item_seq[:, :seq_len]
@@ -471,39 +480,37 @@ class MISSRecModel(MISSRecPreTrainedModel):
             token_mask[:, 0] |= valid & ~token_mask.any(1)
             tokens, token_mask = tokens.flatten(1, 2), token_mask.flatten(1)
             output_index = last[:, None] + seq_len * torch.arange(num_modalities, device=last.device)  # [B, M]
-        hidden = self.dropout(self.LayerNorm(tokens[token_mask]))  # packed [T, d]
         row_splits = self._row_splits(batch)
         layout = PackedLayout(token_mask, row_splits)
+        hidden = self.dropout(self.LayerNorm(layout.pack(tokens)))  # packed [T, d]
 
         interest_ids = interest_tokens(torch.cat(interests, 1))
         memory_mask = interest_ids != 0
         # A history with no interest token attends to the all-zero padding centroid instead of nothing.
         memory_mask[:, 0] |= ~memory_mask.any(1)
         memory_layout = PackedLayout(memory_mask, row_splits)
-        memory_rows = interest_ids[memory_mask]  # packed [Tm] centroid ids
+        memory_rows = memory_layout.pack(interest_ids)  # packed [Tm] centroid ids
         centroids = self.interest_centroids.to(hidden.dtype)
-        if len(centroids) < len(memory_rows):  # the first layer projects the K + 1 centroids, not the Tm tokens
-            memory = self.encoder[0](centroids, memory_layout, rows=memory_rows)
+        if interest_projections is not None or len(centroids) < len(memory_rows):
+            # The first layer projects the K + 1 centroids (or reads their projections), not the Tm tokens.
+            memory = self.encoder[0](centroids, memory_layout, rows=memory_rows, projected=interest_projections)
         else:
             memory = self.encoder[0](centroids[memory_rows], memory_layout)
         for layer in self.encoder[1:]:
             memory = layer(memory, memory_layout)
         diversity = None
         if with_diversity:
-            counts = memory_mask.sum(1, keepdim=True).to(memory.dtype)
-            pooled = unpack(memory, memory_mask).sum(1) / counts
+            pooled = memory_layout.row_means(memory)
             diversity = pooled.square().sum() / pooled.shape[-1]
 
         for layer in self.decoder[:-1]:
             hidden = layer(hidden, layout, memory, memory_layout)
         # Only the last item's token(s) form the output, so the last layer computes just those queries.
-        packed_row = token_mask.flatten().cumsum(0).view(token_mask.shape) - 1
-        query_mask = token_mask.gather(1, output_index)  # [B, Q]
-        queries = hidden[packed_row.gather(1, output_index)[query_mask]]
-        query_layout = PackedLayout(query_mask, row_splits)
+        query_layout = PackedLayout(token_mask.gather(1, output_index), row_splits)  # [B, Q]
+        queries = hidden[query_layout.pack(layout.positions().gather(1, output_index))]
         output = self.decoder[-1](hidden, layout, memory, memory_layout, queries=(queries, query_layout))
-        output = unpack(output, query_mask).sum(1) / query_mask.sum(1, keepdim=True).to(output.dtype)
-        return F.normalize(output, dim=-1)[order.argsort()], diversity
+        output = F.normalize(query_layout.row_means(output), dim=-1)
+        return (output if order is None else output[order.argsort()]), diversity
 
     @staticmethod
     def _row_splits(batch: int, rows_per_bucket: int = 64) -> list[int]:
@@ -511,7 +518,13 @@ class MISSRecModel(MISSRecPreTrainedModel):
         return [round(i * batch / num_buckets) for i in range(num_buckets + 1)]
 
     def embed_sequences(
-        self, item_seq: torch.Tensor, lengths: torch.Tensor | None = None, text_features: torch.Tensor | None = None
+        self,
+        item_seq: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        text_features: torch.Tensor | None = None,
+        *,
+        catalogue: dict[str, torch.Tensor] | None = None,
+        interest_projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """L2-normalised sequence representations.
 
@@ -520,11 +533,32 @@ class MISSRecModel(MISSRecPreTrainedModel):
             lengths: `[B]` number of items per row (default: counted from `item_seq`).
             text_features: `[B, L, text_feature_dim]` to use instead of the catalogue text features of the
                 history (the "word drop" augmentation of pre-training).
+            catalogue: the whole catalogue's [`adapted_catalogue`], to look the history items up in instead of
+                adapting them; interest_projections: [`interest_projections`]. Both change only with the weights
+                and the catalogue, so a server computes them once for many requests.
 
         Returns:
             `[B, hidden_size]`.
         """
-        return self._encode(item_seq, lengths, text_features, with_diversity=False)[0]
+        return self._encode(
+            item_seq,
+            lengths,
+            text_features,
+            catalogue=catalogue,
+            with_diversity=False,
+            interest_projections=interest_projections,
+        )[0]
+
+    @torch.no_grad()
+    def interest_projections(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first encoder layer's query, key and value projections of every interest centroid (row 0: padding).
+
+        Returns:
+            `(q, k, v)`, each `[num_interests + 1, hidden_size]`; pass them to [`embed_sequences`].
+        """
+        if self.config.num_interests == 0:
+            raise ValueError("interests have not been discovered: call discover_interests() first")
+        return self.encoder[0].self_attention.block.project_table(self.interest_centroids.to(self.dtype))
 
     # ------------------------------------------------------------------ item side
     def embed_items(
@@ -541,7 +575,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
             as zero rows.
         """
         self._check_catalogue()
-        catalogue = self._adapted_catalogue(item_ids) if catalogue is None else catalogue
+        catalogue = self.adapted_catalogue(item_ids) if catalogue is None else catalogue
         out = {m: F.normalize(catalogue[m], dim=-1) for m in self.modality_names}
         if self.item_id_embeddings is not None:
             weight = self.item_id_embeddings.weight
@@ -668,7 +702,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
                 item_seq, labels, augmented_item_seq, lengths, augmented_lengths, augmented_text_features
             )
         else:
-            catalogue = self._adapted_catalogue()
+            catalogue = self.adapted_catalogue()
             seq, diversity = self._encode(item_seq, lengths, catalogue=catalogue)
             scores = self.score_items(seq, catalogue=catalogue)
             loss = None if labels is None else self.finetuning_loss(scores, labels, diversity)

@@ -626,30 +626,51 @@ class ItemIndex:
         return values / self.temperature, indices
 
 
-_INDEX_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Per model: {name: (dependency key, cached value)}.
+_SERVING_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The adapted catalogue (history items are looked up in it) is kept only up to this size: beyond it, adapting a
+# history's few items per request costs less than the memory (at 1M items it would be 2.4 GB).
+_ADAPTED_CATALOGUE_BYTES = 64 << 20
 
 
-def _state_key(model: nn.Module) -> tuple:
-    """What the catalogue embeddings depend on: the catalogue buffers and every parameter of the item-side modules
-    (modality adaptors, item fusion, item-id embedding; identity and in-place version, so optimizer steps count),
-    with the active / disabled state of PEFT wrappers around them, and the catalogue size. Interest tables and the
-    sequence side are left out: they do not change item embeddings. The tensors themselves are kept in the key, so
-    a replaced buffer cannot be mistaken for a new one that reuses its id. Cheap (a few dozen attribute reads):
-    it runs on every request."""
+def _dependency_key(tensors: list[torch.Tensor], modules: list[nn.Module], extra: tuple) -> tuple:
+    """What a cached value computed from `tensors` and `modules` depends on: every tensor and module parameter
+    (identity and in-place version, so optimizer steps count), the active / disabled state of PEFT wrappers (a
+    `ModulesToSaveWrapper` or LoRA layer switches adapters without touching any tensor) and `extra`. The tensors
+    themselves are kept in the key, so a replaced buffer cannot be mistaken for a new one that reuses its id. Cheap
+    (a few dozen attribute reads): it runs on every request."""
+    states = []
+    for module in modules:
+        # (`_parameters` of a leaf module: a third of the cost of `parameters()`, which walks the module tree.)
+        if module._modules:
+            tensors = tensors + list(module.parameters())
+        else:
+            tensors = tensors + [p for p in module._parameters.values() if p is not None]
+        # A class lookup: `getattr` on a plain torch module would raise and catch an AttributeError (slow).
+        if hasattr(type(module), "active_adapters"):
+            states.append((tuple(module.active_adapters or ()), module.disable_adapters))
+    return tuple((t, t._version) for t in tensors), extra, tuple(states)
+
+
+def _item_side_key(model: nn.Module) -> tuple:
+    """The catalogue buffers, the item-side modules (modality adaptors, item fusion, item-id embedding) and the
+    catalogue size: what item embeddings depend on. Interest tables and the sequence side do not change them."""
     inner = _unwrap(model)
-    tensors, states = [], []
+    tensors = []
     for m in inner.modality_names:
         tensors += [getattr(inner, f"{m}_features"), getattr(inner, f"{m}_present")]
     modules = [getattr(inner, f"{m}_adaptor") for m in inner.modality_names] + [inner.item_fusion]
     if getattr(inner, "item_id_embeddings", None) is not None:
         modules.append(inner.item_id_embeddings)
-    for module in modules:
-        tensors += list(module.parameters())
-        # A PEFT ModulesToSaveWrapper switches copies without touching any tensor.
-        states.append(
-            (tuple(getattr(module, "active_adapters", None) or ()), getattr(module, "disable_adapters", None))
-        )
-    return tuple((t, t._version) for t in tensors), inner.config.num_items, tuple(states)
+    return _dependency_key(tensors, modules, (inner.config.num_items,))
+
+
+def _interest_side_key(model: nn.Module) -> tuple:
+    """The centroids and the first encoder layer's q/k/v projections: what `interest_projections()` depends on."""
+    inner = _unwrap(model)
+    attention = inner.encoder[0].self_attention.block
+    modules = [attention.q_proj, attention.k_proj, attention.v_proj]
+    return _dependency_key([inner.interest_centroids], modules, (inner.config.num_interests,))
 
 
 def _same_key(a: tuple, b: tuple) -> bool:
@@ -658,16 +679,45 @@ def _same_key(a: tuple, b: tuple) -> bool:
     return all(x is y and u == v for (x, u), (y, v) in zip(a[0], b[0]))
 
 
+def _cached(model: nn.Module, name: str, key: tuple, build) -> Any:
+    """`build()`, cached per model under `name` until `key` changes."""
+    cache = _SERVING_CACHE.setdefault(model, {})
+    entry = cache.get(name)
+    if entry is not None and _same_key(entry[0], key):
+        return entry[1]
+    value = build()
+    cache[name] = (key, value)
+    return value
+
+
 def catalogue_index(model: nn.Module) -> ItemIndex:
     """The cached [`ItemIndex`] of `model`'s catalogue, rebuilt when what item embeddings depend on has changed
     (training steps of the item side, `set_catalogue`, `extend_catalogue`, another active adapter)."""
-    key = _state_key(model)
-    cached = _INDEX_CACHE.get(model)
-    if cached is not None and _same_key(cached[0], key):
-        return cached[1]
-    index = ItemIndex.from_model(model)
-    _INDEX_CACHE[model] = (key, index)
-    return index
+    return _cached(model, "index", _item_side_key(model), lambda: ItemIndex.from_model(model))
+
+
+@torch.no_grad()
+def serving_state(model: nn.Module) -> tuple[ItemIndex, dict[str, Any]]:
+    """What every request of `model` reuses, cached and rebuilt when what it depends on changes (checked once per
+    call): the [`catalogue_index`] and keyword arguments of `embed_sequences` that spare each request the work
+    that depends only on the weights: `interest_projections` (the first encoder layer's projections of the
+    interest centroids) and, for catalogues up to 64 MB of adapted embeddings, `catalogue` (the adapted catalogue
+    the histories are looked up in).
+
+    Returns:
+        `(index, embed_kwargs)`.
+    """
+    inner = _unwrap(model)
+    item_key = _item_side_key(model)
+    index = _cached(model, "index", item_key, lambda: ItemIndex.from_model(model))
+    projections = _cached(model, "interests", _interest_side_key(model), inner.interest_projections)
+    adapted = _cached(model, "adapted", item_key, lambda: _small_adapted_catalogue(inner))
+    return index, {"interest_projections": projections} | ({} if adapted is None else {"catalogue": adapted})
+
+
+def _small_adapted_catalogue(inner: nn.Module) -> dict[str, torch.Tensor] | None:
+    size = (inner.config.num_items + 1) * inner.config.hidden_size * len(inner.modality_names) * inner.dtype.itemsize
+    return inner.adapted_catalogue() if size <= _ADAPTED_CATALOGUE_BYTES else None
 
 
 # ---------------------------------------------------------------------------------------------------- pipeline
@@ -846,14 +896,14 @@ class SequentialRecommendationPipeline(Pipeline):
     # ------------------------------------------------------------------ steps
     def _to_ids(self, values: Sequence, on_unknown: str, what: str) -> list[int]:
         """Item ids of a list of item ids / source ids; unknown ones raise or are skipped with a warning."""
-        ids, unknown = [], []
+        ids, unknown, num_items = [], [], self.num_items
         for value in values:
             if isinstance(value, (torch.Tensor, np.ndarray)):
                 value = value.item()
             if isinstance(value, str):
                 item = self._source_ids().get(value)
             elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-                item = int(value) if 1 <= value <= self.num_items else None
+                item = int(value) if 1 <= value <= num_items else None
             else:
                 raise ValueError(f"{what} entries must be item ids (int) or source ids (str), got {value!r}")
             (unknown.append(value) if item is None else ids.append(item))
@@ -952,40 +1002,57 @@ class SequentialRecommendationPipeline(Pipeline):
         }
 
     def _forward(self, model_inputs: dict[str, Any], top_k: int = 10, exclude_history: bool = True) -> dict[str, Any]:
-        inner = _unwrap(self.model)
         item_seq, lengths, empty = model_inputs["item_seq"], model_inputs["lengths"], model_inputs["empty"]
         allowed, cold = model_inputs["candidates"], model_inputs["cold"]
         num_candidates = (self.num_items if allowed is None else len(allowed)) + (0 if cold is None else cold["num"])
         if top_k > num_candidates:
             raise ValueError(f"top_k={top_k} is larger than the {num_candidates} candidate items")
-        batch = len(item_seq)
-        scores = torch.full((batch, top_k), float("-inf"), device=item_seq.device)
-        ids = torch.zeros(batch, top_k, dtype=torch.long, device=item_seq.device)
-        active = (~empty).nonzero().flatten()
-        if len(active):
-            seq = inner.embed_sequences(item_seq[active].to(inner.device), lengths[active].to(inner.device))
-            excluded = None
-            if exclude_history:
-                rows, cols = (item_seq[active] != 0).nonzero(as_tuple=True)
-                excluded = (rows, item_seq[active][rows, cols] - 1)
-            index = catalogue_index(self.model)
-            candidate_rows = None if allowed is None else allowed - 1
-            parts = []
-            if allowed is None or len(allowed):
-                k = min(top_k, self.num_items if allowed is None else len(allowed))
-                values, rows_found = index.top_k(seq, k, candidate_rows, excluded)
-                parts.append((values, rows_found + 1))
-            if cold is not None:
-                cold_index = ItemIndex.from_features(self.model, cold["features"])
-                values, rows_found = cold_index.top_k(seq, min(top_k, cold["num"]))
-                parts.append((values, rows_found + 1 + self.num_items))
-            values, found = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
-            best = values.topk(top_k, dim=1)
-            scores[active], ids[active] = best.values, found.gather(1, best.indices)
-        if empty.any():
+        if not empty.any():
+            scores, ids = self._rank(item_seq, lengths, allowed, cold, top_k, exclude_history)
+        else:
+            batch = len(item_seq)
+            scores = torch.full((batch, top_k), float("-inf"), device=item_seq.device)
+            ids = torch.zeros(batch, top_k, dtype=torch.long, device=item_seq.device)
+            active = ~empty
+            if active.any():
+                ranked = self._rank(item_seq[active], lengths[active], allowed, cold, top_k, exclude_history)
+                scores[active], ids[active] = ranked
             values, found = self._popular(top_k, None if allowed is None else allowed.cpu(), cold)
             scores[empty], ids[empty] = values.to(scores.device), found.to(ids.device)
         return {"scores": scores, "item_ids": ids, "cold": cold, "batched": model_inputs["batched"]}
+
+    def _rank(
+        self,
+        item_seq: torch.Tensor,
+        lengths: torch.Tensor,
+        allowed: torch.Tensor | None,
+        cold: dict[str, Any] | None,
+        top_k: int,
+        exclude_history: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-`top_k` `(scores [b, top_k], item ids [b, top_k])` of non-empty histories `[b, L]` among the
+        catalogue (or its allow-list `allowed`) and the cold-start items."""
+        inner = _unwrap(self.model)
+        index, tables = serving_state(self.model)
+        seq = inner.embed_sequences(item_seq.to(inner.device), lengths.to(inner.device), **tables)
+        excluded = None
+        if exclude_history:
+            rows, cols = (item_seq != 0).nonzero(as_tuple=True)
+            excluded = (rows, item_seq[rows, cols] - 1)
+        parts = []
+        if allowed is None or len(allowed):
+            k = min(top_k, self.num_items if allowed is None else len(allowed))
+            values, rows_found = index.top_k(seq, k, None if allowed is None else allowed - 1, excluded)
+            parts.append((values, rows_found + 1))
+        if cold is not None:
+            cold_index = ItemIndex.from_features(self.model, cold["features"])
+            values, rows_found = cold_index.top_k(seq, min(top_k, cold["num"]))
+            parts.append((values, rows_found + 1 + self.num_items))
+        if len(parts) == 1:
+            return parts[0]
+        values, found = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+        best = values.topk(top_k, dim=1)
+        return best.values, found.gather(1, best.indices)
 
     def _popular(
         self, top_k: int, allowed: torch.Tensor | None, cold: dict | None
@@ -1010,7 +1077,7 @@ class SequentialRecommendationPipeline(Pipeline):
     ) -> list[list[dict[str, Any]]] | list[dict[str, Any]]:
         source_ids = self._metadata("source_ids")
         texts = self._metadata("texts") if return_text else None
-        cold = model_outputs["cold"]
+        cold, num_items = model_outputs["cold"], self.num_items
         results = []
         for scores, ids in zip(model_outputs["scores"].tolist(), model_outputs["item_ids"].tolist()):
             row = []
@@ -1018,12 +1085,12 @@ class SequentialRecommendationPipeline(Pipeline):
                 if score == float("-inf"):
                     continue  # excluded history items when too few candidates remain
                 entry = {"item_id": item, "source_id": None, "score": score}
-                if item <= self.num_items:
+                if item <= num_items:
                     entry["source_id"] = None if source_ids is None else source_ids[item - 1]
                     if return_text:
                         entry["text"] = None if texts is None else texts[item - 1]
                 else:
-                    j = item - self.num_items - 1
+                    j = item - num_items - 1
                     entry["source_id"] = None if cold["source_ids"] is None else cold["source_ids"][j]
                     if return_text:
                         entry["text"] = None if cold["texts"] is None else cold["texts"][j]

@@ -30,6 +30,11 @@ def test_sequence_embedding_ignores_padding_and_batch_composition(seq_mm_fusion,
     order = torch.randperm(70, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(model.embed_sequences(items[order]), full[order], atol=1e-5, rtol=0)
     assert torch.allclose(full.norm(dim=-1), torch.ones(70))
+    # Serving's precomputed tables (adapted catalogue, first-layer projections of the centroids) change nothing.
+    tables = {"catalogue": model.adapted_catalogue(), "interest_projections": model.interest_projections()}
+    torch.testing.assert_close(model.embed_sequences(items, lengths, **tables), full, atol=1e-5, rtol=0)
+    alone = model.embed_sequences(items[:1, : lengths[0]], **tables)
+    torch.testing.assert_close(alone[0], full[0], atol=1e-5, rtol=0)
 
 
 def test_history_longer_than_max_seq_length_keeps_the_most_recent_items(model):

@@ -24,6 +24,7 @@ from modeling_missrec.pipelines.recommendation import (
     load_missrec_adapter,
     save_catalogue,
     save_item_metadata,
+    serving_state,
 )
 from transformers import pipeline
 
@@ -147,6 +148,26 @@ def test_catalogue_embeddings_are_cached_and_invalidated():
     assert catalogue_index(model).num_items == 45
     pipe.item_metadata = None  # the metadata describes 40 items, the catalogue now has 45
     assert_matches_model(model, pipe, items, lengths, top_k=45)
+
+
+def test_sequence_side_tables_are_cached_and_invalidated():
+    model = tiny_model(NUM_ITEMS)
+    pipe = recommender(model)
+    items, lengths = random_histories(4, 6, NUM_ITEMS)
+    assert_matches_model(model, pipe, items, lengths, top_k=10)
+    _, tables = serving_state(model)
+    assert set(tables) == {"catalogue", "interest_projections"}
+    assert serving_state(model)[1]["interest_projections"] is tables["interest_projections"]  # no change, no rebuild
+    with torch.no_grad():
+        model.encoder[0].self_attention.block.k_proj.weight.mul_(3)  # an optimizer-like in-place step
+    assert serving_state(model)[1]["interest_projections"] is not tables["interest_projections"]
+    assert_matches_model(model, pipe, items, lengths, top_k=10)
+    model.config.interest_seed += 1
+    model.discover_interests()  # new centroids
+    assert_matches_model(model, pipe, items, lengths, top_k=10)
+    with torch.no_grad():
+        model.image_adaptor.weight.mul_(2)  # the adapted catalogue the histories are looked up in
+    assert_matches_model(model, pipe, items, lengths, top_k=10)
 
 
 def test_cold_start_items_are_ranked_from_their_features_alone():
