@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +46,7 @@ class MISSRecOutput(ModelOutput):
             Logits of every catalogue item (column = item id); column 0 (padding) is the dtype's minimum.
         sequence_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
             L2-normalised sequence representations.
-        diversity_loss (`torch.FloatTensor` of shape `()`):
+        diversity_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
             Interest diversity regulariser, summed over the batch.
     """
 
@@ -157,6 +159,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self.decoder = nn.ModuleList(MISSRecDecoderLayer(config) for _ in range(config.num_decoder_layers))
         self.item_fusion = MISSRecItemFusion(config)
         self._register_catalogue_buffers(config.num_items, config.num_interests)
+        self._weight_tables: dict[str, object] | None = None  # see `reusing_weight_tables`
         self.post_init()
 
     # ------------------------------------------------------------------ catalogue
@@ -410,27 +413,24 @@ class MISSRecModel(MISSRecPreTrainedModel):
     def _history_embeddings(
         self,
         modality: str,
-        item_seq: torch.Tensor,
-        mask: torch.Tensor,
+        item_ids: torch.Tensor,
+        present: torch.Tensor,
         text_features: torch.Tensor | None,
         catalogue: dict[str, torch.Tensor] | None,
     ) -> torch.Tensor:
-        """`[B, L, d]` adapted embeddings of the history items, zero where `mask` `[B, L]` is False."""
-        own_text = modality == "text" and text_features is not None
-        if catalogue is not None and not own_text:
-            # A lookup in the adapted catalogue; `F.embedding`'s backward sums the gradients of repeated items
-            # in a fixed order (indexing's backward does not: its multi-threaded scatter varies run to run).
-            return F.embedding(item_seq, catalogue[modality]) * mask[..., None]
-        table = getattr(self, f"{modality}_features")
-        if not torch.is_grad_enabled():  # serving: short histories, where selecting rows costs more than it saves
-            features = text_features if own_text else table[item_seq]
-            return self._adapt(modality, features.to(self.dtype)) * mask[..., None]
-        # In training only the masked-in rows are adapted: most positions of a padded batch are padding.
-        rows = text_features[mask] if own_text else table[item_seq[mask]]
-        adapted = self._adapt(modality, rows.to(self.dtype))
-        embeddings = adapted.new_zeros(*item_seq.shape, adapted.shape[-1])
-        embeddings[mask] = adapted  # its backward is a gather: deterministic
-        return embeddings
+        """`[T, d]` adapted embeddings of packed history items `item_ids` `[T]`, zero where `present` `[T]` is False.
+
+        `text_features` `[T, text_feature_dim]`: the items' own text (augmented view) instead of the catalogue's.
+        """
+        if modality == "text" and text_features is not None:
+            features = text_features
+        elif catalogue is not None:
+            # `F.embedding`'s backward sums the gradients of repeated items in a fixed order (indexing's backward
+            # does not: its multi-threaded scatter varies run to run).
+            return F.embedding(item_ids, catalogue[modality]) * present[:, None]
+        else:
+            features = getattr(self, f"{modality}_features")[item_ids]
+        return self._adapt(modality, features.to(self.dtype)) * present[:, None]
 
     def _encode(
         self,
@@ -458,31 +458,41 @@ class MISSRecModel(MISSRecPreTrainedModel):
         item_seq = item_seq[:, :seq_len]
         text_features = None if text_features is None else text_features[:, :seq_len]
         batch, num_modalities = item_seq.shape[0], len(self.modality_names)
-        valid = torch.arange(seq_len, device=item_seq.device) < lengths[:, None]
-        embeddings, present, interests = [], [], []
+        positions = torch.arange(seq_len, device=item_seq.device)
+        valid = positions < lengths[:, None]
+        row_splits = self._row_splits(batch)
+        # Token embeddings are built for the real history items only (packed, [Tv, d]): a padded [B, L, d] grid
+        # would be several times larger, since batches mix short and long histories.
+        item_layout = PackedLayout(valid, row_splits)
+        item_ids = item_layout.pack(item_seq)  # [Tv]
+        text_rows = None if text_features is None else item_layout.pack(text_features)
+        present, embeddings, interests = [], [], []
         for m in self.modality_names:
-            mask = getattr(self, f"{m}_present")[item_seq] & valid
-            embeddings.append(self._history_embeddings(m, item_seq, mask, text_features, catalogue))
+            mask = getattr(self, f"{m}_present")[item_seq] & valid  # [B, L]
+            embeddings.append(self._history_embeddings(m, item_ids, item_layout.pack(mask), text_rows, catalogue))
             present.append(mask)
             interests.append(getattr(self, f"{m}_interest_ids")[item_seq] * mask)
 
-        position = self.position_embeddings.weight[:seq_len].expand(batch, -1, -1)  # [B, L, d]
+        position = self.position_embeddings(item_layout.pack(positions.expand(batch, -1)))  # [Tv, d]
         if self.item_id_embeddings is not None:
-            position = position + self.item_id_embeddings(item_seq)
+            position = position + self.item_id_embeddings(item_ids)
         last = lengths - 1
         if self.config.seq_mm_fusion == "add":
-            tokens, token_mask = torch.stack(embeddings).sum(0) + position, valid
+            tokens, layout, token_mask = sum(embeddings, position), item_layout, valid
             output_index = last[:, None]  # [B, 1]
         else:
-            tokens = torch.stack(embeddings, 1) + position[:, None]  # [B, M, L, d]
             # A history item with no modality keeps one (position-only) token so it still counts.
-            token_mask = torch.stack(present, 1)
+            token_mask = torch.stack(present, 1)  # [B, M, L]
             token_mask[:, 0] |= valid & ~token_mask.any(1)
-            tokens, token_mask = tokens.flatten(1, 2), token_mask.flatten(1)
+            token_mask = token_mask.flatten(1)
+            layout = PackedLayout(token_mask, row_splits)
+            # Token (b, m, l) is modality m's embedding of packed item (b, l) plus its position.
+            per_modality = torch.cat([e + position for e in embeddings])  # [M * Tv, d]
+            offsets = len(item_ids) * torch.arange(num_modalities, device=item_seq.device)
+            source = (item_layout.positions()[:, None] + offsets[:, None]).flatten(1)  # [B, M * L]
+            tokens = F.embedding(layout.pack(source), per_modality)
             output_index = last[:, None] + seq_len * torch.arange(num_modalities, device=last.device)  # [B, M]
-        row_splits = self._row_splits(batch)
-        layout = PackedLayout(token_mask, row_splits)
-        hidden = self.dropout(self.LayerNorm(layout.pack(tokens)))  # packed [T, d]
+        hidden = self.dropout(self.LayerNorm(tokens))  # packed [T, d]
 
         interest_ids = interest_tokens(torch.cat(interests, 1))
         memory_mask = interest_ids != 0
@@ -548,6 +558,19 @@ class MISSRecModel(MISSRecPreTrainedModel):
             with_diversity=False,
             interest_projections=interest_projections,
         )[0]
+
+    @contextlib.contextmanager
+    def reusing_weight_tables(self) -> Iterator[None]:
+        """A context (gradients off) in which the weights and the catalogue are taken as fixed: the work that
+        depends on them alone (the adapted catalogue, the first encoder layer's projections of the interest
+        centroids) is done by the first `forward` call and reused by the next ones. For evaluation loops, where
+        it would otherwise be redone for every batch."""
+        with torch.no_grad():
+            self._weight_tables = {}
+            try:
+                yield
+            finally:
+                self._weight_tables = None
 
     @torch.no_grad()
     def interest_projections(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -702,8 +725,20 @@ class MISSRecModel(MISSRecPreTrainedModel):
                 item_seq, labels, augmented_item_seq, lengths, augmented_lengths, augmented_text_features
             )
         else:
-            catalogue = self.adapted_catalogue()
-            seq, diversity = self._encode(item_seq, lengths, catalogue=catalogue)
+            tables = self._weight_tables
+            if tables is None:
+                catalogue, projections = self.adapted_catalogue(), None
+            else:
+                if not tables:
+                    tables |= {"catalogue": self.adapted_catalogue(), "projections": self.interest_projections()}
+                catalogue, projections = tables["catalogue"], tables["projections"]
+            seq, diversity = self._encode(
+                item_seq,
+                lengths,
+                catalogue=catalogue,
+                with_diversity=labels is not None,
+                interest_projections=projections,
+            )
             scores = self.score_items(seq, catalogue=catalogue)
             loss = None if labels is None else self.finetuning_loss(scores, labels, diversity)
             output = MISSRecOutput(loss=loss, scores=scores, sequence_embeddings=seq, diversity_loss=diversity)

@@ -9,6 +9,7 @@ the ranks gathered with `gather_for_metrics`, which drops the padding duplicates
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,14 +96,18 @@ def evaluate_ranking(
     was_training = model.training
     model.eval()
     ranks = {protocol: [] for protocol in protocols}
-    for batch in tqdm(loader, desc="evaluating", disable=not (progress and main_process), leave=False):
-        item_seq, targets = batch["item_seq"], batch["labels"]
-        scores = model(item_seq=item_seq, lengths=batch["lengths"]).scores
-        for protocol in protocols:
-            exclude = item_seq if protocol == "exclude_history" else None
-            batch_ranks = target_ranks(scores, targets.to(scores.device), exclude=exclude)
-            if accelerator is not None:
-                batch_ranks = accelerator.gather_for_metrics(batch_ranks)
-            ranks[protocol].append(batch_ranks.cpu())
+    # MISSRec does its weight-only work (adapted catalogue, centroid projections) once per pass, not per batch.
+    inner = model if accelerator is None else accelerator.unwrap_model(model)
+    reuse = getattr(inner, "reusing_weight_tables", None)
+    with reuse() if reuse is not None else contextlib.nullcontext():
+        for batch in tqdm(loader, desc="evaluating", disable=not (progress and main_process), leave=False):
+            item_seq, targets = batch["item_seq"], batch["labels"]
+            scores = model(item_seq=item_seq, lengths=batch["lengths"]).scores
+            for protocol in protocols:
+                exclude = item_seq if protocol == "exclude_history" else None
+                batch_ranks = target_ranks(scores, targets.to(scores.device), exclude=exclude)
+                if accelerator is not None:
+                    batch_ranks = accelerator.gather_for_metrics(batch_ranks)
+                ranks[protocol].append(batch_ranks.cpu())
     model.train(was_training)
     return {protocol: ranking_metrics(torch.cat(values), tuple(ks)) for protocol, values in ranks.items()}

@@ -128,7 +128,21 @@ def test_forward_scores_equal_embed_then_score(model):
     items, lengths = random_histories(9, 8, 40)
     out = model(items, lengths)
     torch.testing.assert_close(out.scores, model.score_items(model.embed_sequences(items, lengths)))
-    assert out.scores.shape == (9, 41) and out.loss is None
+    assert out.scores.shape == (9, 41) and out.loss is None and out.diversity_loss is None
+
+
+def test_reusing_weight_tables_gives_the_same_scores(model):
+    items, lengths = random_histories(9, 8, 40)
+    with torch.no_grad():
+        expected = model(items, lengths).scores
+    with model.reusing_weight_tables():
+        first = model(items[:4], lengths[:4]).scores
+        tables = dict(model._weight_tables)
+        second = model(items[4:], lengths[4:]).scores
+        assert set(tables) == {"catalogue", "projections"}
+        assert all(model._weight_tables[k] is v for k, v in tables.items())  # computed once, then reused
+    assert model._weight_tables is None
+    torch.testing.assert_close(torch.cat([first, second]), expected, atol=1e-5, rtol=0)
 
 
 def test_finetuning_loss_is_full_catalogue_cross_entropy_plus_diversity(model):
