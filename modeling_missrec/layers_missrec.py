@@ -274,7 +274,7 @@ class MISSRecAttention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
             )
             outputs.append(query_layout.packed(out.transpose(1, 2).flatten(2), bucket))
-        return self.o_proj(torch.cat(outputs))
+        return self.o_proj(outputs[0] if len(outputs) == 1 else torch.cat(outputs))
 
 
 class MISSRecFeedForward(nn.Module):
