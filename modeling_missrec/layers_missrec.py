@@ -171,13 +171,19 @@ class PackedLayout:
         """Whether bucket `bucket` has no padding (its attention needs no mask)."""
         return self.buckets[bucket][3] is None
 
-    def padded(self, tokens: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bucket `bucket` of packed `tokens` `[T, d]` as `[b, w, d]` plus its mask `[b, w]`."""
-        t0, t1, mask, flat = self.buckets[bucket]
-        if flat is None:
-            return tokens[t0:t1].view(*mask.shape, -1), mask
-        grid = tokens.new_zeros(mask.numel(), tokens.shape[-1]).index_copy_(0, flat, tokens[t0:t1])
-        return grid.view(*mask.shape, -1), mask
+    def padded(self, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Packed `tokens` `[T, d]` as one `[b, w, d]` tensor per bucket, each with its mask `[b, w]`.
+
+        The tokens are split once: a slice per bucket would give each slice's backward a zero `[T, d]`
+        gradient to fill and add up, once per bucket.
+        """
+        parts = tokens.split([t1 - t0 for t0, t1, _, _ in self.buckets]) if len(self.buckets) > 1 else [tokens]
+        out = []
+        for part, (_, _, mask, flat) in zip(parts, self.buckets):
+            if flat is not None:
+                part = part.new_zeros(mask.numel(), part.shape[-1]).index_copy_(0, flat, part)
+            out.append((part.view(*mask.shape, -1), mask))
+        return out
 
     def packed(self, padded: torch.Tensor, bucket: int) -> torch.Tensor:
         """Inverse of [`padded`]: the real tokens `[T_bucket, d]` of a `[b, w, d]` bucket tensor."""
@@ -187,22 +193,27 @@ class PackedLayout:
 
 
 class MISSRecDropout(nn.Module):
-    """Inverted dropout with the keep mask drawn as `rand >= p`: the same distribution as `nn.Dropout`, but
-    about 2x faster on CPUs, where `bernoulli_` generates random numbers far slower than `rand` (the model's
-    dropout, 0.5 on every sublayer, was a tenth of a training step)."""
+    """Inverted dropout whose keep mask is drawn 16 bits per element: one 64-bit random number serves four
+    elements. On CPUs random numbers are the cost of dropout (the model's dropout, 0.5 on every sublayer, was a
+    tenth of a training step); this draws them about 3x faster than `torch.rand` and 6x faster than
+    `bernoulli_`. Elements are kept with probability `1 - p` rounded to a multiple of 2^-16 (exact for p = 0.5).
+    """
 
     def __init__(self, p: float):
         super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability {p} must be in [0, 1)")
         self.p = p
+        # A uniform int16 is >= this threshold with probability (32768 - threshold) / 65536 = 1 - p.
+        self.threshold = round(p * 65536) - 32768
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`[..., d]` -> `[..., d]`, unchanged in eval mode or with `p = 0`."""
         if not self.training or self.p == 0:
             return x
-        keep = (torch.rand_like(x) >= self.p).to(x.dtype).div_(1 - self.p)
-        return x * keep
+        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
+        keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= self.threshold
+        return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -262,10 +273,8 @@ class MISSRecAttention(nn.Module):
         if rows is not None:
             q_all, k_all, v_all = (F.embedding(rows, table) for table in (q_all, k_all, v_all))
         outputs = []
-        for bucket in range(len(query_layout.buckets)):
-            q, q_mask = query_layout.padded(q_all, bucket)
-            k, k_mask = key_layout.padded(k_all, bucket)
-            v, _ = key_layout.padded(v_all, bucket)
+        buckets = zip(query_layout.padded(q_all), key_layout.padded(k_all), key_layout.padded(v_all))
+        for bucket, ((q, _), (k, k_mask), (v, _)) in enumerate(buckets):
             out = F.scaled_dot_product_attention(
                 self._heads(q),
                 self._heads(k),

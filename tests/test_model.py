@@ -309,6 +309,19 @@ def test_dropout_keeps_the_expectation_and_routes_gradients_through_kept_units_o
         MISSRecDropout(1.0)
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_masks_have_the_right_rate_and_independent_lanes(p):
+    """Four elements share one 64-bit random number: each 16-bit lane must keep with probability 1 - p, and
+    neighbouring lanes must agree as often as independent draws do."""
+    torch.manual_seed(1)
+    kept = (MISSRecDropout(p).train()(torch.ones(1000, 400)) != 0).flatten().float()
+    lanes = kept.view(-1, 4)  # the four lanes of each random word
+    for lane in range(4):
+        assert lanes[:, lane].mean().item() == pytest.approx(1 - p, abs=0.005)
+    agreement = (lanes[:, 0] == lanes[:, 1]).float().mean().item()
+    assert agreement == pytest.approx(p**2 + (1 - p) ** 2, abs=0.005)
+
+
 def test_encoder_layer_reading_a_table_equals_the_gathered_tokens_with_gradients():
     """The first encoder layer projects the K + 1 centroids once and gathers (`rows`); same output and gradients
     as projecting every memory token."""
@@ -337,11 +350,14 @@ def test_packed_layout_buckets_without_padding_are_views_of_the_packed_tokens():
     tokens = torch.randn(int(mask.sum()), 4)
     layout = PackedLayout(mask, [0, 2, 4])
     assert layout.is_dense(0) and not layout.is_dense(1)
-    dense, dense_mask = layout.padded(tokens, 0)
+    (dense, dense_mask), (padded, padded_mask) = layout.padded(tokens)
     assert dense.data_ptr() == tokens.data_ptr() and dense.shape == (2, 3, 4) and dense_mask.all()
-    padded, padded_mask = layout.padded(tokens, 1)
     assert padded.shape == (2, 2, 4) and padded_mask.tolist() == [[True, True], [True, False]]
     torch.testing.assert_close(padded[padded_mask], tokens[6:], rtol=0, atol=0)
     assert (padded[~padded_mask] == 0).all()
     repacked = torch.cat([layout.packed(dense, 0), layout.packed(padded, 1)])
     torch.testing.assert_close(repacked, tokens, rtol=0, atol=0)
+    # Gradients flow back through the split and the zero grid to the packed tokens, padding contributing none.
+    tokens.requires_grad_(True)
+    sum(bucket.sum() for bucket, _ in layout.padded(tokens)).backward()
+    torch.testing.assert_close(tokens.grad, torch.ones_like(tokens), rtol=0, atol=0)
