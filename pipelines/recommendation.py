@@ -693,7 +693,11 @@ def _cached(model: nn.Module, name: str, key: tuple, build) -> Any:
 def catalogue_index(model: nn.Module) -> ItemIndex:
     """The cached [`ItemIndex`] of `model`'s catalogue, rebuilt when what item embeddings depend on has changed
     (training steps of the item side, `set_catalogue`, `extend_catalogue`, another active adapter)."""
-    return _cached(model, "index", _item_side_key(model), lambda: ItemIndex.from_model(model))
+    return _cached_index(model, _item_side_key(model))
+
+
+def _cached_index(model: nn.Module, item_key: tuple) -> ItemIndex:
+    return _cached(model, "index", item_key, lambda: ItemIndex.from_model(model))
 
 
 @torch.no_grad()
@@ -709,7 +713,7 @@ def serving_state(model: nn.Module) -> tuple[ItemIndex, dict[str, Any]]:
     """
     inner = _unwrap(model)
     item_key = _item_side_key(model)
-    index = _cached(model, "index", item_key, lambda: ItemIndex.from_model(model))
+    index = _cached_index(model, item_key)
     projections = _cached(model, "interests", _interest_side_key(model), inner.interest_projections)
     adapted = _cached(model, "adapted", item_key, lambda: _small_adapted_catalogue(inner))
     return index, {"interest_projections": projections} | ({} if adapted is None else {"catalogue": adapted})
