@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-# Upper bound on the floats of one [chunk, K] distance block (16 MiB in float32: it stays in cache).
+# Upper bound on the floats of one [chunk, K] distance block (16 MiB in float32).
 _BLOCK_FLOATS = 1 << 22
+# Floats of one chunk of element-wise work (1 MiB in float32), small enough that its temporaries stay in cache.
+_CACHE_FLOATS = 1 << 18
 
 
 @dataclass
@@ -32,8 +34,9 @@ class ClusteringResult:
     n_iter: int
 
 
-def _chunk_size(num_rows: int, num_cols: int) -> int:
-    return max(1, min(num_rows, _BLOCK_FLOATS // max(num_cols, 1)))
+def _chunk_size(num_rows: int, num_cols: int, budget: int | None = None) -> int:
+    """Rows per chunk so that a `[rows, num_cols]` block holds at most `budget` floats (`_BLOCK_FLOATS`)."""
+    return max(1, min(num_rows, (_BLOCK_FLOATS if budget is None else budget) // max(num_cols, 1)))
 
 
 def _check_vectors(x: torch.Tensor, num_clusters: int) -> None:
@@ -69,16 +72,19 @@ def assign_to_nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.T
     return labels, sq_dist
 
 
-def _nearest_two(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest centroid, its squared distance, and the distance (not squared) to the second nearest: `[N]` each."""
+def _nearest_two(
+    x: torch.Tensor, centroids: torch.Tensor, rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest centroid, its squared distance, and the distance (not squared) to the second nearest, of the
+    vectors `x[rows]` (all of `x` when `rows` is None; gathered chunk by chunk): `[len(rows)]` each."""
     c_sq = centroids.square().sum(1)
-    n, k = x.shape[0], centroids.shape[0]
+    n, k = (x.shape[0] if rows is None else rows.numel()), centroids.shape[0]
     labels = torch.empty(n, dtype=torch.long, device=x.device)
     sq_dist = torch.empty(n, dtype=x.dtype, device=x.device)
     second = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
     step = _chunk_size(n, k)
     for start in range(0, n, step):
-        block = x[start : start + step]
+        block = x[start : start + step] if rows is None else x[rows[start : start + step]]
         dist = torch.addmm(c_sq, block, centroids.T, beta=1.0, alpha=-2.0)
         values, idx = dist.topk(min(2, k), dim=1, largest=False)
         values = (values + block.square().sum(1, keepdim=True)).clamp_min_(0)
@@ -89,18 +95,28 @@ def _nearest_two(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor
     return labels, sq_dist, second
 
 
-def _own_sq_distances(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Squared distance of every vector to its own centroid `centroids[labels]`: `[N]`, in chunks."""
-    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-    step = _chunk_size(x.shape[0], x.shape[1])
-    for start in range(0, x.shape[0], step):
-        out[start : start + step] = (x[start : start + step] - centroids[labels[start : start + step]]).square().sum(1)
+def _own_sq_distances(
+    x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Squared distance of the vectors `x[rows]` (all when `rows` is None) to their own centroid
+    `centroids[labels]`, `labels` being `[N]`: `[len(rows)]`, in chunks."""
+    n = x.shape[0] if rows is None else rows.numel()
+    out = torch.empty(n, dtype=x.dtype, device=x.device)
+    step = _chunk_size(n, x.shape[1], _CACHE_FLOATS)
+    for start in range(0, n, step):
+        index = slice(start, start + step) if rows is None else rows[start : start + step]
+        out[start : start + step] = (x[index] - centroids[labels[index]]).square().sum(1)
     return out
 
 
-def _cluster_means(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _cluster_sums(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum `[K, d]` and count `[K]` of the vectors of each cluster."""
     sums = x.new_zeros(num_clusters, x.shape[1]).index_add_(0, labels, x)
-    counts = torch.bincount(labels, minlength=num_clusters)
+    return sums, torch.bincount(labels, minlength=num_clusters)
+
+
+def _cluster_means(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    sums, counts = _cluster_sums(x, labels, num_clusters)
     return sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype), counts
 
 
@@ -108,67 +124,116 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
     """Greedy k-means++ seeding on `x` `[S, d]`: `[K]` indices of the chosen seeds.
 
     Greedy k-means++ (Arthur & Vassilvitskii; scikit-learn's default) keeps, for each seed, the best of
-    `2 + ln K` candidates (2 when the sample holds fewer than 4 vectors per seed) drawn by D^2 sampling.
-    To make the distance work matmuls rather than K matrix-vector products, candidates are drawn in at most
-    64 rounds, all from the D^2 distribution at the start of their round; the greedy choices inside a round
-    are still made one after the other against the up-to-date potential.
+    `2 + ln K` candidates (2 when the sample holds fewer than 4 vectors per seed), each a D^2 draw: a vector
+    drawn with probability proportional to its squared distance to the nearest seed chosen so far.
+
+    To make the distance work a few large matmuls instead of K small ones, candidates come from pools: a pool
+    of up to `_BLOCK_FLOATS / S` vectors is drawn from the D^2 distribution of the moment the pool is made,
+    and all their distance rows are computed at once. Rejection sampling keeps every candidate an exact draw
+    from the current distribution: a pool vector `v` drawn when its squared distance was `D0(v)` is accepted,
+    when its turn comes, with probability `D(v) / D0(v)` (distances only shrink as seeds are added). A pool
+    that runs out of accepted candidates is replaced by a new one.
     """
     n = x.shape[0]
-    per_round = math.ceil(num_clusters / 64)
     # With fewer than 4 sample vectors per seed, D^2 draws already land in distinct regions and the trials
     # would cost several Lloyd passes: keep 2.
     trials = 2 + int(math.log(num_clusters)) if n >= 4 * num_clusters else 2
+    pool_cap = max(trials, _BLOCK_FLOATS // n)
     x_sq = x.square().sum(1)
+    # One matmul gives squared distances: [-2v, |v|^2, 1] . [x; 1; |x|^2] = |v - x|^2 (no bias pass over the block).
+    columns = torch.cat([x.T, x.new_ones(1, n), x_sq[None]])
+    zeros = torch.zeros_like(x_sq)
 
     def sq_distances(idx: torch.Tensor) -> torch.Tensor:  # [len(idx), S]
-        return torch.addmm(x_sq, x[idx], x.T, beta=1.0, alpha=-2.0).add_(x_sq[idx, None]).clamp_min_(0)
+        rows = torch.cat([x[idx] * -2, x_sq[idx, None], x.new_ones(len(idx), 1)], 1)
+        return (rows @ columns).clamp_min_(0) if len(idx) == 1 else rows @ columns
 
-    chosen = torch.empty(num_clusters, dtype=torch.long, device=x.device)
-    chosen[0] = torch.randint(n, (1,), generator=generator).to(x.device)
-    closest = sq_distances(chosen[:1])[0]
+    first = torch.randint(n, (1,), generator=generator).to(x.device)
+    chosen = [first]
+    closest = sq_distances(first)[0]
     found = 1
     while found < num_clusters:
-        draws = min(per_round, num_clusters - found)
+        pool_size = min(pool_cap, trials * (num_clusters - found))
         cdf = closest.to(torch.float64).cumsum(0)
-        uniforms = torch.rand(draws * trials, generator=generator, dtype=torch.float64).to(x.device)
-        candidates = torch.searchsorted(cdf, uniforms * cdf[-1]).clamp_max_(n - 1).view(draws, trials)
-        distances = sq_distances(candidates.flatten()).view(draws, trials, n)
-        for draw in range(draws):
-            potentials = torch.minimum(closest, distances[draw])
-            best = potentials.sum(1).argmin()
-            chosen[found] = candidates[draw, best]
+        if not cdf[-1] > 0:  # every vector coincides with a seed: the remaining seeds are any other vectors
+            unused = torch.ones(n, dtype=torch.bool, device=x.device)
+            unused[torch.cat(chosen)] = False
+            chosen.append(unused.nonzero().flatten()[: num_clusters - found])
+            break
+        uniforms = torch.rand(2, pool_size, generator=generator, dtype=torch.float64).to(x.device)
+        pool = torch.searchsorted(cdf, uniforms[0] * cdf[-1]).clamp_max_(n - 1)
+        # Accepted while D(v) > u * D0(v): probability D(v) / D0(v).
+        threshold = (uniforms[1] * closest[pool]).to(x.dtype)
+        distances = sq_distances(pool)
+        picked, start = [], 0
+        while found < num_clusters:
+            # Most pool vectors are accepted, so a short window usually holds the next `trials` candidates.
+            for end in (start + 4 * trials, pool_size):
+                accepted = (closest[pool[start:end]] > threshold[start:end]).tolist()
+                positions = [i for i, ok in enumerate(accepted) if ok][:trials]
+                if len(positions) == trials:
+                    break
+            else:
+                break  # the pool is used up: draw a new one
+            span = positions[-1] + 1
+            if span <= 2 * trials:  # a contiguous block, in which the rejected draws get an infinite potential
+                potentials = torch.clamp(distances[start : start + span], min=zeros, max=closest)
+                totals = potentials.sum(1)
+                if span > trials:
+                    totals[[i for i in range(span) if not accepted[i]]] = math.inf
+            else:
+                rows = torch.tensor(positions, device=x.device) + start
+                potentials = torch.clamp(distances[rows], min=zeros, max=closest)
+                totals = potentials.sum(1)
+            best = int(totals.argmin())
+            picked.append(start + (best if span <= 2 * trials else positions[best]))
             closest = potentials[best]
+            start += span
             found += 1
-    return chosen
+        chosen.append(pool[torch.tensor(picked, dtype=torch.long, device=x.device)])
+    return torch.cat(chosen)
 
 
 def _lloyd(x: torch.Tensor, centroids: torch.Tensor, max_iter: int, tol: float) -> ClusteringResult:
     """Lloyd iterations from `centroids` `[K, d]` on `x` `[N, d]` until the relative inertia gain is below `tol`.
 
-    Hamerly-style bounds skip most distance rows once centroids settle: a vector whose distance to its own
-    (moved) centroid is below a lower bound on its distance to every other centroid keeps its label. The
-    bound is the second-nearest distance minus the largest centroid move, so the result equals plain Lloyd.
+    Hamerly's bounds skip most distance work once centroids settle. Every vector keeps an upper bound on the
+    distance to its own centroid (grown by that centroid's move) and a lower bound on the distance to every
+    other centroid (the second-nearest distance, shrunk by the largest move). Where upper <= lower the label
+    cannot change and nothing is computed; elsewhere the upper bound is made exact, and only vectors still
+    above their lower bound get a full distance row. The labels are those of plain Lloyd. The inertia of each
+    iteration comes from the cluster sums (`sum |x|^2 - 2 c.S + n |c|^2`), not from per-vector distances.
     """
     num_clusters = centroids.shape[0]
-    labels, sq_dist, second = _nearest_two(x, centroids)
+    total_sq = float(torch.linalg.vector_norm(x, dim=1).double().square().sum())  # no [N, d] temporary
+    labels, sq_dist, lower = _nearest_two(x, centroids)
+    upper = sq_dist.sqrt_()
     previous, n_iter = math.inf, 0
     while True:
         n_iter += 1
-        inertia = float(sq_dist.sum())
-        new_centroids, counts = _cluster_means(x, labels, num_clusters)
+        sums, counts = _cluster_sums(x, labels, num_clusters)
+        c64, s64 = centroids.double(), sums.double()
+        inertia = total_sq + float((counts * c64.square().sum(1) - 2 * (c64 * s64).sum(1)).sum())
+        new_centroids = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
         empty = (counts == 0).nonzero().flatten()
         if empty.numel():  # re-seed with the vectors farthest from their centroid
-            new_centroids[empty] = x[sq_dist.topk(empty.numel()).indices]
+            farthest = _own_sq_distances(x, centroids, labels).topk(empty.numel()).indices
+            new_centroids[empty] = x[farthest]
         converged = math.isfinite(previous) and previous - inertia <= tol * previous and not empty.numel()
-        lower = second - (new_centroids - centroids).norm(dim=1).max()
+        moves = (new_centroids - centroids).norm(dim=1)
+        upper += moves[labels]
+        lower -= moves.max()
         centroids = new_centroids
-        sq_dist = _own_sq_distances(x, centroids, labels)
-        stale = (sq_dist.sqrt() > lower).nonzero().flatten()
-        second = lower
-        if stale.numel():
-            labels[stale], sq_dist[stale], second[stale] = _nearest_two(x[stale], centroids)
+        check = (upper > lower).nonzero().flatten()
+        if check.numel():
+            upper[check] = _own_sq_distances(x, centroids, labels, check).sqrt_()
+            stale = check[upper[check] > lower[check]]
+            if stale.numel():
+                labels[stale], sq_dist, lower[stale] = _nearest_two(x, centroids, stale)
+                upper[stale] = sq_dist.sqrt_()
         if converged or n_iter >= max_iter:
-            return ClusteringResult(labels, centroids, float(sq_dist.sum()), n_iter)
+            inertia = float(_own_sq_distances(x, centroids, labels).sum())
+            return ClusteringResult(labels, centroids, inertia, n_iter)
         previous = inertia
 
 
@@ -197,8 +262,9 @@ def kmeans(
             assigned to the initial centroids and the centroids updated once (the official code's one step).
         tol: stop when the inertia decreases by less than `tol` relative to the previous iteration.
         seed: seed of the initialisation and of the samples.
-        init_sample_size: vectors the seeding looks at; defaults to `min(N, max(2K, 8192))`, which keeps
-            seeding cost independent of N.
+        init_sample_size: vectors the seeding looks at; defaults to `min(N, max(2K, min(20K, 8192)))`: about
+            20 per seed (a D^2 draw needs a few vectors of a cluster to find it; more only add distance work), at
+            most 8192 (so seeding cost does not grow with N) and at least 2K.
         warm_start_size: vectors of the warm-start phase; defaults to `max(16K, 32768)`. No warm start unless
             it is at most N / 3 (below that the sample saves less than its own iterations cost).
 
@@ -216,7 +282,8 @@ def kmeans(
     if init == "random":
         seeds = torch.randperm(n, generator=generator)[:num_clusters]
     else:
-        sample_size = min(n, max(2 * num_clusters, 8192)) if init_sample_size is None else init_sample_size
+        sample_size = min(n, max(2 * num_clusters, min(20 * num_clusters, 8192)))
+        sample_size = sample_size if init_sample_size is None else init_sample_size
         sample_size = max(min(sample_size, n), num_clusters)
         sample = torch.randperm(n, generator=generator)[:sample_size].to(x.device)
         seeds = sample[_kmeans_plus_plus(x[sample], num_clusters, generator)]
