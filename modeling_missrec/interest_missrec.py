@@ -120,11 +120,23 @@ def _cluster_means(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> 
     return sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype), counts
 
 
+def seeding_sample_size(num_vectors: int, num_clusters: int) -> int:
+    """Vectors the k-means++ seeding of [`kmeans`] looks at by default: `min(N, max(2K, 8192))`, which keeps
+    seeding cost independent of N."""
+    return min(num_vectors, max(2 * num_clusters, 8192))
+
+
+def seeding_trials(sample_size: int, num_clusters: int) -> int:
+    """Candidates per seed of greedy k-means++: `2 + ln K`, or 2 when the sample holds fewer than 4 vectors per
+    seed (D^2 draws then already land in distinct regions, and the trials would cost several Lloyd passes)."""
+    return 2 + int(math.log(num_clusters)) if sample_size >= 4 * num_clusters else 2
+
+
 def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Generator) -> torch.Tensor:
     """Greedy k-means++ seeding on `x` `[S, d]`: `[K]` indices of the chosen seeds.
 
     Greedy k-means++ (Arthur & Vassilvitskii; scikit-learn's default) keeps, for each seed, the best of
-    `2 + ln K` candidates (2 when the sample holds fewer than 4 vectors per seed), each a D^2 draw: a vector
+    [`seeding_trials`] candidates, each a D^2 draw: a vector
     drawn with probability proportional to its squared distance to the nearest seed chosen so far.
 
     To make the distance work a few large matmuls instead of K small ones, candidates come from pools: a pool
@@ -135,9 +147,7 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
     that runs out of accepted candidates is replaced by a new one.
     """
     n = x.shape[0]
-    # With fewer than 4 sample vectors per seed, D^2 draws already land in distinct regions and the trials
-    # would cost several Lloyd passes: keep 2.
-    trials = 2 + int(math.log(num_clusters)) if n >= 4 * num_clusters else 2
+    trials = seeding_trials(n, num_clusters)
     pool_cap = max(trials, _BLOCK_FLOATS // n)
     x_sq = x.square().sum(1)
     # One matmul gives squared distances: [-2v, |v|^2, 1] . [x; 1; |x|^2] = |v - x|^2 (no bias pass over the block).
@@ -153,7 +163,10 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
     closest = sq_distances(first)[0]
     found = 1
     while found < num_clusters:
-        pool_size = min(pool_cap, trials * (num_clusters - found))
+        # Sized for a third of the remaining seeds (at least 256 rows, so the matmul stays efficient): the potential
+        # drops as seeds are added, and a pool meant for all of them would end up mostly rejected.
+        remaining = num_clusters - found
+        pool_size = min(pool_cap, trials * remaining, max(trials * math.ceil(remaining / 3), 256))
         cdf = closest.to(torch.float64).cumsum(0)
         if not cdf[-1] > 0:  # every vector coincides with a seed: the remaining seeds are any other vectors
             unused = torch.ones(n, dtype=torch.bool, device=x.device)
@@ -262,9 +275,8 @@ def kmeans(
             assigned to the initial centroids and the centroids updated once (the official code's one step).
         tol: stop when the inertia decreases by less than `tol` relative to the previous iteration.
         seed: seed of the initialisation and of the samples.
-        init_sample_size: vectors the seeding looks at; defaults to `min(N, max(2K, min(20K, 8192)))`: about
-            20 per seed (a D^2 draw needs a few vectors of a cluster to find it; more only add distance work), at
-            most 8192 (so seeding cost does not grow with N) and at least 2K.
+        init_sample_size: vectors the seeding looks at; defaults to [`seeding_sample_size`]
+            (`min(N, max(2K, 8192))`).
         warm_start_size: vectors of the warm-start phase; defaults to `max(16K, 32768)`. No warm start unless
             it is at most N / 3 (below that the sample saves less than its own iterations cost).
 
@@ -282,8 +294,7 @@ def kmeans(
     if init == "random":
         seeds = torch.randperm(n, generator=generator)[:num_clusters]
     else:
-        sample_size = min(n, max(2 * num_clusters, min(20 * num_clusters, 8192)))
-        sample_size = sample_size if init_sample_size is None else init_sample_size
+        sample_size = seeding_sample_size(n, num_clusters) if init_sample_size is None else init_sample_size
         sample_size = max(min(sample_size, n), num_clusters)
         sample = torch.randperm(n, generator=generator)[:sample_size].to(x.device)
         seeds = sample[_kmeans_plus_plus(x[sample], num_clusters, generator)]
