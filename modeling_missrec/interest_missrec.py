@@ -35,7 +35,8 @@ class ClusteringResult:
 
 
 def _chunk_size(num_rows: int, num_cols: int, budget: int | None = None) -> int:
-    """Rows per chunk so that a `[rows, num_cols]` block holds at most `budget` floats (`_BLOCK_FLOATS`)."""
+    """Rows per chunk so that a `[rows, num_cols]` block holds at most `budget` floats (`_BLOCK_FLOATS`), or
+    one row when a single row is already larger."""
     return max(1, min(num_rows, (_BLOCK_FLOATS if budget is None else budget) // max(num_cols, 1)))
 
 
@@ -109,9 +110,17 @@ def _own_sq_distances(
     return out
 
 
-def _cluster_sums(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum `[K, d]` and count `[K]` of the vectors of each cluster."""
-    sums = x.new_zeros(num_clusters, x.shape[1]).index_add_(0, labels, x)
+def _cluster_sums(
+    x: torch.Tensor, labels: torch.Tensor, num_clusters: int, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum `[K, d]` (accumulated in `dtype`, default `x`'s, chunk by chunk) and count `[K]` of each cluster."""
+    if dtype is None or dtype == x.dtype:
+        sums = x.new_zeros(num_clusters, x.shape[1]).index_add_(0, labels, x)
+    else:
+        sums = x.new_zeros(num_clusters, x.shape[1], dtype=dtype)
+        step = _chunk_size(x.shape[0], x.shape[1], _CACHE_FLOATS)
+        for start in range(0, x.shape[0], step):
+            sums.index_add_(0, labels[start : start + step], x[start : start + step].to(dtype))
     return sums, torch.bincount(labels, minlength=num_clusters)
 
 
@@ -161,6 +170,8 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
     first = torch.randint(n, (1,), generator=generator).to(x.device)
     chosen = [first]
     closest = sq_distances(first)[0]
+    # Rounding leaves a seed a tiny distance to itself; zero it, so a seed is never drawn again.
+    closest[first] = 0
     found = 1
     while found < num_clusters:
         # Sized for a third of the remaining seeds (at least 256 rows, so the matmul stays efficient): the potential
@@ -181,7 +192,7 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
         picked, start = [], 0
         while found < num_clusters:
             # Most pool vectors are accepted, so a short window usually holds the next `trials` candidates.
-            for end in (start + 4 * trials, pool_size):
+            for end in (start + 4 * trials, pool_size) if start + 4 * trials < pool_size else (pool_size,):
                 accepted = (closest[pool[start:end]] > threshold[start:end]).tolist()
                 positions = [i for i, ok in enumerate(accepted) if ok][:trials]
                 if len(positions) == trials:
@@ -201,6 +212,7 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
             best = int(totals.argmin())
             picked.append(start + (best if span <= 2 * trials else positions[best]))
             closest = potentials[best]
+            closest[pool[picked[-1]]] = 0
             start += span
             found += 1
         chosen.append(pool[torch.tensor(picked, dtype=torch.long, device=x.device)])
@@ -218,16 +230,18 @@ def _lloyd(x: torch.Tensor, centroids: torch.Tensor, max_iter: int, tol: float) 
     iteration comes from the cluster sums (`sum |x|^2 - 2 c.S + n |c|^2`), not from per-vector distances.
     """
     num_clusters = centroids.shape[0]
-    total_sq = float(torch.linalg.vector_norm(x, dim=1).double().square().sum())  # no [N, d] temporary
+    step = _chunk_size(x.shape[0], x.shape[1], _CACHE_FLOATS)
+    total_sq = sum(float(x[i : i + step].double().square().sum()) for i in range(0, x.shape[0], step))
     labels, sq_dist, lower = _nearest_two(x, centroids)
     upper = sq_dist.sqrt_()
     previous, n_iter = math.inf, 0
     while True:
         n_iter += 1
-        sums, counts = _cluster_sums(x, labels, num_clusters)
-        c64, s64 = centroids.double(), sums.double()
+        # Sums in float64: the inertia below is a difference of terms up to sum |x|^2, which can be far larger.
+        s64, counts = _cluster_sums(x, labels, num_clusters, torch.float64)
+        c64 = centroids.double()
         inertia = total_sq + float((counts * c64.square().sum(1) - 2 * (c64 * s64).sum(1)).sum())
-        new_centroids = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
+        new_centroids = (s64 / counts.clamp_min(1).unsqueeze(1)).to(x.dtype)
         empty = (counts == 0).nonzero().flatten()
         if empty.numel():  # re-seed with the vectors farthest from their centroid
             farthest = _own_sq_distances(x, centroids, labels).topk(empty.numel()).indices

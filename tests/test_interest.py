@@ -104,6 +104,17 @@ def test_kmeans_plus_plus_with_fewer_distinct_vectors_than_seeds():
     assert result.inertia == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_kmeans_plus_plus_never_draws_a_seed_twice(seed):
+    """Copies of a vector are distinct seeds, and a seed's own rounding-level distance to itself (the matmul gives
+    +-1e-3 here, not 0) must not let it be drawn again."""
+    from modeling_missrec.interest_missrec import _kmeans_plus_plus
+
+    x = (torch.randn(10, 300, generator=torch.Generator().manual_seed(seed)) * 3 + 3).repeat(5, 1)
+    seeds = _kmeans_plus_plus(x, 20, torch.Generator().manual_seed(seed))
+    assert len(set(seeds.tolist())) == 20
+
+
 def test_one_step_kmeans_matches_a_single_lloyd_update():
     x, _ = planted_clusters()
     one = kmeans(x, 6, init="random", max_iter=1, seed=5)
