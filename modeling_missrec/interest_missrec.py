@@ -110,18 +110,19 @@ def _own_sq_distances(
     return out
 
 
-def _cluster_sums(
-    x: torch.Tensor, labels: torch.Tensor, num_clusters: int, dtype: torch.dtype | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum `[K, d]` (accumulated in `dtype`, default `x`'s, chunk by chunk) and count `[K]` of each cluster."""
-    if dtype is None or dtype == x.dtype:
-        sums = x.new_zeros(num_clusters, x.shape[1]).index_add_(0, labels, x)
-    else:
-        sums = x.new_zeros(num_clusters, x.shape[1], dtype=dtype)
-        step = _chunk_size(x.shape[0], x.shape[1], _CACHE_FLOATS)
-        for start in range(0, x.shape[0], step):
-            sums.index_add_(0, labels[start : start + step], x[start : start + step].to(dtype))
+def _cluster_sums(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum `[K, d]` and count `[K]` of the vectors of each cluster."""
+    sums = x.new_zeros(num_clusters, x.shape[1]).index_add_(0, labels, x)
     return sums, torch.bincount(labels, minlength=num_clusters)
+
+
+def _mean_and_spread(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Mean `[d]` (float64) of the vectors and the sum of their squared distances to it (distances of the
+    centred vectors: no cancellation), chunk by chunk."""
+    mean = x.sum(0).double() / x.shape[0]
+    step, centre = _chunk_size(x.shape[0], x.shape[1], _CACHE_FLOATS), mean.to(x.dtype)
+    norms = [torch.linalg.vector_norm(x[i : i + step] - centre, dim=1) for i in range(0, x.shape[0], step)]
+    return mean, float(torch.cat(norms).double().square().sum())
 
 
 def _cluster_means(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +189,7 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
         pool = torch.searchsorted(cdf, uniforms[0] * cdf[-1]).clamp_max_(n - 1)
         # Accepted while D(v) > u * D0(v): probability D(v) / D0(v).
         threshold = (uniforms[1] * closest[pool]).to(x.dtype)
-        distances = sq_distances(pool)
+        distances, pool_ids = sq_distances(pool), pool.tolist()
         picked, start = [], 0
         while found < num_clusters:
             # Most pool vectors are accepted, so a short window usually holds the next `trials` candidates.
@@ -212,10 +213,10 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
             best = int(totals.argmin())
             picked.append(start + (best if span <= 2 * trials else positions[best]))
             closest = potentials[best]
-            closest[pool[picked[-1]]] = 0
+            closest[pool_ids[picked[-1]]] = 0
             start += span
             found += 1
-        chosen.append(pool[torch.tensor(picked, dtype=torch.long, device=x.device)])
+        chosen.append(torch.tensor([pool_ids[i] for i in picked], dtype=torch.long, device=x.device))
     return torch.cat(chosen)
 
 
@@ -227,21 +228,20 @@ def _lloyd(x: torch.Tensor, centroids: torch.Tensor, max_iter: int, tol: float) 
     other centroid (the second-nearest distance, shrunk by the largest move). Where upper <= lower the label
     cannot change and nothing is computed; elsewhere the upper bound is made exact, and only vectors still
     above their lower bound get a full distance row. The labels are those of plain Lloyd. The inertia of each
-    iteration comes from the cluster sums (`sum |x|^2 - 2 c.S + n |c|^2`), not from per-vector distances.
+    iteration comes from the cluster sums (`sum |x - m|^2 - 2 (c - m).(S - n m) + n |c - m|^2` around the mean
+    `m`, so that float32 sums of data far from the origin lose no precision), not from per-vector distances.
     """
     num_clusters = centroids.shape[0]
-    step = _chunk_size(x.shape[0], x.shape[1], _CACHE_FLOATS)
-    total_sq = sum(float(x[i : i + step].double().square().sum()) for i in range(0, x.shape[0], step))
+    mean, spread = _mean_and_spread(x)
     labels, sq_dist, lower = _nearest_two(x, centroids)
     upper = sq_dist.sqrt_()
     previous, n_iter = math.inf, 0
     while True:
         n_iter += 1
-        # Sums in float64: the inertia below is a difference of terms up to sum |x|^2, which can be far larger.
-        s64, counts = _cluster_sums(x, labels, num_clusters, torch.float64)
-        c64 = centroids.double()
-        inertia = total_sq + float((counts * c64.square().sum(1) - 2 * (c64 * s64).sum(1)).sum())
-        new_centroids = (s64 / counts.clamp_min(1).unsqueeze(1)).to(x.dtype)
+        sums, counts = _cluster_sums(x, labels, num_clusters)
+        offsets, centred_sums = centroids.double() - mean, sums.double() - counts[:, None] * mean
+        inertia = spread + float((counts * offsets.square().sum(1) - 2 * (offsets * centred_sums).sum(1)).sum())
+        new_centroids = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
         empty = (counts == 0).nonzero().flatten()
         if empty.numel():  # re-seed with the vectors farthest from their centroid
             farthest = _own_sq_distances(x, centroids, labels).topk(empty.numel()).indices
