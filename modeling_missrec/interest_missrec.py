@@ -146,11 +146,11 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
     """Greedy k-means++ seeding on `x` `[S, d]`: `[K]` indices of the chosen seeds.
 
     Greedy k-means++ (Arthur & Vassilvitskii; scikit-learn's default) keeps, for each seed, the best of
-    [`seeding_trials`] candidates, each a D^2 draw: a vector
-    drawn with probability proportional to its squared distance to the nearest seed chosen so far.
+    [`seeding_trials`] candidates, each a D^2 draw: a vector drawn with probability proportional to its squared
+    distance to the nearest seed chosen so far.
 
     To make the distance work a few large matmuls instead of K small ones, candidates come from pools: a pool
-    of up to `_BLOCK_FLOATS / S` vectors is drawn from the D^2 distribution of the moment the pool is made,
+    (at most `_BLOCK_FLOATS / S` vectors) is drawn from the D^2 distribution of the moment the pool is made,
     and all their distance rows are computed at once. Rejection sampling keeps every candidate an exact draw
     from the current distribution: a pool vector `v` drawn when its squared distance was `D0(v)` is accepted,
     when its turn comes, with probability `D(v) / D0(v)` (distances only shrink as seeds are added). A pool
@@ -164,13 +164,13 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
     columns = torch.cat([x.T, x.new_ones(1, n), x_sq[None]])
     zeros = torch.zeros_like(x_sq)
 
-    def sq_distances(idx: torch.Tensor) -> torch.Tensor:  # [len(idx), S]
+    def sq_distances(idx: torch.Tensor) -> torch.Tensor:  # [len(idx), S], rounding may leave small negatives
         rows = torch.cat([x[idx] * -2, x_sq[idx, None], x.new_ones(len(idx), 1)], 1)
-        return (rows @ columns).clamp_min_(0) if len(idx) == 1 else rows @ columns
+        return rows @ columns
 
     first = torch.randint(n, (1,), generator=generator).to(x.device)
     chosen = [first]
-    closest = sq_distances(first)[0]
+    closest = sq_distances(first)[0].clamp_min_(0)
     # Rounding leaves a seed a tiny distance to itself; zero it, so a seed is never drawn again.
     closest[first] = 0
     found = 1
@@ -201,7 +201,8 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
             else:
                 break  # the pool is used up: draw a new one
             span = positions[-1] + 1
-            if span <= 2 * trials:  # a contiguous block, in which the rejected draws get an infinite potential
+            contiguous = span <= 2 * trials
+            if contiguous:  # one block of rows, in which the rejected draws get an infinite potential
                 potentials = torch.clamp(distances[start : start + span], min=zeros, max=closest)
                 totals = potentials.sum(1)
                 if span > trials:
@@ -211,7 +212,7 @@ def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Gener
                 potentials = torch.clamp(distances[rows], min=zeros, max=closest)
                 totals = potentials.sum(1)
             best = int(totals.argmin())
-            picked.append(start + (best if span <= 2 * trials else positions[best]))
+            picked.append(start + (best if contiguous else positions[best]))
             closest = potentials[best]
             closest[pool_ids[picked[-1]]] = 0
             start += span
