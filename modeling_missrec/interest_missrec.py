@@ -374,25 +374,37 @@ def dpc_knn(x: torch.Tensor, num_clusters: int, *, local_size: int) -> Clusterin
     return ClusteringResult(labels, centroids, inertia, 1)
 
 
-def interest_tokens(interest_ids: torch.Tensor) -> torch.Tensor:
+def interest_tokens(
+    interest_ids: torch.Tensor, return_counts: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, list[int]]:
     """Distinct non-zero interest ids of every row, ascending, right-padded with 0.
 
     Vectorised (one sort per batch, no Python loop over rows).
 
     Args:
         interest_ids: `[B, T]` long, 0 = no interest (padding or missing modality).
+        return_counts: also return the number of distinct ids of every row, as a list of `B` ints.
 
     Returns:
-        `[B, Nq]` long with `Nq = max(1, largest number of distinct ids in a row)`.
+        `[B, Nq]` long with `Nq = max(1, largest number of distinct ids in a row)`, and with `return_counts` the
+        counts.
     """
     if interest_ids.ndim != 2:
         raise ValueError(f"expected [B, T] interest ids, got shape {tuple(interest_ids.shape)}")
+    if interest_ids.shape[0] == 1:  # one row (a single request) needs no padding: a third of the ops
+        ids = interest_ids.unique()  # ascending: a 0 (no interest) can only come first
+        ids = ids[1:] if len(ids) and int(ids[0]) == 0 else ids
+        counts = [len(ids)]
+        out = (ids if len(ids) else ids.new_zeros(1))[None]
+        return (out, counts) if return_counts else out
     ids, _ = interest_ids.sort(dim=1)
     first = ids != 0
     first[:, 1:] &= ids[:, 1:] != ids[:, :-1]
-    num_tokens = max(int(first.sum(1).max()) if ids.numel() else 0, 1)
+    counts = first.sum(1).tolist()
+    num_tokens = max(max(counts, default=0), 1)
     # Non-first entries all go to a spare last column, which is dropped.
     slot = torch.where(first, first.cumsum(1) - 1, num_tokens)
     out = ids.new_zeros(ids.shape[0], num_tokens + 1)
     out.scatter_(1, slot, ids)
-    return out[:, :num_tokens]
+    out = out[:, :num_tokens]
+    return (out, counts) if return_counts else out

@@ -130,14 +130,19 @@ class PackedLayout:
     Args:
         mask: `[B, S]` bool, True = real token.
         row_splits: bucket boundaries `[0, b1, ..., B]`.
+        lengths: for a left-aligned mask (row `b` True in exactly its first `lengths[b]` columns), those lengths,
+            when the caller has them: they are then not recomputed from the mask.
     """
 
-    def __init__(self, mask: torch.Tensor, row_splits: list[int]):
+    def __init__(self, mask: torch.Tensor, row_splits: list[int], lengths: list[int] | None = None):
         self.mask = mask
-        columns = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-        # One host transfer for the per-row width (last real column + 1) and token count: bucket bounds are
-        # then plain Python, which costs less than a tensor op per bucket (it matters for single requests).
-        widths, counts = torch.stack([(columns * mask).amax(1), mask.sum(1)]).tolist()
+        if lengths is not None:
+            widths = counts = lengths
+        else:
+            columns = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+            # One host transfer for the per-row width (last real column + 1) and token count: bucket bounds are
+            # then plain Python, which costs less than a tensor op per bucket (it matters for single requests).
+            widths, counts = torch.stack([(columns * mask).amax(1), mask.sum(1)]).tolist()
         self.buckets = []
         t0 = 0
         for a, b in zip(row_splits[:-1], row_splits[1:]):
@@ -163,8 +168,8 @@ class PackedLayout:
 
     def row_means(self, tokens: torch.Tensor) -> torch.Tensor:
         """The mean of every row's packed tokens `[T, d]`: `[B, d]`."""
-        if self.full:
-            return tokens.view(*self.mask.shape, -1).mean(1)
+        if self.full:  # (one token per row: the tokens are the means, a mean over size 1 is a kernel call)
+            return tokens if self.mask.shape[1] == 1 else tokens.view(*self.mask.shape, -1).mean(1)
         return unpack(tokens, self.mask).sum(1) / self.mask.sum(1, keepdim=True).to(tokens.dtype)
 
     def is_dense(self, bucket: int) -> bool:

@@ -369,13 +369,19 @@ class MISSRecModel(MISSRecPreTrainedModel):
 
     # ------------------------------------------------------------------ inputs
     def _prepare_history(
-        self, item_seq: torch.Tensor, lengths: torch.Tensor | None, text_features: torch.Tensor | None
+        self,
+        item_seq: torch.Tensor,
+        lengths: torch.Tensor | None,
+        text_features: torch.Tensor | None,
+        check_inputs: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Validate a left-aligned history and keep its `max_seq_length` most recent items."""
+        """Validate a left-aligned history (unless `check_inputs` is False: the caller built it from checked ids,
+        with exact `lengths`) and keep its `max_seq_length` most recent items."""
         self._check_catalogue()
         if self.config.num_interests == 0:
             raise ValueError("interests have not been discovered: call discover_interests() first")
-        item_seq, lengths = validate_history(item_seq, lengths, self.config.num_items)
+        if check_inputs or lengths is None:
+            item_seq, lengths = validate_history(item_seq, lengths, self.config.num_items)
         if text_features is not None and "text" not in self.modality_names:
             raise ValueError(f"text_features given but config.modalities={self.config.modalities!r}")
         if text_features is not None and text_features.shape[-1] != self.config.text_feature_dim:
@@ -440,6 +446,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         catalogue: dict[str, torch.Tensor] | None = None,
         with_diversity: bool = True,
         interest_projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        check_inputs: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sequence embeddings `[B, d]` and the diversity regulariser `()` (None unless `with_diversity`).
 
@@ -447,14 +454,15 @@ class MISSRecModel(MISSRecPreTrainedModel):
         the catalogue too; without it the adaptor runs on the history's own rows. `interest_projections` (from
         [`interest_projections`]) saves the first encoder layer's projections.
         """
-        item_seq, lengths, text_features = self._prepare_history(item_seq, lengths, text_features)
+        item_seq, lengths, text_features = self._prepare_history(item_seq, lengths, text_features, check_inputs)
         # Longest histories first, so attention buckets of consecutive rows have similar lengths.
         order = lengths.argsort(descending=True, stable=True) if len(lengths) > 1 else None
         if order is not None:
             item_seq, lengths = item_seq[order], lengths[order]
             text_features = None if text_features is None else text_features[order]
         # Positions past the longest history are padding in every row: drop them.
-        seq_len = int(lengths[0])
+        length_list = lengths.tolist()
+        seq_len = length_list[0]
         item_seq = item_seq[:, :seq_len]
         text_features = None if text_features is None else text_features[:, :seq_len]
         batch, num_modalities = item_seq.shape[0], len(self.modality_names)
@@ -463,7 +471,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         row_splits = self._row_splits(batch)
         # Token embeddings are built for the real history items only (packed, [Tv, d]): a padded [B, L, d] grid
         # would be several times larger, since batches mix short and long histories.
-        item_layout = PackedLayout(valid, row_splits)
+        item_layout = PackedLayout(valid, row_splits, length_list)
         item_ids = item_layout.pack(item_seq)  # [Tv]
         text_rows = None if text_features is None else item_layout.pack(text_features)
         present, embeddings, interests = [], [], []
@@ -479,7 +487,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         last = lengths - 1
         if self.config.seq_mm_fusion == "add":
             tokens, layout, token_mask = sum(embeddings, position), item_layout, valid
-            output_index = last[:, None]  # [B, 1]
+            output_index, query_lengths = last[:, None], [1] * batch  # [B, 1], every row's query is real
         else:
             # A history item with no modality keeps one (position-only) token so it still counts.
             token_mask = torch.stack(present, 1)  # [B, M, L]
@@ -492,13 +500,14 @@ class MISSRecModel(MISSRecPreTrainedModel):
             source = (item_layout.positions()[:, None] + offsets[:, None]).flatten(1)  # [B, M * L]
             tokens = F.embedding(layout.pack(source), per_modality)
             output_index = last[:, None] + seq_len * torch.arange(num_modalities, device=last.device)  # [B, M]
+            query_lengths = None  # (the last item's modality tokens: not left-aligned)
         hidden = self.dropout(self.LayerNorm(tokens))  # packed [T, d]
 
-        interest_ids = interest_tokens(torch.cat(interests, 1))
+        interest_ids, counts = interest_tokens(torch.cat(interests, 1), return_counts=True)
         memory_mask = interest_ids != 0
         # A history with no interest token attends to the all-zero padding centroid instead of nothing.
         memory_mask[:, 0] |= ~memory_mask.any(1)
-        memory_layout = PackedLayout(memory_mask, row_splits)
+        memory_layout = PackedLayout(memory_mask, row_splits, [max(count, 1) for count in counts])
         memory_rows = memory_layout.pack(interest_ids)  # packed [Tm] centroid ids
         centroids = self.interest_centroids.to(hidden.dtype)
         if interest_projections is not None or len(centroids) < len(memory_rows):
@@ -516,7 +525,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         for layer in self.decoder[:-1]:
             hidden = layer(hidden, layout, memory, memory_layout)
         # Only the last item's token(s) form the output, so the last layer computes just those queries.
-        query_layout = PackedLayout(token_mask.gather(1, output_index), row_splits)  # [B, Q]
+        query_layout = PackedLayout(token_mask.gather(1, output_index), row_splits, query_lengths)  # [B, Q]
         queries = hidden[query_layout.pack(layout.positions().gather(1, output_index))]
         output = self.decoder[-1](hidden, layout, memory, memory_layout, queries=(queries, query_layout))
         output = F.normalize(query_layout.row_means(output), dim=-1)
@@ -535,6 +544,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         *,
         catalogue: dict[str, torch.Tensor] | None = None,
         interest_projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        check_inputs: bool = True,
     ) -> torch.Tensor:
         """L2-normalised sequence representations.
 
@@ -546,6 +556,9 @@ class MISSRecModel(MISSRecPreTrainedModel):
             catalogue: the whole catalogue's [`adapted_catalogue`], to look the history items up in instead of
                 adapting them; interest_projections: [`interest_projections`]. Both change only with the weights
                 and the catalogue, so a server computes them once for many requests.
+            check_inputs: False skips validating `item_seq` against `lengths` (ids in range, left-aligned, no
+                empty row), for a caller that built both from ids it has checked (the serving pipeline): on a
+                single request the checks are a tenth of the encoder's ops. Ignored without `lengths`.
 
         Returns:
             `[B, hidden_size]`.
@@ -557,6 +570,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
             catalogue=catalogue,
             with_diversity=False,
             interest_projections=interest_projections,
+            check_inputs=check_inputs,
         )[0]
 
     @contextlib.contextmanager

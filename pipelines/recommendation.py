@@ -611,13 +611,16 @@ class ItemIndex:
             chunk_weight = weight if weight is None or weight.numel() == 1 else weight[start:stop]
             scores = self._fuse(out.view(batch, stop - start, width), chunk_weight, scratch)
             if excluded is not None:
-                inside = (excluded[1] >= start) & (excluded[1] < stop)
                 # (`scores` lives in a reused buffer: writing into it is fine.)
-                scores[excluded[0][inside], excluded[1][inside] - start] = float("-inf")
+                if stop - start == num:  # one chunk (a single request's whole catalogue): no range test
+                    scores.index_put_(excluded, scores.new_tensor(float("-inf")))
+                else:
+                    inside = (excluded[1] >= start) & (excluded[1] < stop)
+                    scores[excluded[0][inside], excluded[1][inside] - start] = float("-inf")
             top = scores.topk(min(k, stop - start), dim=1)
             values.append(top.values)
-            indices.append(top.indices + start)
-        values, indices = torch.cat(values, 1), torch.cat(indices, 1)
+            indices.append(top.indices + start if start else top.indices)
+        values, indices = (values[0], indices[0]) if len(values) == 1 else (torch.cat(values, 1), torch.cat(indices, 1))
         if values.shape[1] > k:
             best = values.topk(k, dim=1)
             values, indices = best.values, indices.gather(1, best.indices)
@@ -979,17 +982,17 @@ class SequentialRecommendationPipeline(Pipeline):
             elif _is_scalar(history):
                 history = [history]
             rows.append(self._to_ids(history, on_unknown, "history"))
-        empty = torch.tensor([not r for r in rows], dtype=torch.bool)
-        if empty.any() and fallback != "popular":
+        empty = [i for i, r in enumerate(rows) if not r]
+        if empty and fallback != "popular":
             raise ValueError(
-                f"histories {empty.nonzero().flatten()[:5].tolist()} are empty (no known item): give at least one "
-                "item, or pass fallback='popular' to get the most popular items for them"
+                f"histories {empty[:5]} are empty (no known item): give at least one item, or pass "
+                "fallback='popular' to get the most popular items for them"
             )
+        # Built in Python and converted once: a tensor op per row costs more than the whole row's padding.
         longest = max(1, max(len(r) for r in rows))
-        item_seq = torch.zeros(len(rows), longest, dtype=torch.long)
-        for i, r in enumerate(rows):
-            item_seq[i, : len(r)] = torch.tensor(r, dtype=torch.long) if r else 0
-        lengths = torch.tensor([len(r) for r in rows])
+        item_seq = torch.tensor([r + [0] * (longest - len(r)) for r in rows], dtype=torch.long)
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        empty = torch.tensor([not r for r in rows], dtype=torch.bool) if empty else None
         allowed = None
         if candidates is not None:
             allowed = torch.tensor(sorted(set(self._to_ids(candidates, on_unknown, "candidates"))), dtype=torch.long)
@@ -1011,7 +1014,7 @@ class SequentialRecommendationPipeline(Pipeline):
         num_candidates = (self.num_items if allowed is None else len(allowed)) + (0 if cold is None else cold["num"])
         if top_k > num_candidates:
             raise ValueError(f"top_k={top_k} is larger than the {num_candidates} candidate items")
-        if not empty.any():
+        if empty is None:
             scores, ids = self._rank(item_seq, lengths, allowed, cold, top_k, exclude_history)
         else:
             batch = len(item_seq)
@@ -1038,7 +1041,8 @@ class SequentialRecommendationPipeline(Pipeline):
         catalogue (or its allow-list `allowed`) and the cold-start items."""
         inner = _unwrap(self.model)
         index, tables = serving_state(self.model)
-        seq = inner.embed_sequences(item_seq.to(inner.device), lengths.to(inner.device), **tables)
+        # `preprocess` built the histories from known ids, with their lengths: the model need not check them again.
+        seq = inner.embed_sequences(item_seq.to(inner.device), lengths.to(inner.device), check_inputs=False, **tables)
         excluded = None
         if exclude_history:
             rows, cols = (item_seq != 0).nonzero(as_tuple=True)

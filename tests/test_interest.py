@@ -166,21 +166,33 @@ def reference_tokens(ids: torch.Tensor) -> list[list[int]]:
     return [sorted(set(row.tolist()) - {0}) for row in ids]
 
 
+@pytest.mark.parametrize("rows", [17, 1])  # a batch, and one row (a single request: a path of its own)
 @pytest.mark.parametrize("seed", range(5))
-def test_interest_tokens_equal_a_reference_set_construction(seed):
+def test_interest_tokens_equal_a_reference_set_construction(seed, rows):
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 9, (17, 23), generator=generator)
-    ids[3] = 0  # a row with no interest at all
-    tokens = interest_tokens(ids)
+    ids = torch.randint(0, 9, (rows, 23), generator=generator)
+    ids[rows // 5] = 0  # a row with no interest at all
+    ids[-1, :3] = 0  # and one with some padding
+    tokens, counts = interest_tokens(ids, return_counts=True)
     expected = reference_tokens(ids)
-    assert tokens.shape == (17, max(1, max(len(r) for r in expected)))
+    assert counts == [len(r) for r in expected]
+    assert torch.equal(interest_tokens(ids), tokens)
+    assert tokens.shape == (rows, max(1, max(len(r) for r in expected)))
     for row, want in zip(tokens.tolist(), expected):
         assert row[: len(want)] == want
         assert all(v == 0 for v in row[len(want) :])
 
 
-def test_interest_tokens_of_only_padding_is_one_empty_column():
-    assert torch.equal(interest_tokens(torch.zeros(3, 5, dtype=torch.long)), torch.zeros(3, 1, dtype=torch.long))
+def test_interest_tokens_of_a_single_row_are_its_distinct_ids():
+    ids = torch.tensor([[7, 0, 3, 7, 3, 12]])
+    assert interest_tokens(ids).tolist() == [[3, 7, 12]]
+
+
+@pytest.mark.parametrize("rows", [3, 1])
+def test_interest_tokens_of_only_padding_is_one_empty_column(rows):
+    tokens, counts = interest_tokens(torch.zeros(rows, 5, dtype=torch.long), return_counts=True)
+    assert torch.equal(tokens, torch.zeros(rows, 1, dtype=torch.long))
+    assert counts == [0] * rows
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,11 @@ def test_sequence_embedding_ignores_padding_and_batch_composition(seq_mm_fusion,
     torch.testing.assert_close(model.embed_sequences(items, lengths, **tables), full, atol=1e-5, rtol=0)
     alone = model.embed_sequences(items[:1, : lengths[0]], **tables)
     torch.testing.assert_close(alone[0], full[0], atol=1e-5, rtol=0)
+    # Nor does skipping the input checks, as the pipeline does for the histories it builds.
+    unchecked = model.embed_sequences(items, lengths, check_inputs=False, **tables)
+    torch.testing.assert_close(unchecked, full, atol=1e-5, rtol=0)
+    alone = model.embed_sequences(items[:1, : lengths[0]], lengths[:1], check_inputs=False, **tables)
+    torch.testing.assert_close(alone[0], full[0], atol=1e-5, rtol=0)
 
 
 def test_history_longer_than_max_seq_length_keeps_the_most_recent_items(model):
@@ -341,6 +346,19 @@ def test_encoder_layer_reading_a_table_equals_the_gathered_tokens_with_gradients
     torch.testing.assert_close(from_table, gathered, atol=1e-5, rtol=0)
     for expected, got in zip(expected_grads, [table.grad] + [p.grad for p in layer.parameters()]):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_layout_from_known_lengths_equals_the_one_read_from_the_mask():
+    """A left-aligned mask's layout built from the caller's row lengths has the same buckets as the one that
+    reads them off the mask."""
+    lengths = [5, 1, 3, 3, 2]
+    mask = torch.arange(5) < torch.tensor(lengths)[:, None]
+    for splits in ([0, 5], [0, 2, 5]):
+        read, given = PackedLayout(mask, splits), PackedLayout(mask, splits, lengths)
+        assert read.full == given.full
+        for a, b in zip(read.buckets, given.buckets):
+            assert a[:2] == b[:2] and torch.equal(a[2], b[2]) and (a[3] is None) == (b[3] is None)
+            assert a[3] is None or torch.equal(a[3], b[3])
 
 
 def test_packed_layout_buckets_without_padding_are_views_of_the_packed_tokens():

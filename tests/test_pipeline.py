@@ -123,6 +123,22 @@ def test_exclude_history_candidates_and_text():
     assert "text" not in pipe(history, top_k=3)[0]
 
 
+def test_scoring_in_item_chunks_equals_one_chunk(monkeypatch):
+    """Large catalogues are scored chunk by chunk (history items masked per chunk); small ones in one chunk
+    (masked at once). Both give the same recommendations."""
+    import modeling_missrec.pipelines.recommendation as recommendation
+
+    pipe = recommender(tiny_model(NUM_ITEMS))
+    histories = [[4, 9, 2, 4], [33, 40, 1], [17]]
+    kwargs = [{"top_k": 12}, {"top_k": 5, "candidates": [1, 2, 3, 9, 30, 33, 39, 40]}]
+    one_chunk = [pipe(histories, **kw) for kw in kwargs] + [pipe(histories[0], top_k=12)]
+    monkeypatch.setattr(recommendation, "_CHUNK_ELEMENTS", 2 * 7)  # 7 items per chunk for one history
+    chunked = [pipe(histories, **kw) for kw in kwargs] + [pipe(histories[0], top_k=12)]
+    for a, b in zip(chunked, one_chunk):
+        assert same(a, b)
+    assert not {4, 9, 2} & {r["item_id"] for r in chunked[-1]}
+
+
 def test_catalogue_embeddings_are_cached_and_invalidated():
     model = tiny_model(NUM_ITEMS)
     pipe = recommender(model)
