@@ -225,10 +225,18 @@ class MISSRecDropout(nn.Module):
 
 
 class MISSRecAttention(nn.Module):
-    """Multi-head attention on packed tokens, computed by `F.scaled_dot_product_attention` per row bucket.
+    """Multi-head attention on packed tokens, computed per row bucket.
 
     Projections run on packed tokens only (padding costs nothing there); just the attention itself sees a
-    padded layout, bucket by bucket (see [`PackedLayout`]).
+    padded layout, bucket by bucket (see [`PackedLayout`]). Two exact ways to attend:
+
+    - projected keys (`F.scaled_dot_product_attention`): `k_proj` and `v_proj` run on every key token;
+    - folded keys, when the queries are few (the decoder's last layer: one query per history, over all its
+      tokens and interests): with `W_k,h`, `W_v,h` head h's rows of the projections, `q_h . (W_k,h m + b_k,h) =
+      (q_h W_k,h) . m + q_h . b_k,h` and `sum_j a_j (W_v,h m_j + b_v,h) = W_v,h (sum_j a_j m_j) + (sum_j a_j) b_v,h`,
+      so the projections move to the query side: a few rows per history instead of every key token (5-10x fewer
+      matrix-product FLOPs there). It reads the projection weights directly, so it is used only when `k_proj` and
+      `v_proj` are plain `nn.Linear` (a PEFT LoRA layer adds its update in its own forward).
     """
 
     def __init__(self, config: MISSRecConfig):
@@ -236,6 +244,7 @@ class MISSRecAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.dropout = config.attention_probs_dropout_prob
+        self.attention_dropout = MISSRecDropout(config.attention_probs_dropout_prob)
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
@@ -250,6 +259,51 @@ class MISSRecAttention(nn.Module):
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def folds_keys(self, num_queries: int, num_keys: int) -> bool:
+        """Whether attention of `num_queries` over `num_keys` tokens takes the folded-keys path (see the class):
+        when it costs fewer FLOPs (projecting a query row twice vs a key row twice) and the projections are plain."""
+        return 2 * num_queries <= num_keys and type(self.k_proj) is nn.Linear and type(self.v_proj) is nn.Linear
+
+    def _attend_folded(
+        self, q: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Attention of projected queries `q` `[b, wq, d]` over raw key tokens `keys` `[b, wk, d]` (`key_mask`
+        `[b, wk]`, None = no padding) with the key and value projections folded into the query side.
+
+        Returns:
+            `[b, wq, d]`, before `o_proj`.
+        """
+        heads, head_dim = self.num_heads, self.head_dim
+        b, wq, d = q.shape
+        key_weight = self.k_proj.weight.view(heads, head_dim, d)  # [H, e, d]
+        # Queries grouped by head: [H, b * wq, e].
+        q_heads = q.view(b * wq, heads, head_dim).transpose(0, 1)
+        folded = torch.bmm(q_heads, key_weight)  # [H, b * wq, d]: q_h W_k,h
+        shift = torch.bmm(q_heads, self.k_proj.bias.view(heads, head_dim, 1))  # [H, b * wq, 1]: q_h . b_k,h
+
+        def per_row(x: torch.Tensor) -> torch.Tensor:  # [H, b * wq, n] -> [b, H * wq, n]
+            return x.view(heads, b, wq, -1).transpose(0, 1).reshape(b, heads * wq, -1)
+
+        scale = head_dim**-0.5
+        # The shift is the same for every key of a query (softmax ignores it); kept so that b_k stays in the graph
+        # with its (zero) gradient, as in the projected path.
+        scores = torch.baddbmm(per_row(shift), per_row(folded), keys.transpose(1, 2), beta=scale, alpha=scale)
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
+        weights = self.attention_dropout(torch.softmax(scores, dim=-1))  # [b, H * wq, wk]
+        context = torch.bmm(weights, keys)  # [b, H * wq, d]: sum_j a_j m_j
+
+        def per_head(x: torch.Tensor) -> torch.Tensor:  # [b, H * wq, n] -> [H, b * wq, n]
+            return x.view(b, heads, wq, -1).transpose(0, 1).reshape(heads, b * wq, -1)
+
+        value_weight = self.v_proj.weight.view(heads, head_dim, d)
+        # sum_j a_j = 1 without dropout; with it, the bias is weighted like the values it was added to.
+        value_bias = self.v_proj.bias.view(heads, 1, head_dim)
+        if self.training and self.attention_dropout.p > 0:
+            value_bias = per_head(weights.sum(-1, keepdim=True)) * value_bias
+        out = torch.bmm(per_head(context), value_weight.transpose(1, 2)) + value_bias  # [H, b * wq, e]
+        return out.transpose(0, 1).reshape(b, wq, d)
 
     def forward(
         self,
@@ -274,10 +328,16 @@ class MISSRecAttention(nn.Module):
         Returns:
             `[Tq, d]`.
         """
+        outputs = []
+        if rows is None and self.folds_keys(len(queries), len(keys)):
+            buckets = zip(query_layout.padded(self.q_proj(queries)), key_layout.padded(keys))
+            for bucket, ((q, _), (k, k_mask)) in enumerate(buckets):
+                out = self._attend_folded(q, k, None if key_layout.is_dense(bucket) else k_mask)
+                outputs.append(query_layout.packed(out, bucket))
+            return self.o_proj(outputs[0] if len(outputs) == 1 else torch.cat(outputs))
         q_all, k_all, v_all = self.project_table(queries, keys) if projected is None else projected
         if rows is not None:
             q_all, k_all, v_all = (F.embedding(rows, table) for table in (q_all, k_all, v_all))
-        outputs = []
         buckets = zip(query_layout.padded(q_all), key_layout.padded(k_all), key_layout.padded(v_all))
         for bucket, ((q, _), (k, k_mask), (v, _)) in enumerate(buckets):
             out = F.scaled_dot_product_attention(

@@ -86,3 +86,11 @@ def test_lora_targets_the_projections_and_the_adapter_reloads_to_identical_score
     reloaded = load_missrec_adapter(MISSRecModel.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
     with torch.no_grad():
         assert torch.equal(reloaded(item_seq=items, lengths=lengths).scores, after)
+    # LoRA-wrapped key/value projections are attended the projected way; merged, they are plain again and the
+    # decoder folds them into its queries. Both give the adapted scores.
+    attention = reloaded.base_model.model.decoder[-1].cross_attention.block
+    assert not attention.folds_keys(1, 100)
+    merged = reloaded.merge_and_unload()
+    assert merged.decoder[-1].cross_attention.block.folds_keys(1, 100)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(item_seq=items, lengths=lengths).scores, after, atol=1e-4, rtol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from conftest import FEATURE_DIM, random_histories, tiny_config, tiny_model
 
 from modeling_missrec import MISSRecModel
-from modeling_missrec.layers_missrec import MISSRecDropout, MISSRecEncoderLayer, PackedLayout
+from modeling_missrec.layers_missrec import MISSRecAttention, MISSRecDropout, MISSRecEncoderLayer, PackedLayout
 
 
 @pytest.mark.parametrize("seq_mm_fusion", ["add", "contextual"])
@@ -346,6 +347,71 @@ def test_encoder_layer_reading_a_table_equals_the_gathered_tokens_with_gradients
     torch.testing.assert_close(from_table, gathered, atol=1e-5, rtol=0)
     for expected, got in zip(expected_grads, [table.grad] + [p.grad for p in layer.parameters()]):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def attention_inputs(num_queries_per_row: int = 1):
+    """A 4-head attention block with non-trivial weights, packed keys of ragged rows and their queries."""
+    torch.manual_seed(0)
+    attention = MISSRecAttention(tiny_config())
+    for parameter in attention.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    lengths = [7, 3, 12, 1, 5, 9]
+    key_mask = torch.arange(12) < torch.tensor(lengths)[:, None]
+    query_mask = torch.arange(num_queries_per_row) < torch.tensor([num_queries_per_row, 1, 2, 1, 2, 1])[:, None]
+    keys = torch.randn(int(key_mask.sum()), 32, requires_grad=True)
+    queries = torch.randn(int(query_mask.sum()), 32, requires_grad=True)
+    return attention, queries, query_mask, keys, key_mask
+
+
+@pytest.mark.parametrize("queries_per_row", [1, 2])
+@pytest.mark.parametrize("splits", [[0, 6], [0, 3, 6]])
+def test_attention_with_folded_keys_equals_projected_keys_with_gradients(queries_per_row, splits):
+    """Few queries over many keys: the key/value projections move to the query side (exact), with the same
+    output and gradients (every parameter, the key bias included, gets one) as projecting every key."""
+    attention, queries, query_mask, keys, key_mask = attention_inputs(queries_per_row)
+    query_layout, key_layout = PackedLayout(query_mask, splits), PackedLayout(key_mask, splits)
+    assert attention.folds_keys(len(queries), len(keys))
+    inputs = [queries, keys, *attention.parameters()]
+    out = attention(queries, query_layout, keys, key_layout)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), inputs)
+    with mock.patch.object(MISSRecAttention, "folds_keys", return_value=False):
+        expected = attention(queries, query_layout, keys, key_layout)
+        expected_grads = torch.autograd.grad((expected * weights).sum(), inputs)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_with_folded_keys_drops_attention_weights_like_the_paper():
+    """In training the attention weights are dropped and rescaled (dropout 0.5): the folded path's output is the
+    projected attention computed by hand with the same kept weights, the value bias weighted by what was kept."""
+    attention, queries, query_mask, keys, key_mask = attention_inputs()
+    attention.attention_dropout = MISSRecDropout(0.5)
+    attention.train()
+    layout, key_layout = PackedLayout(query_mask, [0, 6]), PackedLayout(key_mask, [0, 6])
+    masks = []
+    draw = attention.attention_dropout.forward
+
+    def recorded(x):
+        out = draw(x)
+        masks.append(out != 0)
+        return out
+
+    with mock.patch.object(attention.attention_dropout, "forward", side_effect=recorded):
+        out = attention(queries, layout, keys, key_layout)
+    (kept,) = masks  # [rows, heads * 1, keys]
+    assert 0.3 < kept[:, :, :1].float().mean() < 0.7
+    heads, head_dim = 4, 8
+    q = attention.q_proj(queries).view(6, heads, head_dim)
+    k_all, v_all = attention.k_proj(keys), attention.v_proj(keys)
+    rows = []
+    for row, (start, stop) in enumerate(zip([0, 7, 10, 22, 23, 28], [7, 10, 22, 23, 28, 37])):
+        k, v = (t[start:stop].view(-1, heads, head_dim) for t in (k_all, v_all))
+        scores = torch.einsum("he,khe->hk", q[row], k) / head_dim**0.5
+        weights = torch.softmax(scores, -1) * kept[row, :, : stop - start] / 0.5
+        rows.append(torch.einsum("hk,khe->he", weights, v).flatten())
+    torch.testing.assert_close(out, attention.o_proj(torch.stack(rows)), atol=1e-5, rtol=1e-5)
 
 
 def test_packed_layout_from_known_lengths_equals_the_one_read_from_the_mask():
