@@ -266,44 +266,43 @@ class MISSRecAttention(nn.Module):
         return 2 * num_queries <= num_keys and type(self.k_proj) is nn.Linear and type(self.v_proj) is nn.Linear
 
     def _attend_folded(
-        self, q: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor | None
+        self, queries: torch.Tensor, query_layout: PackedLayout, keys: torch.Tensor, key_layout: PackedLayout
     ) -> torch.Tensor:
-        """Attention of projected queries `q` `[b, wq, d]` over raw key tokens `keys` `[b, wk, d]` (`key_mask`
-        `[b, wk]`, None = no padding) with the key and value projections folded into the query side.
+        """Attention of packed `queries` `[Tq, d]` over raw packed `keys` `[Tk, d]` with the key and value
+        projections folded into the query side (see the class). Returns `[Tq, d]`, before `o_proj`.
 
-        Returns:
-            `[b, wq, d]`, before `o_proj`.
+        The per-query products run once on all packed queries; only the products with the keys go per bucket.
         """
-        heads, head_dim = self.num_heads, self.head_dim
-        b, wq, d = q.shape
-        key_weight = self.k_proj.weight.view(heads, head_dim, d)  # [H, e, d]
-        # Queries grouped by head: [H, b * wq, e].
-        q_heads = q.view(b * wq, heads, head_dim).transpose(0, 1)
-        folded = torch.bmm(q_heads, key_weight)  # [H, b * wq, d]: q_h W_k,h
-        shift = torch.bmm(q_heads, self.k_proj.bias.view(heads, head_dim, 1))  # [H, b * wq, 1]: q_h . b_k,h
-
-        def per_row(x: torch.Tensor) -> torch.Tensor:  # [H, b * wq, n] -> [b, H * wq, n]
-            return x.view(heads, b, wq, -1).transpose(0, 1).reshape(b, heads * wq, -1)
-
+        heads, head_dim, d = self.num_heads, self.head_dim, keys.shape[-1]
+        q = self.q_proj(queries).view(-1, heads, head_dim).transpose(0, 1)  # [H, Tq, e]
+        folded = torch.bmm(q, self.k_proj.weight.view(heads, head_dim, d))  # [H, Tq, d]: q_h W_k,h
+        # q_h . b_k,h is the same for every key of a query (softmax ignores it); kept so that b_k stays in the
+        # graph with its (zero) gradient, as in the projected path.
+        shift = torch.bmm(q, self.k_proj.bias.view(heads, head_dim, 1))  # [H, Tq, 1]
+        folded, shift = folded.transpose(0, 1).reshape(-1, heads * d), shift.transpose(0, 1).reshape(-1, heads)
         scale = head_dim**-0.5
-        # The shift is the same for every key of a query (softmax ignores it); kept so that b_k stays in the graph
-        # with its (zero) gradient, as in the projected path.
-        scores = torch.baddbmm(per_row(shift), per_row(folded), keys.transpose(1, 2), beta=scale, alpha=scale)
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
-        weights = self.attention_dropout(torch.softmax(scores, dim=-1))  # [b, H * wq, wk]
-        context = torch.bmm(weights, keys)  # [b, H * wq, d]: sum_j a_j m_j
-
-        def per_head(x: torch.Tensor) -> torch.Tensor:  # [b, H * wq, n] -> [H, b * wq, n]
-            return x.view(b, heads, wq, -1).transpose(0, 1).reshape(heads, b * wq, -1)
-
+        dropped = self.training and self.attention_dropout.p > 0
+        contexts, kept = [], []
+        buckets = zip(query_layout.padded(folded), query_layout.padded(shift), key_layout.padded(keys))
+        for bucket, ((f, _), (s, _), (k, k_mask)) in enumerate(buckets):
+            b, wq = f.shape[:2]  # rows of the scores: (query, head) pairs
+            scores = torch.baddbmm(
+                s.reshape(b, wq * heads, 1), f.view(b, wq * heads, d), k.transpose(1, 2), beta=scale, alpha=scale
+            )
+            if not key_layout.is_dense(bucket):
+                scores = scores.masked_fill(~k_mask[:, None, :], float("-inf"))
+            weights = self.attention_dropout(torch.softmax(scores, dim=-1))  # [b, wq * H, wk]
+            context = torch.bmm(weights, k)  # [b, wq * H, d]: sum_j a_j m_j
+            contexts.append(query_layout.packed(context.view(b, wq, heads * d), bucket))
+            if dropped:
+                kept.append(query_layout.packed(weights.sum(-1).view(b, wq, heads), bucket))
+        context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)  # [Tq, H * d]
         value_weight = self.v_proj.weight.view(heads, head_dim, d)
-        # sum_j a_j = 1 without dropout; with it, the bias is weighted like the values it was added to.
+        out = torch.bmm(context.view(-1, heads, d).transpose(0, 1), value_weight.transpose(1, 2))  # [H, Tq, e]
         value_bias = self.v_proj.bias.view(heads, 1, head_dim)
-        if self.training and self.attention_dropout.p > 0:
-            value_bias = per_head(weights.sum(-1, keepdim=True)) * value_bias
-        out = torch.bmm(per_head(context), value_weight.transpose(1, 2)) + value_bias  # [H, b * wq, e]
-        return out.transpose(0, 1).reshape(b, wq, d)
+        if dropped:  # sum_j a_j is 1 without dropout; with it, the bias is weighted like the values it rides on
+            value_bias = (kept[0] if len(kept) == 1 else torch.cat(kept)).T[..., None] * value_bias
+        return (out + value_bias).transpose(0, 1).reshape(-1, heads * head_dim)
 
     def forward(
         self,
@@ -328,13 +327,9 @@ class MISSRecAttention(nn.Module):
         Returns:
             `[Tq, d]`.
         """
-        outputs = []
         if rows is None and self.folds_keys(len(queries), len(keys)):
-            buckets = zip(query_layout.padded(self.q_proj(queries)), key_layout.padded(keys))
-            for bucket, ((q, _), (k, k_mask)) in enumerate(buckets):
-                out = self._attend_folded(q, k, None if key_layout.is_dense(bucket) else k_mask)
-                outputs.append(query_layout.packed(out, bucket))
-            return self.o_proj(outputs[0] if len(outputs) == 1 else torch.cat(outputs))
+            return self.o_proj(self._attend_folded(queries, query_layout, keys, key_layout))
+        outputs = []
         q_all, k_all, v_all = self.project_table(queries, keys) if projected is None else projected
         if rows is not None:
             q_all, k_all, v_all = (F.embedding(rows, table) for table in (q_all, k_all, v_all))
