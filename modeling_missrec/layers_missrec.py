@@ -231,20 +231,21 @@ class MISSRecAttention(nn.Module):
     padded layout, bucket by bucket (see [`PackedLayout`]). Two exact ways to attend:
 
     - projected keys (`F.scaled_dot_product_attention`): `k_proj` and `v_proj` run on every key token;
-    - folded keys, when the queries are few (the decoder's last layer: one query per history, over all its
-      tokens and interests): with `W_k,h`, `W_v,h` head h's rows of the projections, `q_h . (W_k,h m + b_k,h) =
-      (q_h W_k,h) . m + q_h . b_k,h` and `sum_j a_j (W_v,h m_j + b_v,h) = W_v,h (sum_j a_j m_j) + (sum_j a_j) b_v,h`,
-      so the projections move to the query side: a few rows per history instead of every key token (5-10x fewer
-      matrix-product FLOPs there). It reads the projection weights directly, so it is used only when `k_proj` and
-      `v_proj` are plain `nn.Linear` (a PEFT LoRA layer adds its update in its own forward).
+    - folded keys, when the queries are few (in practice the decoder's last layer: one query per history, or one
+      per modality token with `contextual` fusion, over all its tokens and interests): with `W_k,h`, `W_v,h` head
+      h's rows of the projections, `q_h . (W_k,h m + b_k,h) = (q_h W_k,h) . m + q_h . b_k,h` and
+      `sum_j a_j (W_v,h m_j + b_v,h) = W_v,h (sum_j a_j m_j) + (sum_j a_j) b_v,h`, so the projections move to the
+      query side: a few rows per history instead of every key token (5-10x fewer matrix-product FLOPs there). It
+      reads the projection weights directly, so it is used only when `k_proj` and `v_proj` are plain `nn.Linear`
+      modules without forward hooks (a PEFT LoRA layer adds its update in its own forward; pruning and Accelerate
+      offloading set the weight in a hook).
     """
 
     def __init__(self, config: MISSRecConfig):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.dropout = config.attention_probs_dropout_prob
-        self.attention_dropout = MISSRecDropout(config.attention_probs_dropout_prob)
+        self.attention_dropout = MISSRecDropout(config.attention_probs_dropout_prob)  # (both paths read its `p`)
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
@@ -260,10 +261,20 @@ class MISSRecAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def folds_keys(self, num_queries: int, num_keys: int) -> bool:
-        """Whether attention of `num_queries` over `num_keys` tokens takes the folded-keys path (see the class):
-        when it costs fewer FLOPs (projecting a query row twice vs a key row twice) and the projections are plain."""
-        return 2 * num_queries <= num_keys and type(self.k_proj) is nn.Linear and type(self.v_proj) is nn.Linear
+    @staticmethod
+    def _is_plain(projection: nn.Module) -> bool:
+        hooked = projection._forward_hooks or projection._forward_pre_hooks or hasattr(projection, "_hf_hook")
+        return type(projection) is nn.Linear and not hooked
+
+    def folds_keys(self, num_queries: int, num_keys: int, num_rows: int) -> bool:
+        """Whether attention of `num_queries` over `num_keys` tokens of `num_rows` histories takes the folded-keys
+        path (see the class): when the projections are plain and it costs fewer multiply-adds. Projected:
+        `2 Tk d^2` for the keys and values plus `2 Tq w d` for the scores and contexts (`w = Tk / rows` keys per
+        query); folded: `2 Tq d^2` plus `2 Tq w d H` (the products with the keys run in `d`, not `d / H`, per head)."""
+        d = self.num_heads * self.head_dim
+        keys_per_row = num_keys / max(num_rows, 1)
+        cheaper = num_queries * (d + (self.num_heads - 1) * keys_per_row) < num_keys * d
+        return cheaper and self._is_plain(self.k_proj) and self._is_plain(self.v_proj)
 
     def _attend_folded(
         self, queries: torch.Tensor, query_layout: PackedLayout, keys: torch.Tensor, key_layout: PackedLayout
@@ -327,7 +338,7 @@ class MISSRecAttention(nn.Module):
         Returns:
             `[Tq, d]`.
         """
-        if rows is None and self.folds_keys(len(queries), len(keys)):
+        if rows is None and self.folds_keys(len(queries), len(keys), key_layout.mask.shape[0]):
             return self.o_proj(self._attend_folded(queries, query_layout, keys, key_layout))
         outputs = []
         q_all, k_all, v_all = self.project_table(queries, keys) if projected is None else projected
@@ -340,7 +351,7 @@ class MISSRecAttention(nn.Module):
                 self._heads(k),
                 self._heads(v),
                 attn_mask=None if key_layout.is_dense(bucket) else k_mask[:, None, None, :],
-                dropout_p=self.dropout if self.training else 0.0,
+                dropout_p=self.attention_dropout.p if self.training else 0.0,
             )
             outputs.append(query_layout.packed(out.transpose(1, 2).flatten(2), bucket))
         return self.o_proj(outputs[0] if len(outputs) == 1 else torch.cat(outputs))

@@ -382,6 +382,8 @@ class MISSRecModel(MISSRecPreTrainedModel):
             raise ValueError("interests have not been discovered: call discover_interests() first")
         if check_inputs or lengths is None:
             item_seq, lengths = validate_history(item_seq, lengths, self.config.num_items)
+        else:
+            lengths = torch.as_tensor(lengths, device=item_seq.device).long()
         if text_features is not None and "text" not in self.modality_names:
             raise ValueError(f"text_features given but config.modalities={self.config.modalities!r}")
         if text_features is not None and text_features.shape[-1] != self.config.text_feature_dim:

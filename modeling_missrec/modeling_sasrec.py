@@ -61,7 +61,7 @@ class SASRecAttention(MISSRecAttention):
             self._heads(self.q_proj(x)),
             self._heads(self.k_proj(x)),
             self._heads(self.v_proj(x)),
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=self.attention_dropout.p if self.training else 0.0,
             is_causal=True,
         )
         return self.o_proj(out.transpose(1, 2).flatten(2))

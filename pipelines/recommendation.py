@@ -812,7 +812,7 @@ class SequentialRecommendationPipeline(Pipeline):
         elif isinstance(item_metadata, (str, os.PathLike)):
             item_metadata = load_item_metadata(item_metadata)
         self.item_metadata = item_metadata
-        self._source_index: dict[str, int] | None = None
+        self._source_index: tuple[Any, int, dict[str, int]] | None = None  # (metadata, num_items, index)
 
     def get_inference_context(self):
         """`torch.inference_mode`: it skips the autograd bookkeeping `no_grad` still does (about 8% of a
@@ -836,15 +836,21 @@ class SequentialRecommendationPipeline(Pipeline):
         return metadata.get(key)
 
     def _source_ids(self) -> dict[str, int]:
-        if self._source_index is None:
-            source_ids = self._metadata("source_ids")
-            if source_ids is None:
-                raise ValueError(
-                    "histories are given as source ids but the model has no item metadata "
-                    f"({ITEM_METADATA_FILE}): give item ids, or pass item_metadata="
-                )
-            self._source_index = {s: i + 1 for i, s in enumerate(source_ids)}
-        return self._source_index
+        """Source id -> item id, rebuilt when the metadata or the catalogue size changes (the model does not check
+        the ids the pipeline gives it again)."""
+        if self._source_index is not None:
+            metadata, num_items, index = self._source_index
+            if metadata is self.item_metadata and num_items == self.num_items:
+                return index
+        source_ids = self._metadata("source_ids")  # (raises when the metadata does not describe the catalogue)
+        if source_ids is None:
+            raise ValueError(
+                "histories are given as source ids but the model has no item metadata "
+                f"({ITEM_METADATA_FILE}): give item ids, or pass item_metadata="
+            )
+        index = {s: i + 1 for i, s in enumerate(source_ids)}
+        self._source_index = (self.item_metadata, self.num_items, index)
+        return index
 
     # ------------------------------------------------------------------ parameters
     def _sanitize_parameters(

@@ -89,8 +89,8 @@ def test_lora_targets_the_projections_and_the_adapter_reloads_to_identical_score
     # LoRA-wrapped key/value projections are attended the projected way; merged, they are plain again and the
     # decoder folds them into its queries. Both give the adapted scores.
     attention = reloaded.base_model.model.decoder[-1].cross_attention.block
-    assert not attention.folds_keys(1, 100)
+    assert not attention.folds_keys(1, 100, 1)
     merged = reloaded.merge_and_unload()
-    assert merged.decoder[-1].cross_attention.block.folds_keys(1, 100)
+    assert merged.decoder[-1].cross_attention.block.folds_keys(1, 100, 1)
     with torch.no_grad():
         torch.testing.assert_close(merged(item_seq=items, lengths=lengths).scores, after, atol=1e-4, rtol=1e-4)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import FEATURE_DIM, random_histories, tiny_config, tiny_model
+from torch.nn.utils import prune
 
 from modeling_missrec import MISSRecModel
 from modeling_missrec.layers_missrec import MISSRecAttention, MISSRecDropout, MISSRecEncoderLayer, PackedLayout
@@ -370,7 +371,7 @@ def test_attention_with_folded_keys_equals_projected_keys_with_gradients(queries
     output and gradients (every parameter, the key bias included, gets one) as projecting every key."""
     attention, queries, query_mask, keys, key_mask = attention_inputs(queries_per_row)
     query_layout, key_layout = PackedLayout(query_mask, splits), PackedLayout(key_mask, splits)
-    assert attention.folds_keys(len(queries), len(keys))
+    assert attention.folds_keys(len(queries), len(keys), 6)
     inputs = [queries, keys, *attention.parameters()]
     out = attention(queries, query_layout, keys, key_layout)
     weights = torch.randn_like(out)
@@ -381,6 +382,20 @@ def test_attention_with_folded_keys_equals_projected_keys_with_gradients(queries
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_projections_with_hooks_or_few_keys_are_not_folded():
+    """Folding reads the projection weights directly: a projection whose forward is hooked (pruning, offloading)
+    keeps the projected path, and so do queries that are not fewer than the keys would make cheap."""
+    attention = MISSRecAttention(tiny_config())
+    assert attention.folds_keys(8, 64, 8) and not attention.folds_keys(8, 8, 8)
+    prune.l1_unstructured(attention.v_proj, "weight", amount=0.5)  # a forward pre-hook
+    assert not attention.folds_keys(8, 64, 8)
+    _, queries, query_mask, keys, key_mask = attention_inputs()
+    layouts = PackedLayout(query_mask, [0, 6]), PackedLayout(key_mask, [0, 6])
+    out = attention(queries, layouts[0], keys, layouts[1])
+    (out.sum()).backward()
+    assert attention.v_proj.weight_orig.grad is not None  # the hook ran: the pruned weight was used
 
 
 def test_attention_with_folded_keys_drops_attention_weights_like_the_paper():

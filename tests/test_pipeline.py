@@ -277,6 +277,14 @@ def test_bad_input_is_refused_with_clear_messages():
         bare(["B0003"])
     with pytest.raises(ValueError, match="needs item popularity"):
         bare([[]], fallback="popular")
+    # Source ids read before the catalogue shrank are not trusted afterwards: the metadata no longer describes it.
+    shrinking = recommender(tiny_model(NUM_ITEMS))
+    assert shrinking(["B0035"], top_k=2)
+    inner = shrinking.model
+    inner.set_catalogue(text_features=inner.text_features[1:31], image_features=inner.image_features[1:31])
+    inner.discover_interests()
+    with pytest.raises(ValueError, match="the item metadata describes 40 items but the catalogue has 30"):
+        shrinking(["B0035"], top_k=2)
 
 
 def test_item_metadata_and_catalogue_files_round_trip(tmp_path):
