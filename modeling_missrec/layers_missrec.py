@@ -114,6 +114,11 @@ def keep_most_recent(
     return item_seq.gather(1, index) * keep, lengths, index
 
 
+def join_buckets(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The packed `[T_bucket, ...]` results of consecutive buckets as one `[T, ...]` tensor (no copy for one bucket)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def unpack(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Scatter packed tokens `[T, d]` (the True positions of `mask` `[B, S]`, row-major) to `[B, S, d]`."""
     return tokens.new_zeros(*mask.shape, tokens.shape[-1]).index_put((mask,), tokens)
@@ -307,12 +312,12 @@ class MISSRecAttention(nn.Module):
             contexts.append(query_layout.packed(context.view(b, wq, heads * d), bucket))
             if dropped:
                 kept.append(query_layout.packed(weights.sum(-1).view(b, wq, heads), bucket))
-        context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)  # [Tq, H * d]
+        context = join_buckets(contexts)  # [Tq, H * d]
         value_weight = self.v_proj.weight.view(heads, head_dim, d)
         out = torch.bmm(context.view(-1, heads, d).transpose(0, 1), value_weight.transpose(1, 2))  # [H, Tq, e]
         value_bias = self.v_proj.bias.view(heads, 1, head_dim)
         if dropped:  # sum_j a_j is 1 without dropout; with it, the bias is weighted like the values it rides on
-            value_bias = (kept[0] if len(kept) == 1 else torch.cat(kept)).T[..., None] * value_bias
+            value_bias = join_buckets(kept).T[..., None] * value_bias
         return (out + value_bias).transpose(0, 1).reshape(-1, heads * head_dim)
 
     def forward(
@@ -354,7 +359,7 @@ class MISSRecAttention(nn.Module):
                 dropout_p=self.attention_dropout.p if self.training else 0.0,
             )
             outputs.append(query_layout.packed(out.transpose(1, 2).flatten(2), bucket))
-        return self.o_proj(outputs[0] if len(outputs) == 1 else torch.cat(outputs))
+        return self.o_proj(join_buckets(outputs))
 
 
 class MISSRecFeedForward(nn.Module):

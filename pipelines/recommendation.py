@@ -988,17 +988,20 @@ class SequentialRecommendationPipeline(Pipeline):
             elif _is_scalar(history):
                 history = [history]
             rows.append(self._to_ids(history, on_unknown, "history"))
-        empty = [i for i, r in enumerate(rows) if not r]
-        if empty and fallback != "popular":
+        empty_rows = [i for i, r in enumerate(rows) if not r]
+        if empty_rows and fallback != "popular":
             raise ValueError(
-                f"histories {empty[:5]} are empty (no known item): give at least one item, or pass "
+                f"histories {empty_rows[:5]} are empty (no known item): give at least one item, or pass "
                 "fallback='popular' to get the most popular items for them"
             )
         # Built in Python and converted once: a tensor op per row costs more than the whole row's padding.
         longest = max(1, max(len(r) for r in rows))
         item_seq = torch.tensor([r + [0] * (longest - len(r)) for r in rows], dtype=torch.long)
         lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-        empty = torch.tensor([not r for r in rows], dtype=torch.bool) if empty else None
+        empty = None  # [B] bool where a history is empty, or None when none is
+        if empty_rows:
+            empty = torch.zeros(len(rows), dtype=torch.bool)
+            empty[empty_rows] = True
         allowed = None
         if candidates is not None:
             allowed = torch.tensor(sorted(set(self._to_ids(candidates, on_unknown, "candidates"))), dtype=torch.long)
