@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput
 from .configuration_missrec import MISSRecConfig
 from .interest_missrec import ClusteringResult, assign_to_nearest, dpc_knn, interest_tokens, kmeans
 from .layers_missrec import (
+    MISSRecAttention,
     MISSRecDecoderLayer,
     MISSRecDropout,
     MISSRecEncoderLayer,
@@ -120,9 +121,28 @@ class MISSRecPreTrainedModel(PreTrainedModel):
         return f"the weights of {folder} do not fit its config ({summary}): " + "; ".join(bad)
 
     def _init_weights(self, module: nn.Module) -> None:
+        """The official model's initialisation: RecBole's normal(0, std) over an `nn.Transformer`, except where
+        the official model keeps torch's own init.
+
+        Those exceptions are applied from the model itself, which is initialised after its submodules
+        (`transformers` skips modules without parameters of their own, such as the attention blocks):
+        `nn.MultiheadAttention` draws its packed `[3d, d]` input projection with `xavier_uniform_`, and the
+        official adaptors, created after its init pass, keep `nn.Linear`'s default.
+        """
         init_standard_weights(module, self.config.initializer_range)
         if isinstance(module, MISSRecItemFusion) and module.weight is not None:
             init.zeros_(module.weight)
+        elif isinstance(module, MISSRecModel):
+            d = self.config.hidden_size
+            bound = math.sqrt(6.0 / (d + 3 * d))  # xavier_uniform_ of the packed [3d, d] matrix
+            for attention in (m for m in module.modules() if isinstance(m, MISSRecAttention)):
+                for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+                    init.uniform_(projection.weight, -bound, bound)
+            for m in module.modality_names:
+                adaptor = getattr(module, f"{m}_adaptor")
+                bound = 1.0 / math.sqrt(adaptor.in_features)  # nn.Linear.reset_parameters
+                init.uniform_(adaptor.weight, -bound, bound)
+                init.uniform_(adaptor.bias, -bound, bound)
 
 
 class MISSRecModel(MISSRecPreTrainedModel):
@@ -157,6 +177,9 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self.dropout = MISSRecDropout(config.hidden_dropout_prob)
         self.encoder = nn.ModuleList(MISSRecEncoderLayer(config) for _ in range(config.num_encoder_layers))
         self.decoder = nn.ModuleList(MISSRecDecoderLayer(config) for _ in range(config.num_decoder_layers))
+        # nn.Transformer's final norms, which the official model has after its post-LN layers
+        self.encoder_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.decoder_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.item_fusion = MISSRecItemFusion(config)
         self._register_catalogue_buffers(config.num_items, config.num_interests)
         self._weight_tables: dict[str, object] | None = None  # see `reusing_weight_tables`
@@ -519,6 +542,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
             memory = self.encoder[0](centroids[memory_rows], memory_layout)
         for layer in self.encoder[1:]:
             memory = layer(memory, memory_layout)
+        memory = self.encoder_norm(memory)
         diversity = None
         if with_diversity:
             pooled = memory_layout.row_means(memory)
@@ -530,7 +554,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         query_layout = PackedLayout(token_mask.gather(1, output_index), row_splits, query_lengths)  # [B, Q]
         queries = hidden[query_layout.pack(layout.positions().gather(1, output_index))]
         output = self.decoder[-1](hidden, layout, memory, memory_layout, queries=(queries, query_layout))
-        output = F.normalize(query_layout.row_means(output), dim=-1)
+        output = F.normalize(query_layout.row_means(self.decoder_norm(output)), dim=-1)
         return (output if order is None else output[order.argsort()]), diversity
 
     @staticmethod

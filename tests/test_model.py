@@ -460,3 +460,98 @@ def test_packed_layout_buckets_without_padding_are_views_of_the_packed_tokens():
     tokens.requires_grad_(True)
     sum(bucket.sum() for bucket, _ in layout.padded(tokens)).backward()
     torch.testing.assert_close(tokens.grad, torch.ones_like(tokens), rtol=0, atol=0)
+
+
+def _official_transformer(model: MISSRecModel) -> torch.nn.Transformer:
+    """torch's `nn.Transformer` as the official model builds it, holding `model`'s weights."""
+    cfg = model.config
+    official = torch.nn.Transformer(
+        d_model=cfg.hidden_size,
+        nhead=cfg.num_attention_heads,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        dim_feedforward=cfg.intermediate_size,
+        dropout=0.0,
+        activation="gelu",
+        layer_norm_eps=cfg.layer_norm_eps,
+        batch_first=True,
+    ).eval()
+
+    def attention(theirs: torch.nn.MultiheadAttention, ours) -> None:
+        projections = (ours.block.q_proj, ours.block.k_proj, ours.block.v_proj)
+        theirs.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))
+        theirs.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
+        theirs.out_proj.load_state_dict(ours.block.o_proj.state_dict())
+
+    def feed_forward(theirs, ours) -> None:
+        theirs.linear1.load_state_dict(ours.block.fc1.state_dict())
+        theirs.linear2.load_state_dict(ours.block.fc2.state_dict())
+
+    with torch.no_grad():
+        encoder, decoder = official.encoder.layers[0], official.decoder.layers[0]
+        attention(encoder.self_attn, model.encoder[0].self_attention)
+        feed_forward(encoder, model.encoder[0].feed_forward)
+        encoder.norm1.load_state_dict(model.encoder[0].self_attention.LayerNorm.state_dict())
+        encoder.norm2.load_state_dict(model.encoder[0].feed_forward.LayerNorm.state_dict())
+        attention(decoder.self_attn, model.decoder[0].self_attention)
+        attention(decoder.multihead_attn, model.decoder[0].cross_attention)
+        feed_forward(decoder, model.decoder[0].feed_forward)
+        sublayers = ("self_attention", "cross_attention", "feed_forward")
+        for norm, sublayer in zip((decoder.norm1, decoder.norm2, decoder.norm3), sublayers):
+            norm.load_state_dict(getattr(model.decoder[0], sublayer).LayerNorm.state_dict())
+        official.encoder.norm.load_state_dict(model.encoder_norm.state_dict())
+        official.decoder.norm.load_state_dict(model.decoder_norm.state_dict())
+    return official
+
+
+@pytest.mark.parametrize("id_mode", ["inductive", "transductive"])
+def test_sequence_embedding_equals_the_official_forward_through_torch_transformer(id_mode):
+    """The official model: interest tokens -> nn.Transformer encoder; LayerNorm(items + positions [+ ids]) ->
+    decoder with cross-attention; the last item's output, L2-normalised (eval mode, `add` fusion)."""
+    model = tiny_model(id_mode=id_mode)
+    with torch.no_grad():  # trained-looking norms, so that dropping the final ones would show
+        for norm in (model.encoder_norm, model.decoder_norm):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0, 0.3)
+    official = _official_transformer(model)
+    items, lengths = random_histories(16, 10, 40)
+    with torch.no_grad():
+        catalogue = model.adapted_catalogue()
+        tokens = catalogue["text"][items] + catalogue["image"][items] + model.position_embeddings.weight[:10]
+        if id_mode == "transductive":
+            tokens = tokens + model.item_id_embeddings(items)
+        interests = [
+            torch.cat([model.text_interest_ids[row], model.image_interest_ids[row]]).unique()
+            for row in items
+        ]
+        interests = torch.nn.utils.rnn.pad_sequence([i[i != 0] for i in interests], batch_first=True)
+        memory = official.encoder(model.interest_centroids[interests], src_key_padding_mask=interests == 0)
+        output = official.decoder(
+            model.LayerNorm(tokens), memory, tgt_key_padding_mask=items == 0, memory_key_padding_mask=interests == 0
+        )
+        expected = F.normalize(output[torch.arange(16), lengths - 1], dim=-1)
+        torch.testing.assert_close(model.embed_sequences(items, lengths), expected, atol=1e-5, rtol=0)
+
+
+def test_initialisation_follows_the_official_model():
+    """RecBole's normal(0, 0.02) except where the official model keeps torch's own init: the packed attention
+    input projection of `nn.MultiheadAttention` (xavier uniform) and the adaptors, created after its init pass."""
+    torch.manual_seed(0)
+    model = MISSRecModel(tiny_config(hidden_size=64, text_feature_dim=256, image_feature_dim=256))
+    d = model.config.hidden_size
+    xavier = math.sqrt(6 / (4 * d))
+    for name, module in model.named_modules():
+        if isinstance(module, MISSRecAttention):
+            qkv = torch.cat([module.q_proj.weight, module.k_proj.weight, module.v_proj.weight])
+            assert qkv.abs().max() <= xavier, name
+            assert qkv.std().item() == pytest.approx(xavier / math.sqrt(3), rel=0.05), name
+            assert not torch.cat([module.q_proj.bias, module.k_proj.bias, module.v_proj.bias]).any()
+            assert module.o_proj.weight.std().item() == pytest.approx(0.02, rel=0.1), name
+    for adaptor in (model.text_adaptor, model.image_adaptor):
+        bound = 1 / math.sqrt(256)
+        for tensor in (adaptor.weight, adaptor.bias):
+            assert tensor.abs().max() <= bound and tensor.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.15)
+    assert model.position_embeddings.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.decoder[0].feed_forward.block.fc1.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    for norm in (model.encoder_norm, model.decoder_norm):
+        assert (norm.weight == 1).all() and (norm.bias == 0).all()
