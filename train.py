@@ -256,7 +256,9 @@ def fit(
             if every and progress.global_step % every == 0:
                 save_checkpoint(progress=progress, best_state=best_state, **save)
         trained = time.perf_counter()
-        metrics = evaluate_ranking(model, valid, batch_size=args.batch_size, accelerator=accelerator)["official"]
+        metrics = evaluate_ranking(
+            model, valid, batch_size=args.batch_size, ks=args.metrics_at, accelerator=accelerator
+        )["official"]
         loss = progress.loss_sum / progress.step
         seconds = {"train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
         progress.history.append({"epoch": epoch + 1, "loss": loss, **seconds, **metrics})
@@ -364,7 +366,8 @@ def train_and_evaluate(
     popularity = PopularityRecommender(train.targets, domain.num_items)
     scorers["Popularity"] = ("popularity_", popularity)
 
-    both = {"batch_size": args.batch_size, "protocols": ("official", "exclude_history"), "accelerator": accelerator}
+    both = {"batch_size": args.batch_size, "ks": args.metrics_at, "accelerator": accelerator}
+    both["protocols"] = ("official", "exclude_history")
     for prefix, scorer in scorers.values():
         metrics = evaluate_ranking(scorer, loaders["test"], **both)
         results[f"{prefix}test"], results[f"{prefix}test_exclude_history"] = (

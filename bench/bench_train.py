@@ -41,13 +41,27 @@ SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific-mm"
 RECIPES = REPO / "configuration" / "recipes"
 RUNS = REPO / "bench" / "results" / "runs"
 CASES = ("transductive", "inductive", "transfer")
-# The official code on this machine, same data, from scratch, capped at 27 epochs (issue 5).
+# The official code (gimpong/MM23-MISSRec, unchanged) on this machine, same data, from scratch, capped at 27 epochs
+# (issue 5): test metrics of the best checkpoint of each run, per mode and seed. Its vendored RecBole reads every
+# cut-off one rank too deep (it keeps the top max(K) + 1 items and reports the cumulative metric at index K), so
+# what it prints as @10 / @50 is @11 / @51. The numbers here are at the true cut-offs: its saved checkpoints,
+# loaded into this repository's model and evaluated by `pipelines/evaluation.py`, which at K + 1 reproduces the
+# printed numbers exactly. Seed 2020, the official default, is the reference run of issue 5.
+OFFICIAL_RUNS = {
+    "transductive": {
+        2020: {"hr@10": 0.1557, "ndcg@10": 0.0832, "hr@50": 0.3272, "ndcg@50": 0.1208},
+        0: {"hr@10": 0.1581, "ndcg@10": 0.0852, "hr@50": 0.3217, "ndcg@50": 0.1210},
+    },
+    "inductive": {},
+}  # fmt: skip
+REFERENCE_SEED = 2020
 REFERENCE = {
     "transductive": {
-        "hr@10": 0.1636, "ndcg@10": 0.0854, "hr@50": 0.3306, "ndcg@50": 0.1214,
+        **OFFICIAL_RUNS["transductive"][REFERENCE_SEED],
+        "printed": {"hr@10": 0.1636, "ndcg@10": 0.0854, "hr@50": 0.3306, "ndcg@50": 0.1214},
         "train_seconds": 44.0, "eval_seconds": 3.7, "peak_gib": 2.0,
     },
-    "inductive": {"hr@10": 0.1633, "ndcg@10": 0.0819},
+    "inductive": {"printed": {"hr@10": 0.1633, "ndcg@10": 0.0819}},
 }  # fmt: skip
 TARGETS = {"train_speedup": 3.0, "eval_speedup": 3.0, "peak_gib": 2.0}
 MODELS = (  # (name in the table, key of the test metrics, key of the epoch history)
@@ -157,14 +171,32 @@ def markdown(results: list[dict]) -> str:
                 f"{number(row['hr@50'])} | {number(row['ndcg@50'])} | {number(row.get('train_seconds'), 1)} | "
                 f"{number(row.get('eval_seconds'), 2)} | {epochs} | {result['peak_gib']:.2f} |"
             )
-        if case in REFERENCE:
-            ref = REFERENCE[case]
+        for label, ref in official_rows(case):
             lines.append(
-                f"| {case} | official code (reference) | {number(ref['hr@10'])} | {number(ref['ndcg@10'])} | "
+                f"| {case} | {label} | {number(ref.get('hr@10'))} | {number(ref.get('ndcg@10'))} | "
                 f"{number(ref.get('hr@50'))} | {number(ref.get('ndcg@50'))} | {number(ref.get('train_seconds'), 1)} | "
                 f"{number(ref.get('eval_seconds'), 2)} | — | {number(ref.get('peak_gib'), 2)} |"
             )
     return "\n".join(lines)
+
+
+def official_rows(case: str) -> list[tuple[str, dict]]:
+    """The official code's table rows of a case: its reference run, the mean over its runs, and what it prints."""
+    runs, ref = OFFICIAL_RUNS.get(case, {}), REFERENCE.get(case)
+    if ref is None:
+        return []
+    rows = []
+    if "ndcg@10" in ref:
+        rows.append((f"official code (reference, seed {REFERENCE_SEED})", ref))
+    if len(runs) > 1:
+        rows.append((f"official code (mean of seeds {', '.join(map(str, runs))})", official_mean(case)))
+    rows.append(("official code as it prints (ranks 11 / 51)", ref["printed"]))
+    return rows
+
+
+def official_mean(case: str) -> dict:
+    runs = OFFICIAL_RUNS[case].values()
+    return {k: statistics.mean(run[k] for run in runs) for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50")}
 
 
 def verdicts(results: list[dict]) -> list[str]:
@@ -174,11 +206,17 @@ def verdicts(results: list[dict]) -> list[str]:
         case, rows = result["case"], {row["model"]: row for row in result["rows"]}
         if case in REFERENCE and "MISSRec" in rows:
             ours, ref = rows["MISSRec"], REFERENCE[case]
-            out.append(_verdict(f"{case}: test NDCG@10 >= reference", ours["ndcg@10"], ref["ndcg@10"], ">="))
-            for row in result["rows"]:
-                if "seeds" in row:  # the mean over seeds
+            means = [row for row in result["rows"] if "seeds" in row]  # the mean over our seeds, if several
+            if "ndcg@10" in ref:
+                out.append(_verdict(f"{case}: test NDCG@10 >= reference", ours["ndcg@10"], ref["ndcg@10"], ">="))
+                for row in means:
                     what = f"{case}: mean test NDCG@10 of seeds {row['seeds']} >= reference"
                     out.append(_verdict(what, row["ndcg@10"], ref["ndcg@10"], ">="))
+            if len(OFFICIAL_RUNS[case]) > 1:
+                theirs = official_mean(case)["ndcg@10"]
+                for row in means:
+                    what = f"{case}: mean test NDCG@10 of seeds {row['seeds']} >= the official code's mean"
+                    out.append(_verdict(what, row["ndcg@10"], theirs, ">="))
             if "SASRec" in rows:
                 out.append(_verdict(f"{case}: NDCG@10 above SASRec", ours["ndcg@10"], rows["SASRec"]["ndcg@10"], ">"))
             reference_epoch = REFERENCE["transductive"]["train_seconds"]
@@ -211,6 +249,11 @@ def parse_args() -> argparse.Namespace:
         "table adds its mean test metrics (the transfer case runs seed 0 only)",
     )
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "bench_train.json"))
+    parser.add_argument(
+        "--report",
+        metavar="JSON",
+        help="train nothing: print the table and verdicts of a JSON this script wrote, against the reference above",
+    )
     parser.add_argument("--worker", choices=CASES, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -219,6 +262,10 @@ def main() -> None:
     args = parse_args()
     if args.worker:
         print(json.dumps(run_case(args.worker, args.epochs, args.seeds)))
+        return
+    if args.report:
+        results = json.loads(Path(args.report).read_text())["results"]
+        print(markdown(results) + "\n\n" + "\n".join(verdicts(results)))
         return
     if {"transductive", "inductive"} & set(args.cases) and not SCIENTIFIC.is_dir():
         sys.exit(f"{SCIENTIFIC} is missing: the Scientific cases need the shared data folder beside the repository")
@@ -238,6 +285,7 @@ def main() -> None:
         "epochs": args.epochs,
         "seeds": args.seeds,
         "reference": REFERENCE,
+        "official_runs": {case: {str(seed): run for seed, run in runs.items()} for case, runs in OFFICIAL_RUNS.items()},
         "results": results,
     }
     output.write_text(json.dumps(report, indent=2))

@@ -40,6 +40,9 @@ class TrainingRecipe:
         epochs, batch_size, learning_rate, seed: optimisation (Adam).
         gradient_accumulation_steps: batches per optimiser step (Accelerate's gradient accumulation).
         early_stopping_patience: stop after this many epochs without a valid NDCG@10 gain (`None`: never).
+        metrics_at: the cut-offs K of HR@K, NDCG@K and MRR@K in validation and `metrics.json`; must include 10
+            (early stopping) and 50 (the results table). The official MISSRec code prints each cut-off one rank
+            deeper: add 11 and 51 to compare with its numbers.
         baselines: trained and evaluated beside MISSRec, drawn from `"sasrec"` and `"scratch"` (MISSRec from
             `preset` with the same fine-tuning budget, to measure what pre-training brings; needs `pretrained`).
             Popularity is always reported.
@@ -71,6 +74,7 @@ class TrainingRecipe:
     seed: int = 0
     gradient_accumulation_steps: int = 1
     early_stopping_patience: int | None = 10
+    metrics_at: list[int] = field(default_factory=lambda: [10, 20, 50])
     baselines: list[str] = field(default_factory=lambda: ["sasrec"])
     output_dir: str = "runs/demo"
     overwrite_output_dir: bool = False
@@ -116,6 +120,11 @@ class TrainingRecipe:
             raise ValueError(f"strategy={self.strategy!r} is not one of ['full', 'frozen', 'lora']")
         if self.strategy != "full" and self.pretrained is None:
             raise ValueError(f"strategy={self.strategy!r} fine-tunes a pre-trained model: set pretrained")
+        cutoffs = self.metrics_at
+        if not isinstance(cutoffs, list) or not all(isinstance(k, int) and k >= 1 for k in cutoffs):
+            raise ValueError(f"metrics_at={cutoffs!r} must be a list of integers >= 1")
+        if not {10, 50} <= set(cutoffs) or len(set(cutoffs)) != len(cutoffs):
+            raise ValueError(f"metrics_at={cutoffs!r} must hold 10 (early stopping) and 50 (the table), each once")
         if not isinstance(self.baselines, list) or not set(self.baselines) <= {"sasrec", "scratch"}:
             raise ValueError(f"baselines={self.baselines!r} must be a list drawn from ['sasrec', 'scratch']")
         if "scratch" in self.baselines and self.pretrained is None:
@@ -139,7 +148,7 @@ class TrainingRecipe:
     def training_settings(self) -> dict:
         """The keys that decide what a run computes: a checkpoint resumes only under the same ones."""
         bookkeeping = {"output_dir", "overwrite_output_dir", "checkpointing_steps", "checkpoints_total_limit"}
-        bookkeeping |= {"resume_from_checkpoint", "epochs", "early_stopping_patience"}
+        bookkeeping |= {"resume_from_checkpoint", "epochs", "early_stopping_patience", "metrics_at"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
 
     @classmethod

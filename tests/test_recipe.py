@@ -48,6 +48,10 @@ def test_errors_name_the_problem(tmp_path):
         load_recipe(None, ["--batch_size", "0"])
     with pytest.raises(ValueError, match="id_mode='both'"):
         load_recipe(None, ["--id_mode", "both"])
+    with pytest.raises(ValueError, match=r"metrics_at=\[10, 20\] must hold 10 \(early stopping\) and 50"):
+        load_recipe(None, ["--metrics_at", "[10, 20]"])
+    with pytest.raises(ValueError, match=r"metrics_at=\[10, 0, 50\] must be a list of integers >= 1"):
+        load_recipe(None, ["--metrics_at", "[10, 0, 50]"])
     with pytest.raises(FileNotFoundError, match="recipes shipped with the package: \\['demo-finetune.yaml'"):
         load_recipe(tmp_path / "missing.yaml")
 
@@ -72,6 +76,15 @@ def test_train_stops_early_and_names_a_non_finite_loss(train, tmp_path, monkeypa
     monkeypatch.setattr(train.MISSRecModel, "finetuning_loss", lambda self, *a: torch.tensor(float("nan")))
     with pytest.raises(FloatingPointError, match=r"MISSRec: loss is nan at epoch 1, step 0 \(batch of histories"):
         train.main([*tiny, "--epochs", "1"])
+
+
+def test_metrics_at_sets_the_cutoffs_of_validation_and_test(train, tmp_path, fresh_accelerate_state):
+    """Cut-off 11 next to 10 and 50: what the official MISSRec code prints as @10 (see the README)."""
+    tiny = ["--num_users", "60", "--num_items", "40", "--baselines", "[]", "--output_dir", str(tmp_path / "run")]
+    results = train.main([*tiny, "--epochs", "1", "--metrics_at", "[10, 11, 50]"])
+    for metrics in (results["epochs"][0], results["test"], results["test_exclude_history"], results["popularity_test"]):
+        assert {"hr@11", "ndcg@11", "mrr@11", "ndcg@50"} <= set(metrics) and "ndcg@20" not in metrics
+    assert results["test"]["hr@10"] <= results["test"]["hr@11"] <= results["test"]["hr@50"]
 
 
 def test_strategy_needs_a_pretrained_model():
