@@ -1,10 +1,11 @@
 """The full-ranking evaluation loop shared by `train.py`, the benchmarks and the tests.
 
 Every history is scored against the whole catalogue and the held-out target's rank gives HR@K, NDCG@K and
-MRR@K. Two protocols: `"official"` (RecBole / the MISSRec code: only the padding item is masked, items
-already in the history are ranked too) and `"exclude_history"` (items of the history cannot be
-recommended again, except the target itself). Under Accelerate the rows are sharded across processes and
-the ranks gathered with `gather_for_metrics`, which drops the padding duplicates of the last batch.
+MRR@K. A target that ties with other items is placed at random among them: the metrics are their expectation.
+Two protocols: `"official"` (RecBole / the MISSRec code: only the padding item is masked, items already in the
+history are ranked too) and `"exclude_history"` (items of the history cannot be recommended again, except the
+target itself). Under Accelerate the rows are sharded across processes and the ranks gathered with
+`gather_for_metrics`, which drops the padding duplicates of the last batch.
 """
 
 from __future__ import annotations
@@ -105,9 +106,13 @@ def evaluate_ranking(
             scores = model(item_seq=item_seq, lengths=batch["lengths"]).scores
             for protocol in protocols:
                 exclude = item_seq if protocol == "exclude_history" else None
-                batch_ranks = target_ranks(scores, targets.to(scores.device), exclude=exclude)
+                batch_ranks = torch.stack(target_ranks(scores, targets.to(scores.device), exclude=exclude), 1)
                 if accelerator is not None:
                     batch_ranks = accelerator.gather_for_metrics(batch_ranks)
-                ranks[protocol].append(batch_ranks.cpu())
+                ranks[protocol].append(batch_ranks.cpu())  # [B, 2]: items scored higher, items tied
     model.train(was_training)
-    return {protocol: ranking_metrics(torch.cat(values), tuple(ks)) for protocol, values in ranks.items()}
+    out = {}
+    for protocol, values in ranks.items():
+        higher, tied = torch.cat(values).unbind(1)
+        out[protocol] = ranking_metrics(higher, tuple(ks), ties=tied)
+    return out

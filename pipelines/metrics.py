@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """0-based rank of each target among all items (number of items scored strictly higher).
+def target_ranks(
+    scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each target stands among all items: how many score strictly higher, and how many others tie with it.
 
     Args:
         scores: `[B, num_items + 1]`, column = item id (column 0 is padding and never counts).
@@ -15,7 +17,8 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Ten
             is never excluded.
 
     Returns:
-        `[B]` long.
+        `(higher, tied)`, each `[B]` long: the target's best 0-based rank, and the number of other items with
+        exactly its score (items a model cannot tell apart, such as two items with the same features).
     """
     scores = scores.clone()
     scores[:, 0] = float("-inf")
@@ -23,16 +26,30 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Ten
     if exclude is not None:
         scores.scatter_(1, exclude, float("-inf"))
         scores.scatter_(1, targets[:, None], target_scores)
-    return (scores > target_scores).sum(1)
+    return (scores > target_scores).sum(1), (scores == target_scores).sum(1) - 1
 
 
-def ranking_metrics(ranks: torch.Tensor, ks: tuple[int, ...] = (10, 20, 50)) -> dict[str, float]:
-    """Mean HR@K, NDCG@K and MRR@K from 0-based target ranks `[B]`."""
-    ranks = ranks.double()
+def ranking_metrics(
+    ranks: torch.Tensor, ks: tuple[int, ...] = (10, 20, 50), ties: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Mean HR@K, NDCG@K and MRR@K of targets at 0-based `ranks` `[B]`.
+
+    With `ties` `[B]` (from [`target_ranks`]), a target that ties with other items is placed at random among
+    them: its metrics are their expectation over ranks `ranks .. ranks + ties`, each equally likely. Counting
+    it ahead of its ties instead would reward a model for scoring items alike.
+    """
+    ranks = ranks.long()
+    orders = torch.ones_like(ranks) if ties is None else ties.long() + 1  # equally likely ranks per target
     out = {}
     for k in ks:
-        hit = ranks < k
-        out[f"hr@{k}"] = hit.double().mean().item()
-        out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 2), 0.0).mean().item()
-        out[f"mrr@{k}"] = torch.where(hit, 1.0 / (ranks + 1), 0.0).mean().item()
+        position = torch.arange(k, dtype=torch.float64)
+        gains = {
+            "hr": torch.ones(k, dtype=torch.float64),
+            "ndcg": 1.0 / torch.log2(position + 2),
+            "mrr": 1.0 / (position + 1),
+        }
+        first, stop = ranks.clamp(max=k), (ranks + orders).clamp(max=k)
+        for name, gain in gains.items():
+            total = torch.cat([gain.new_zeros(1), gain.cumsum(0)])  # gain summed over ranks 0 .. r - 1
+            out[f"{name}@{k}"] = ((total[stop] - total[first]) / orders).mean().item()
     return out

@@ -46,6 +46,48 @@ def random_histories(batch: int, length: int, num_items: int, seed: int = 0) -> 
     return items * (torch.arange(length) < lengths[:, None]), lengths
 
 
+def official_transformer(model: MISSRecModel) -> torch.nn.Transformer:
+    """torch's `nn.Transformer` as the official model builds it, holding `model`'s weights."""
+    cfg = model.config
+    official = torch.nn.Transformer(
+        d_model=cfg.hidden_size,
+        nhead=cfg.num_attention_heads,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        dim_feedforward=cfg.intermediate_size,
+        dropout=0.0,
+        activation="gelu",
+        layer_norm_eps=cfg.layer_norm_eps,
+        batch_first=True,
+    ).eval()
+
+    def attention(theirs: torch.nn.MultiheadAttention, ours) -> None:
+        projections = (ours.block.q_proj, ours.block.k_proj, ours.block.v_proj)
+        theirs.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))
+        theirs.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
+        theirs.out_proj.load_state_dict(ours.block.o_proj.state_dict())
+
+    def feed_forward(theirs, ours) -> None:
+        theirs.linear1.load_state_dict(ours.block.fc1.state_dict())
+        theirs.linear2.load_state_dict(ours.block.fc2.state_dict())
+
+    with torch.no_grad():
+        encoder, decoder = official.encoder.layers[0], official.decoder.layers[0]
+        attention(encoder.self_attn, model.encoder[0].self_attention)
+        feed_forward(encoder, model.encoder[0].feed_forward)
+        encoder.norm1.load_state_dict(model.encoder[0].self_attention.LayerNorm.state_dict())
+        encoder.norm2.load_state_dict(model.encoder[0].feed_forward.LayerNorm.state_dict())
+        attention(decoder.self_attn, model.decoder[0].self_attention)
+        attention(decoder.multihead_attn, model.decoder[0].cross_attention)
+        feed_forward(decoder, model.decoder[0].feed_forward)
+        sublayers = ("self_attention", "cross_attention", "feed_forward")
+        for norm, sublayer in zip((decoder.norm1, decoder.norm2, decoder.norm3), sublayers):
+            norm.load_state_dict(getattr(model.decoder[0], sublayer).LayerNorm.state_dict())
+        official.encoder.norm.load_state_dict(model.encoder_norm.state_dict())
+        official.decoder.norm.load_state_dict(model.decoder_norm.state_dict())
+    return official
+
+
 @pytest.fixture
 def model() -> MISSRecModel:
     return tiny_model()

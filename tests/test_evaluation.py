@@ -65,9 +65,13 @@ def test_popularity_recommender_ranks_by_training_counts(demo):
     counts = np.bincount(train["target"], minlength=61).astype(float)
     scores = popularity(torch.zeros(2, 3, dtype=torch.long)).scores
     assert scores.shape == (2, 61) and torch.equal(scores[1], torch.from_numpy(counts))
-    metrics = evaluate_ranking(popularity, SequenceCollator(test, 50), ks=(10,))["official"]
-    ranks = np.array([(counts[1:] > counts[t]).sum() for t in test["target"]])
-    assert metrics["hr@10"] == pytest.approx(np.mean(ranks < 10))
+    metrics = evaluate_ranking(popularity, SequenceCollator(test, 50), ks=tuple(range(1, 61)))["official"]
+    # Items with the same count tie: the target is equally likely at each of their ranks.
+    higher = np.array([(counts[1:] > counts[t]).sum() for t in test["target"]])
+    tied = np.array([(counts[1:] == counts[t]).sum() for t in test["target"]])  # the target included
+    for k in range(1, 61):
+        expected = (np.minimum(higher + tied, k) - np.minimum(higher, k)) / tied
+        assert metrics[f"hr@{k}"] == pytest.approx(expected.mean()), k
     with pytest.raises(ValueError, match="beyond the 5 catalogue items"):
         PopularityRecommender(np.array([1, 9]), 5)
 

@@ -19,15 +19,33 @@ REPO = Path(__file__).resolve().parents[1]
 def test_target_ranks_and_metrics_by_hand():
     scores = torch.tensor([[9.0, 0.1, 0.9, 0.5, 0.7], [9.0, 0.3, 0.2, 0.8, 0.1]])
     targets = torch.tensor([3, 1])
-    ranks = target_ranks(scores, targets)  # padding column 0 never counts
-    assert ranks.tolist() == [2, 1]
+    ranks, ties = target_ranks(scores, targets)  # padding column 0 never counts
+    assert ranks.tolist() == [2, 1] and ties.tolist() == [0, 0]
     # Excluding the history [2, 4] of row 0 lifts its target to the top.
-    assert target_ranks(scores, targets, exclude=torch.tensor([[2, 4], [3, 0]])).tolist() == [0, 0]
+    excluded = target_ranks(scores, targets, exclude=torch.tensor([[2, 4], [3, 0]]))
+    assert [t.tolist() for t in excluded] == [[0, 0], [0, 0]]
     m = ranking_metrics(ranks, ks=(1, 2, 3))
     assert m["hr@1"] == 0 and m["hr@2"] == 0.5 and m["hr@3"] == 1
     assert m["ndcg@3"] == pytest.approx((1 / math.log2(4) + 1 / math.log2(3)) / 2)
     assert m["mrr@3"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert m["mrr@2"] == pytest.approx(0.25)
+
+
+def test_a_target_tied_with_other_items_gets_the_expected_metrics_of_a_random_order():
+    """Row 0's target ties with two items after one higher: ranks 1, 2, 3 are equally likely. Row 1 ties with
+    everything (a model that scores all items alike): ranks 0..4 equally likely."""
+    scores = torch.tensor([[9.0, 0.9, 0.5, 0.5, 0.5, 0.1], [9.0, 0.2, 0.2, 0.2, 0.2, 0.2]])
+    ranks, ties = target_ranks(scores, torch.tensor([3, 1]))
+    assert ranks.tolist() == [1, 0] and ties.tolist() == [2, 4]
+    m = ranking_metrics(ranks, ks=(2, 5), ties=ties)
+    assert m["hr@2"] == pytest.approx((1 / 3 + 2 / 5) / 2)
+    assert m["hr@5"] == pytest.approx(1.0)
+    ndcg = [1 / math.log2(r + 2) for r in range(5)]
+    assert m["ndcg@2"] == pytest.approx((ndcg[1] / 3 + (ndcg[0] + ndcg[1]) / 5) / 2)
+    assert m["ndcg@5"] == pytest.approx((sum(ndcg[1:4]) / 3 + sum(ndcg) / 5) / 2)
+    assert m["mrr@5"] == pytest.approx(((1 / 2 + 1 / 3 + 1 / 4) / 3 + (1 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 5) / 5) / 2)
+    # without ties the best rank counts, as before
+    assert ranking_metrics(ranks, ks=(2,))["hr@2"] == 1.0
 
 
 @pytest.mark.slow
