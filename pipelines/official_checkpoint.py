@@ -106,14 +106,13 @@ def official_config(state: dict[str, torch.Tensor], settings: dict) -> MISSRecCo
     text, image = "text_adaptor.weight" in state, "img_adaptor.weight" in state
     transductive = settings.get("train_stage") == "transductive_ft" and settings.get("id_type", "id") != "none"
     interest_table = state.get("interest_embeddings")
+    catalogue = state.get("plm_embedding.weight", state.get("img_embedding.weight"))  # absent when pre-trained
     return MISSRecConfig(
         text_feature_dim=state["text_adaptor.weight"].shape[1] if text else 512,
         image_feature_dim=state["img_adaptor.weight"].shape[1] if image else 512,
         modalities="both" if text and image else "text" if text else "image",
         id_mode="transductive" if transductive else "inductive",
-        num_items=len(state["plm_embedding.weight" if text else "img_embedding.weight"]) - 1
-        if "plm_embedding.weight" in state or "img_embedding.weight" in state
-        else 0,
+        num_items=0 if catalogue is None else len(catalogue) - 1,
         num_interests=0 if interest_table is None else len(interest_table) - 1,
         seq_mm_fusion="add",
         item_mm_fusion=settings.get("item_mm_fusion", "dynamic_shared"),

@@ -32,9 +32,12 @@ class MISSRec:
     """The official model class, which RecBole's config names."""
 
 
-def save_official_checkpoint(model: MISSRecModel, path, item_order: torch.Tensor, monkeypatch, **settings) -> None:
+def save_official_checkpoint(
+    model: MISSRecModel, path, item_order: torch.Tensor, monkeypatch, pretraining: bool = False, **settings
+) -> None:
     """Write `model` as the official trainer would: RecBole's tensor names, per-item rows in RecBole's id order
-    (RecBole id r holds our item `item_order[r - 1]`), and a config whose classes exist only at saving time."""
+    (RecBole id r holds our item `item_order[r - 1]`), and a config whose classes exist only at saving time.
+    A pre-training checkpoint has no catalogue and no interest table (its data loader carries the features)."""
     rows = torch.cat([torch.zeros(1, dtype=torch.long), item_order])  # RecBole id -> our id
     state = {f"trm_model.{k}": v for k, v in official_transformer(model).state_dict().items()}
     state |= {
@@ -55,6 +58,9 @@ def save_official_checkpoint(model: MISSRecModel, path, item_order: torch.Tensor
         state[f"{theirs}_embedding.weight"] = getattr(model, f"{ours}_features")[rows]
         state[f"{theirs}_interest_lookup_table"] = getattr(model, f"{ours}_interest_ids")[rows]
     stage = "transductive_ft" if model.config.id_mode == "transductive" else "inductive_ft"
+    if pretraining:
+        catalogue = ("plm_", "img_embedding", "img_interest", "interest")
+        state, stage = {k: v for k, v in state.items() if not k.startswith(catalogue)}, "pretrain"
     settings = {"n_heads": model.config.num_attention_heads, "train_stage": stage, "model": MISSRec} | settings
     with monkeypatch.context() as patch:  # the classes' modules exist only while saving, as in the official repo
         for name, value in (("recbole", None), ("recbole.config", None), ("recbole.config.configurator", Config)):
@@ -138,3 +144,18 @@ def test_recbole_item_order_is_first_appearance_over_targets_then_histories(tmp_
         (tmp_path / f"D.{split}.inter").write_text(header + "\n".join(lines) + "\n")
     # targets: 2, 0, 1, 5, 6, 3; then histories add 4
     assert recbole_item_order(tmp_path, "D").tolist() == [3, 1, 2, 6, 7, 4, 5]
+
+
+def test_a_pre_training_checkpoint_loads_without_a_catalogue_and_takes_one(tmp_path, monkeypatch):
+    model = tiny_model(NUM_ITEMS)
+    path = tmp_path / "pretrained.pth"
+    ratio = model.config.interest_ratio
+    save_official_checkpoint(model, path, torch.arange(1, NUM_ITEMS + 1), monkeypatch, True, interest_ratio=ratio)
+    imported = load_official_checkpoint(path)
+    assert (imported.config.num_items, imported.config.num_interests, imported.config.id_mode) == (0, 0, "inductive")
+    with pytest.raises(ValueError, match="holds no catalogue"):
+        load_official_checkpoint(path, item_ids=np.arange(1, NUM_ITEMS + 1))
+    imported.set_catalogue(text_features=model.text_features[1:], image_features=model.image_features[1:])
+    imported.discover_interests()
+    model.discover_interests()  # the same weights cluster the same catalogue the same way
+    torch.testing.assert_close(scores_of(imported), scores_of(model), atol=1e-5, rtol=0)
