@@ -20,13 +20,17 @@ def target_ranks(
         `(higher, tied)`, each `[B]` long: the target's best 0-based rank, and the number of other items with
         exactly its score (items a model cannot tell apart, such as two items with the same features).
     """
-    scores = scores.clone()
-    scores[:, 0] = float("-inf")
     target_scores = scores.gather(1, targets[:, None])
+    if torch.isnan(target_scores).any():
+        rows = torch.isnan(target_scores[:, 0]).nonzero().flatten().tolist()
+        raise ValueError(f"the scores of the targets of rows {rows[:5]} are NaN: they cannot be ranked")
+    candidates = torch.ones_like(scores, dtype=torch.bool)
+    candidates[:, 0] = False
     if exclude is not None:
-        scores.scatter_(1, exclude, float("-inf"))
-        scores.scatter_(1, targets[:, None], target_scores)
-    return (scores > target_scores).sum(1), (scores == target_scores).sum(1) - 1
+        candidates.scatter_(1, exclude, False)
+        candidates.scatter_(1, targets[:, None], True)
+    higher = ((scores > target_scores) & candidates).sum(1)
+    return higher, ((scores == target_scores) & candidates).sum(1) - 1
 
 
 def ranking_metrics(
@@ -42,9 +46,9 @@ def ranking_metrics(
     orders = torch.ones_like(ranks) if ties is None else ties.long() + 1  # equally likely ranks per target
     out = {}
     for k in ks:
-        position = torch.arange(k, dtype=torch.float64)
+        position = torch.arange(k, dtype=torch.float64, device=ranks.device)
         gains = {
-            "hr": torch.ones(k, dtype=torch.float64),
+            "hr": torch.ones_like(position),
             "ndcg": 1.0 / torch.log2(position + 2),
             "mrr": 1.0 / (position + 1),
         }

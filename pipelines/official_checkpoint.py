@@ -16,6 +16,7 @@ Like `torch.load(weights_only=False)`, reading a checkpoint runs its pickle: imp
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pickle
 import re
@@ -54,6 +55,7 @@ class _Unpickler(pickle.Unpickler):
         return type(name, (_RecBoleObject,), {"__module__": module})
 
 
+logger = logging.getLogger(__name__)
 _PICKLE = SimpleNamespace(Unpickler=_Unpickler, load=lambda f, **kw: _Unpickler(f, **kw).load(), __name__="pickle")
 
 
@@ -93,8 +95,17 @@ def _layer_count(state: dict[str, torch.Tensor], stack: str) -> int:
     return len({m.group(1) for key in state if (m := pattern.match(key))})
 
 
+REQUIRED = ("position_embedding.weight", "LayerNorm.weight", "trm_model.encoder.layers.0.linear1.weight")
+
+
 def official_config(state: dict[str, torch.Tensor], settings: dict) -> MISSRecConfig:
     """The [`MISSRecConfig`] of an official checkpoint: sizes from its tensors, the rest from its settings."""
+    missing = [key for key in REQUIRED if key not in state]
+    if missing or not ("text_adaptor.weight" in state or "img_adaptor.weight" in state):
+        raise ValueError(
+            f"not a MISSRec model (model={getattr(settings.get('model'), '__name__', settings.get('model'))!r}): "
+            f"it lacks {missing or ['text_adaptor.weight or img_adaptor.weight']}"
+        )
     if "n_heads" not in settings:
         raise ValueError("the checkpoint carries no RecBole config with n_heads: the attention heads are unknown")
     if settings.get("seq_mm_fusion", "add") != "add":
@@ -187,7 +198,8 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: MISSRecConfig) ->
             if modality in config.modality_names:
                 features = state[f"{theirs}_embedding.weight"]
                 ours[f"{modality}_features"] = features
-                ours[f"{modality}_present"] = features.abs().sum(1) > 0
+                empty = state.get(f"{theirs}_embedding_empty_mask", features.sum(-1) == 0)  # the official test
+                ours[f"{modality}_present"] = ~empty
                 ours[f"{modality}_interest_ids"] = state[f"{theirs}_interest_lookup_table"]
     if config.num_interests:
         ours["interest_centroids"] = state["interest_embeddings"]
@@ -230,7 +242,17 @@ def load_official_checkpoint(path: str | os.PathLike, item_ids: Sequence[int] | 
     missing = sorted(set(expected) - set(converted) - catalogue - {"interest_centroids"})
     if missing:
         raise ValueError(f"{path} lacks the tensors for {missing}")
-    model.load_state_dict(converted, strict=False)
+    unexpected = model.load_state_dict(converted, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"{path}: converted tensors {unexpected} have no place in MISSRecModel")
+    absent = {m: int((~getattr(model, f"{m}_present")[1:]).sum()) for m in model.modality_names}
+    if any(absent.values()):
+        logger.warning(
+            "%s: items without a modality (%s) score differently here: this model leaves the absent modality out, "
+            "the official one adds the adaptor's bias and fuses its logit",
+            path,
+            ", ".join(f"{m}: {n}" for m, n in absent.items() if n),
+        )
     return model.eval()
 
 

@@ -121,7 +121,7 @@ class TrainingRecipe:
         if self.strategy != "full" and self.pretrained is None:
             raise ValueError(f"strategy={self.strategy!r} fine-tunes a pre-trained model: set pretrained")
         cutoffs = self.metrics_at
-        if not isinstance(cutoffs, list) or not all(isinstance(k, int) and k >= 1 for k in cutoffs):
+        if not isinstance(cutoffs, list) or not all(type(k) is int and k >= 1 for k in cutoffs):
             raise ValueError(f"metrics_at={cutoffs!r} must be a list of integers >= 1")
         if not {10, 50} <= set(cutoffs) or len(set(cutoffs)) != len(cutoffs):
             raise ValueError(f"metrics_at={cutoffs!r} must hold 10 (early stopping) and 50 (the table), each once")

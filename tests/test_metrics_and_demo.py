@@ -46,6 +46,12 @@ def test_a_target_tied_with_other_items_gets_the_expected_metrics_of_a_random_or
     assert m["mrr@5"] == pytest.approx(((1 / 2 + 1 / 3 + 1 / 4) / 3 + (1 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 5) / 5) / 2)
     # without ties the best rank counts, as before
     assert ranking_metrics(ranks, ks=(2,))["hr@2"] == 1.0
+    # padding and excluded items never tie with a target, even one scored -inf; a NaN target cannot be ranked
+    scores = torch.tensor([[float("-inf"), 0.5, float("-inf"), float("-inf")], [0.0, 0.1, float("nan"), 0.3]])
+    ranks, ties = target_ranks(scores, torch.tensor([2, 1]), exclude=torch.tensor([[3], [0]]))
+    assert ranks.tolist() == [1, 1] and ties.tolist() == [0, 0]
+    with pytest.raises(ValueError, match=r"the scores of the targets of rows \[1\] are NaN"):
+        target_ranks(scores, torch.tensor([1, 2]))
 
 
 @pytest.mark.slow

@@ -46,17 +46,16 @@ def save_official_checkpoint(
         "LayerNorm.bias": model.LayerNorm.bias,
         "fusion_factor": model.item_fusion.weight.reshape(()),
         "interest_embeddings": model.interest_centroids,
-        # the official base class always has an id table; an inductive model leaves it unused
-        "item_embedding.weight": torch.randn(NUM_ITEMS + 1, model.config.hidden_size)
-        if model.item_id_embeddings is None
-        else model.item_id_embeddings.weight[rows],
     }
+    if model.item_id_embeddings is not None:  # the official model has none in pre-training and inductive mode
+        state["item_embedding.weight"] = model.item_id_embeddings.weight[rows]
     for theirs, ours in (("text", "text"), ("img", "image")):
         adaptor = getattr(model, f"{ours}_adaptor")
         state |= {f"{theirs}_adaptor.{p}": adaptor.get_parameter(p) for p in ("weight", "bias")}
     for theirs, ours in (("plm", "text"), ("img", "image")):
         state[f"{theirs}_embedding.weight"] = getattr(model, f"{ours}_features")[rows]
         state[f"{theirs}_interest_lookup_table"] = getattr(model, f"{ours}_interest_ids")[rows]
+        state[f"{theirs}_embedding_empty_mask"] = ~getattr(model, f"{ours}_present")[rows]
     stage = "transductive_ft" if model.config.id_mode == "transductive" else "inductive_ft"
     if pretraining:
         catalogue = ("plm_", "img_embedding", "img_interest", "interest")
@@ -126,6 +125,9 @@ def test_unconvertible_checkpoints_are_refused_with_the_reason(tmp_path, monkeyp
         load_official_checkpoint(tmp_path / "no-config.pth")
     with pytest.raises(ValueError, match=r"item_ids must be a permutation of 1\.\.30"):
         load_official_checkpoint(path, item_ids=np.ones(NUM_ITEMS, dtype=np.int64))
+    torch.save({"state_dict": {"item_embedding.weight": torch.zeros(3, 4)}}, path)  # e.g. a SASRec checkpoint
+    with pytest.raises(ValueError, match=r"not a MISSRec model \(model=None\): it lacks \['position_embedding"):
+        load_official_checkpoint(path)
     torch.save({"weights": {}}, path)
     with pytest.raises(ValueError, match="not a checkpoint of the official MISSRec code"):
         load_official_checkpoint(path)
@@ -159,3 +161,18 @@ def test_a_pre_training_checkpoint_loads_without_a_catalogue_and_takes_one(tmp_p
     imported.discover_interests()
     model.discover_interests()  # the same weights cluster the same catalogue the same way
     torch.testing.assert_close(scores_of(imported), scores_of(model), atol=1e-5, rtol=0)
+
+
+def test_items_without_a_modality_are_flagged(tmp_path, monkeypatch, caplog):
+    """The official model adds the adaptor bias for an absent modality; this one leaves it out: say so."""
+    model = tiny_model(NUM_ITEMS)
+    features = model.image_features[1:].clone()
+    features[[3, 7]] = 0
+    model.set_catalogue(text_features=model.text_features[1:], image_features=features)
+    model.discover_interests()
+    path = tmp_path / "missing.pth"
+    save_official_checkpoint(model, path, torch.arange(1, NUM_ITEMS + 1), monkeypatch)
+    with caplog.at_level("WARNING"):
+        imported = load_official_checkpoint(path)
+    assert "items without a modality (image: 2) score differently here" in caplog.text
+    assert imported.image_present[1:].tolist() == model.image_present[1:].tolist()

@@ -52,6 +52,8 @@ def test_errors_name_the_problem(tmp_path):
         load_recipe(None, ["--metrics_at", "[10, 20]"])
     with pytest.raises(ValueError, match=r"metrics_at=\[10, 0, 50\] must be a list of integers >= 1"):
         load_recipe(None, ["--metrics_at", "[10, 0, 50]"])
+    with pytest.raises(ValueError, match=r"metrics_at=\[10, True, 50\] must be a list of integers >= 1"):
+        load_recipe(None, ["--metrics_at", "[10, true, 50]"])
     with pytest.raises(FileNotFoundError, match="recipes shipped with the package: \\['demo-finetune.yaml'"):
         load_recipe(tmp_path / "missing.yaml")
 
