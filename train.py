@@ -366,8 +366,12 @@ def train_and_evaluate(
     popularity = PopularityRecommender(train.targets, domain.num_items)
     scorers["Popularity"] = ("popularity_", popularity)
 
-    both = {"batch_size": args.batch_size, "ks": args.metrics_at, "accelerator": accelerator}
-    both["protocols"] = ("official", "exclude_history")
+    both = {
+        "batch_size": args.batch_size,
+        "ks": args.metrics_at,
+        "protocols": ("official", "exclude_history"),
+        "accelerator": accelerator,
+    }
     for prefix, scorer in scorers.values():
         metrics = evaluate_ranking(scorer, loaders["test"], **both)
         results[f"{prefix}test"], results[f"{prefix}test_exclude_history"] = (

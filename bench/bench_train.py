@@ -41,6 +41,7 @@ SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific-mm"
 RECIPES = REPO / "configuration" / "recipes"
 RUNS = REPO / "bench" / "results" / "runs"
 CASES = ("transductive", "inductive", "transfer")
+TABLE_METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50")  # the test metrics of the table
 # The official code (gimpong/MM23-MISSRec, unchanged) on this machine, same data, from scratch, capped at 27 epochs
 # (issue 5): test metrics of the best checkpoint of each run, per mode and seed. Its vendored RecBole reads every
 # cut-off one rank too deep (it keeps the top max(K) + 1 items and reports the cumulative metric at index K), so
@@ -83,6 +84,11 @@ MODELS = (  # (name in the table, key of the test metrics, key of the epoch hist
 )
 
 
+def seed_run_folder(case: str, index: int, seed: int) -> Path:
+    """Where the run of a Scientific case's `index`-th seed saves its model: `runs/<case>/` for the first."""
+    return RUNS / (case if index == 0 else f"{case}-seed{seed}")
+
+
 def case_runs(case: str, epochs: int | None, seeds: list[int]) -> list[list[str]]:
     """The `train.py` argument lists of a case, run one after the other: for a Scientific case one run per seed
     (SASRec beside the first; the others train MISSRec alone, into `runs/<case>-seed<N>/`)."""
@@ -99,7 +105,7 @@ def case_runs(case: str, epochs: int | None, seeds: list[int]) -> list[list[str]
     runs = []
     for i, seed in enumerate(seeds):
         baselines = "[sasrec]" if case == "transductive" and i == 0 else "[]"
-        output = RUNS / (case if i == 0 else f"{case}-seed{seed}")
+        output = seed_run_folder(case, i, seed)
         runs.append([
             "--config", str(RECIPES / "scientific.yaml"), "--data_dir", str(SCIENTIFIC), "--id_mode", case,
             "--seed", str(seed), "--baselines", baselines, "--output_dir", str(output), *limit,
@@ -114,7 +120,7 @@ def summarise(results: dict) -> list[dict]:
     for name, test_key, history_key in MODELS:
         if test_key not in results or (test_key == "test" and name != label):
             continue
-        row = {"model": name, **{k: results[test_key][k] for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50")}}
+        row = {"model": name, **{k: results[test_key][k] for k in TABLE_METRICS}}
         history = results.get(history_key) if history_key else None
         if history:
             best = max(history, key=lambda e: e["ndcg@10"])
@@ -131,7 +137,7 @@ def summarise(results: dict) -> list[dict]:
 def seed_mean(per_seed: list[dict]) -> dict:
     """The mean test metrics of MISSRec rows of several seeds, as a table row."""
     seeds = ", ".join(str(row["seed"]) for row in per_seed)
-    metrics = {k: statistics.mean(row[k] for row in per_seed) for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50")}
+    metrics = {k: statistics.mean(row[k] for row in per_seed) for k in TABLE_METRICS}
     return {"model": f"MISSRec (mean of seeds {seeds})", "seeds": [row["seed"] for row in per_seed], **metrics}
 
 
@@ -148,14 +154,14 @@ def reevaluate(result: dict) -> dict:
     import train
     from modeling_missrec import MISSRecModel
 
-    case, keys = result["case"], ("hr@10", "ndcg@10", "hr@50", "ndcg@50")
+    case = result["case"]
     if case == "transfer":
         args = train.parse_args(case_runs(case, None, [0])[-1])
         models = {"MISSRec (pre-trained, lora)": load_missrec_adapter(args.pretrained, args.output_dir)}
     else:
         seeds = [row["seed"] for row in result["seeds"]]
         args = train.parse_args(case_runs(case, None, seeds)[0])
-        folders = [RUNS / (case if i == 0 else f"{case}-seed{seed}") for i, seed in enumerate(seeds)]
+        folders = [seed_run_folder(case, i, seed) for i, seed in enumerate(seeds)]
         models = {seed: MISSRecModel.from_pretrained(folder).eval() for seed, folder in zip(seeds, folders)}
     domain = train.load_training_data(args)
     max_seq_length = next(iter(models.values())).config.max_seq_length
@@ -165,7 +171,7 @@ def reevaluate(result: dict) -> dict:
     metrics = {}
     for name, scorer in scorers.items():
         test_metrics = evaluate_ranking(scorer, test, batch_size=args.batch_size)["official"]
-        metrics[name] = {k: test_metrics[k] for k in keys}
+        metrics[name] = {k: test_metrics[k] for k in TABLE_METRICS}
     out = result | {"reevaluated": True}
     if "seeds" in result:
         out["seeds"] = [row | metrics[row["seed"]] for row in result["seeds"]]
@@ -250,7 +256,7 @@ def official_rows(case: str) -> list[tuple[str, dict]]:
 
 def official_mean(case: str) -> dict:
     runs = OFFICIAL_RUNS[case].values()
-    return {k: statistics.mean(run[k] for run in runs) for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50")}
+    return {k: statistics.mean(run[k] for run in runs) for k in TABLE_METRICS}
 
 
 def verdicts(results: list[dict]) -> list[str]:
