@@ -49,9 +49,14 @@ from modeling_missrec.pipelines.checkpointing import (
     save_checkpoint,
     saved_interest_table_shape,
 )
-from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features, feature_matrix
+from modeling_missrec.pipelines.collator import (
+    SequenceCollator,
+    catalogue_features,
+    catalogue_modalities,
+    feature_matrix,
+)
 from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
-from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
+from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy, match_catalogue_modalities
 from modeling_missrec.pipelines.loading import MultiModalDomain, load_domain, mix_domains
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
 from modeling_missrec.pipelines.recommendation import save_catalogue, save_item_metadata
@@ -97,11 +102,14 @@ def load_training_data(args: TrainingRecipe) -> MultiModalDomain:
     """The recipe's domain, or its domains mixed into one catalogue. Demo domains take the recipe's size."""
     domains = []
     for name in args.domains:
-        demo = {"demo_num_items": args.num_items, "demo_num_users": args.num_users}
-        if name == "demo":
-            demo["demo_seed"] = args.seed
-        is_demo = name == "demo" or name.startswith("demo-")
-        domains.append(load_domain(name, data_dir=args.data_dir, **(demo if is_demo else {})))
+        if name == "demo" or name.startswith("demo-"):
+            options = {"demo_num_items": args.num_items, "demo_num_users": args.num_users}
+            if name == "demo":
+                options["demo_seed"] = args.seed
+        else:
+            options = {"source": args.source, "text_encoder": args.text_encoder, "text_fields": args.text_fields}
+        data_dir = None if args.data_dir is None else args.data_dir.replace("{domain}", name)
+        domains.append(load_domain(name, data_dir=data_dir, **options))
     domain = domains[0] if len(domains) == 1 else mix_domains(domains)
     if len(domain.sequences["train"]) == 0:
         raise ValueError(f"domain {domain.name!r} has an empty training split: nothing to train on")
@@ -109,10 +117,16 @@ def load_training_data(args: TrainingRecipe) -> MultiModalDomain:
 
 
 def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_scratch: bool = False) -> MISSRecModel:
-    """MISSRec from the recipe's preset (or, unless `from_scratch`, its pre-trained folder) on the catalogue."""
-    dims = {f"{m}_feature_dim": features[f"{m}_features"].shape[1] for m in ("text", "image")}
+    """MISSRec from the recipe's preset (or, unless `from_scratch`, its pre-trained folder) on the catalogue.
+
+    A model from a preset reads the modalities the catalogue has, at their widths. A pre-trained model whose
+    modalities differ from the catalogue's is fitted to it by `match_catalogue_modalities` (a new adaptor for
+    a modality it lacks, with a warning).
+    """
+    dims = {f"{name.removesuffix('_features')}_feature_dim": table.shape[1] for name, table in features.items()}
     if args.pretrained is None or from_scratch:
-        model = MISSRecModel(load_preset(args.preset, id_mode=args.id_mode, **dims))
+        config = load_preset(args.preset, id_mode=args.id_mode, modalities=catalogue_modalities(features), **dims)
+        model = MISSRecModel(config)
     else:
         try:
             model = MISSRecModel.from_pretrained(args.pretrained)
@@ -121,9 +135,7 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
                 f"pretrained={args.pretrained!r} is neither a MISSRec folder here nor a reachable Hub model "
                 f"(for the demo, run the pre-training recipe first: configuration/recipes/demo-pretrain.yaml): {error}"
             ) from error
-        found = {key: getattr(model.config, key) for key in dims}
-        if found != dims:
-            raise ValueError(f"pre-trained model {args.pretrained} has feature dims {found}; the data have {dims}")
+        features = match_catalogue_modalities(model, features)
         if model.config.id_mode == "transductive" and args.id_mode == "inductive":
             raise ValueError(f"pre-trained model {args.pretrained} is transductive; it cannot fine-tune inductively")
     default_ratio = PRETRAINING_INTEREST_RATIO if args.stage == "pretrain" else FINETUNING_INTEREST_RATIO

@@ -285,6 +285,36 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self.config.id_mode = "transductive"
         self.item_id_embeddings = self._fresh_item_id_embeddings()
 
+    def add_modality(self, modality: str, feature_dim: int) -> None:
+        """Make the model read one more modality: add a freshly initialised adaptor for it.
+
+        This is how a model pre-trained on text alone is fine-tuned on a domain with text and images: the
+        Transformer and the text adaptor keep their weights, the new adaptor starts from `nn.Linear`'s default
+        initialisation (as the official model's adaptors), and with two modalities the item fusion gets its
+        learned weight (zero: the mean of the two logits). Until [`set_catalogue`] gives the new modality's
+        features, every catalogue item lacks it.
+
+        Args:
+            modality: `"text"` or `"image"`, one the model does not read yet.
+            feature_dim: the width of that modality's raw features.
+        """
+        if modality not in ("text", "image") or modality in self.modality_names:
+            raise ValueError(f"cannot add modality {modality!r} to a model that reads {list(self.modality_names)}")
+        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
+            raise ValueError(f"feature_dim={feature_dim!r} must be an integer >= 1")
+        device = self.position_embeddings.weight.device
+        self.config.modalities = "both"
+        setattr(self.config, f"{modality}_feature_dim", feature_dim)
+        self.modality_names = self.config.modality_names
+        adaptor = nn.Linear(feature_dim, self.config.hidden_size)  # nn.Linear's own init, as in `_init_weights`
+        setattr(self, f"{modality}_adaptor", adaptor.to(device, self.dtype))
+        self.item_fusion = MISSRecItemFusion(self.config).to(device, self.dtype)
+        self._init_weights(self.item_fusion)
+        rows = self.config.num_items + 1
+        self.register_buffer(f"{modality}_features", torch.zeros(rows, feature_dim, device=device))
+        self.register_buffer(f"{modality}_present", torch.zeros(rows, dtype=torch.bool, device=device))
+        self.register_buffer(f"{modality}_interest_ids", torch.zeros(rows, dtype=torch.long, device=device))
+
     @torch.no_grad()
     def extend_catalogue(
         self,

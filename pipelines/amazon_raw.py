@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import ast
 import gzip
-import hashlib
 import html
 import json
 import logging
@@ -53,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from .domain_data import AMAZON_CATEGORIES, DomainData, leave_one_out
-from .feature_extraction import TEXT_KINDS, extract_image_features, extract_text_features
+from .feature_extraction import TEXT_KINDS, extract_image_features, extract_text_features, shard_folder
 
 logger = logging.getLogger(__name__)
 
@@ -477,21 +476,6 @@ def read_amazon_2018(
     return AmazonDomain(data=data, image_paths=image_paths, stats=stats)
 
 
-def _shard_dir(feature_dir: str | os.PathLike | None, name: str, *parts) -> str | None:
-    """`<feature_dir>/<name>-<digest>`: one folder per (model, inputs), so a re-run with other inputs never
-    resumes from shards of a different item list."""
-    if feature_dir is None:
-        return None
-    digest = hashlib.sha1()
-    for part in parts:
-        for piece in part if isinstance(part, (list, tuple)) else [part]:
-            digest.update(b"\x00" if piece is None else b"\x01" + str(piece).encode("utf-8"))
-        digest.update(b"\x02")
-    folder = Path(feature_dir) / f"{name}-{digest.hexdigest()[:16]}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return str(folder)
-
-
 def prepare_amazon_2018(
     reviews_path: str | os.PathLike,
     meta_path: str | os.PathLike,
@@ -524,15 +508,14 @@ def prepare_amazon_2018(
             (a sentence encoder, default the offline all-MiniLM-L6-v2).
         text_model: a model name or folder for the text encoder (None: the encoder's default).
         image_model: a CLIP model name or folder for images. None: `text_model` when `text_encoder="clip"` (the
-            same CLIP embeds both modalities, as in MISSRec), else the default CLIP.
+            same CLIP embeds both modalities, as in MISSRec), else the default CLIP. Unused without `image_dir`.
         batch_size, device: for the encoders.
         feature_dir: where extraction writes its shards (a `text-...`/`image-...` subfolder per model and item
             list), so an interrupted run resumes. None: nothing is written.
         progress: show progress bars.
 
-    Image features when `image_dir` is None: zeros of `image_model`'s width when `image_model` is given
-    explicitly (the extractor sizes its zero rows), else zeros of the text width -- for CLIP text that equals
-    the CLIP image width of the same model, and it costs no model load.
+    Without `image_dir` the domain is text-only: it has no image feature table (`has_image` is all False), and a
+    model trained on it reads text only.
 
     Raises:
         FileNotFoundError: a missing review, metadata or image location.
@@ -561,12 +544,11 @@ def prepare_amazon_2018(
         kind=text_encoder,
         batch_size=batch_size,
         device=device,
-        shard_dir=_shard_dir(feature_dir, f"text-{text_encoder}", text_model, texts),
+        shard_dir=shard_folder(feature_dir, f"text-{text_encoder}", text_model, texts),
         progress=progress,
     )
-    if image_dir is None and image_model is None:
-        image_features = np.zeros((data.num_items, text_features.shape[1]), dtype=np.float32)
-    else:
+    data.features = {"text_features": np.ascontiguousarray(text_features, dtype=np.float32)}
+    if image_dir is not None:
         if image_model is None and text_encoder == "clip":
             image_model = text_model
         image_features = extract_image_features(
@@ -574,12 +556,9 @@ def prepare_amazon_2018(
             image_model,
             batch_size=batch_size,
             device=device,
-            shard_dir=_shard_dir(feature_dir, "image", image_model, read.image_paths),
+            shard_dir=shard_folder(feature_dir, "image", image_model, read.image_paths),
             progress=progress,
         )
-    data.features = {
-        "text_features": np.ascontiguousarray(text_features, dtype=np.float32),
-        "image_features": np.ascontiguousarray(image_features, dtype=np.float32),
-    }
+        data.features["image_features"] = np.ascontiguousarray(image_features, dtype=np.float32)
     data.__post_init__()  # validate the feature tables against the catalogue
     return data

@@ -11,11 +11,18 @@ item `i` is row `i - 1`. Three sources feed a config:
   `data_dir`, or downloaded from their public location when `data_dir` is not given; 5-core filtering,
   leave-one-out, text building and feature extraction run once, and their result is kept in the MISSRec
   format under the builder's cache, so the `sequences` and `items` configs share it;
+- `source="atomic"`: RecBole atomic files (`<D>.inter` with user/item/timestamp, `<D>.item` with text fields)
+  in `data_dir`, the format of RecBole's public datasets (see `atomic_files`); like `"raw"`, ordering, splits and
+  text features run once and are kept in the MISSRec format under the builder's cache, with the build statistics
+  (users dropped, items without text, ...) in `build.json`;
 - `source="demo"`: the seeded synthetic domain of `demo_data` (domain name `"demo"`).
+
+Feature widths come from the data (a text-only domain has no `image_features` column).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +37,9 @@ from .files import write_atomically
 from .missrec_files import read_missrec_folder, write_missrec_folder
 
 TABLES = ("sequences", "items")
-SOURCES = ("missrec", "raw", "demo")
-TABLES_VERSION = datasets.Version("1.1.1")
+SOURCES = ("missrec", "raw", "atomic", "demo")
+BUILD_REPORT = "build.json"  # in a prepared folder: written last, it marks the folder complete
+TABLES_VERSION = datasets.Version("1.2.0")
 ITEMS_SPLIT = "items"
 _ROWS_PER_TABLE = 8192
 
@@ -53,11 +61,15 @@ class MISSRecDomainConfig(datasets.BuilderConfig):
         domain: an Amazon domain of the paper (`AMAZON_CATEGORIES`), `"demo"`, or, for `source="missrec"`, the
             file prefix of one's own domain (letters, digits, `_`).
         table: `"sequences"` or `"items"`.
-        source: `"missrec"`, `"raw"` or `"demo"` (see the module docstring); `"demo"` for the demo domain.
-        text_dim, image_dim: feature widths of the MISSRec files (512 for CLIP ViT-B/32), and of the demo domain.
+        source: `"missrec"`, `"raw"`, `"atomic"` or `"demo"` (see the module docstring); `"demo"` for the demo
+            domain.
+        text_dim, image_dim: expected feature widths of the MISSRec files (`None`: inferred from the files), and
+            the widths of the demo domain (`None`: 512).
         max_history: most recent items kept per history (every source).
         min_interactions: k of the k-core filtering of raw reviews (users and items).
-        text_encoder: `"clip"` (CLIP text tower) or `"sentence"` (a sentence encoder, e.g. MiniLM) for raw data.
+        text_encoder: `"clip"` (CLIP text tower) or `"sentence"` (a sentence encoder, e.g. MiniLM) for raw and
+            atomic data (`None`: `"clip"` for raw Amazon data, as MISSRec; `"sentence"` for atomic files).
+        text_fields: atomic files only: the `.item` columns that make an item's text (`None`: every text column).
         text_model, image_model: local path or Hub id of the text / CLIP image model (`None`: the defaults of
             `feature_extraction`).
         image_dir: local folder of item images named by source id, for raw data (`None`: no images).
@@ -70,11 +82,12 @@ class MISSRecDomainConfig(datasets.BuilderConfig):
     domain: str = "Scientific"
     table: str = "sequences"
     source: str = "missrec"
-    text_dim: int = 512
-    image_dim: int = 512
+    text_dim: int | None = None
+    image_dim: int | None = None
     max_history: int = 50
     min_interactions: int = 5
-    text_encoder: str = "clip"
+    text_encoder: str | None = None
+    text_fields: tuple[str, ...] | None = None
     text_model: str | None = None
     image_model: str | None = None
     image_dir: str | None = None
@@ -85,7 +98,7 @@ class MISSRecDomainConfig(datasets.BuilderConfig):
     demo_seed: int = 0
     data_fingerprint: str | None = None
     # Part of the cache path: bumped when the tables a config builds change (1.1: demo domains share one
-    # feature space, so pre-training transfers across them).
+    # feature space, so pre-training transfers across them; 1.2: a domain without images has no image column).
     version: datasets.Version | str | None = TABLES_VERSION
 
     def __post_init__(self) -> None:
@@ -94,6 +107,8 @@ class MISSRecDomainConfig(datasets.BuilderConfig):
 
     def validate(self) -> None:
         """Raise a `ValueError` naming the first invalid field (`datasets` sets overrides without `__post_init__`)."""
+        if self.text_fields is not None:
+            self.text_fields = tuple(self.text_fields)  # a list from a recipe; hashable for the cache key
         if self.source == "raw" and self.domain not in AMAZON_CATEGORIES:
             known = list(AMAZON_CATEGORIES)
             raise ValueError(f"source='raw' needs an Amazon domain, one of {known}; got {self.domain!r}")
@@ -181,8 +196,8 @@ class MISSRecAmazon(datasets.ArrowBasedBuilder):
             return make_demo_domain(
                 num_items=config.demo_num_items,
                 num_users=config.demo_num_users,
-                text_dim=config.text_dim,
-                image_dim=config.image_dim,
+                text_dim=config.text_dim or 512,
+                image_dim=config.image_dim or 512,
                 max_history=config.max_history,
                 seed=config.demo_seed,
             )
@@ -194,28 +209,61 @@ class MISSRecAmazon(datasets.ArrowBasedBuilder):
             )
             data.splits = {name: split.keep_recent(config.max_history) for name, split in data.splits.items()}
             return data
-        return read_missrec_folder(self._prepare_raw(dl_manager), config.domain, **self._prepared_dims())
+        return read_missrec_folder(self._prepare(dl_manager), config.domain)
 
-    def _prepared_dims(self) -> dict[str, int]:
-        marker = self._prepared_folder() / "dims.txt"
-        text_dim, image_dim = (int(v) for v in marker.read_text().split())
-        return {"text_dim": text_dim, "image_dim": image_dim}
+    def text_encoder(self) -> str:
+        """The text encoder of a prepared source: the config's, else the source's default."""
+        return self.config.text_encoder or ("sentence" if self.config.source == "atomic" else "clip")
 
     def _prepared_folder(self) -> Path:
         config = self.config
-        settings = [config.data_dir, config.data_fingerprint, config.min_interactions, config.max_history]
-        settings += [config.text_encoder]
+        settings = [config.source, config.data_dir, config.data_fingerprint, config.min_interactions]
+        settings += [config.max_history, self.text_encoder(), config.text_fields]
         settings += [config.text_model, config.image_model, config.image_dir]
         key = datasets.fingerprint.Hasher.hash(settings)
         return Path(self._cache_dir_root) / "missrec_prepared" / f"{config.domain}-{key}"
 
-    def _prepare_raw(self, dl_manager: datasets.DownloadManager) -> Path:
-        """Raw 2018 files -> MISSRec files in the cache, once per raw setting (shared by both tables)."""
+    def build_report(self) -> dict | None:
+        """What preparing a raw or atomic source counted (users dropped, items without text, ...), or None."""
+        report = self._prepared_folder() / BUILD_REPORT
+        return json.loads(report.read_text()) if self.config.source in ("raw", "atomic") and report.is_file() else None
+
+    def _prepare(self, dl_manager: datasets.DownloadManager) -> Path:
+        """Raw 2018 or atomic files -> MISSRec files in the cache, once per setting (shared by both tables)."""
+        config, folder = self.config, self._prepared_folder()
+        if (folder / BUILD_REPORT).is_file() and not dl_manager.download_config.force_download:
+            return folder
+        if config.source == "atomic":
+            data, statistics = self._prepare_atomic(folder)
+        else:
+            data, statistics = self._prepare_raw(dl_manager, folder)
+        write_missrec_folder(data, folder)
+        report = json.dumps(statistics, indent=2).encode()
+        write_atomically(folder / BUILD_REPORT, lambda file: file.write(report))  # last: marks it complete
+        return folder
+
+    def _prepare_atomic(self, folder: Path) -> tuple[DomainData, dict]:
+        from .atomic_files import prepare_atomic_domain
+
+        config = self.config
+        if config.data_dir is None:
+            raise ValueError(f"source='atomic' reads {config.domain}.inter / .item from data_dir; none was given")
+        return prepare_atomic_domain(
+            config.data_dir,
+            config.domain,
+            text_fields=config.text_fields,
+            max_history=config.max_history,
+            text_encoder=self.text_encoder(),
+            text_model=config.text_model,
+            batch_size=config.batch_size,
+            device=config.device,
+            feature_dir=folder / "feature_shards",
+        )
+
+    def _prepare_raw(self, dl_manager: datasets.DownloadManager, folder: Path) -> tuple[DomainData, dict]:
         from .amazon_raw import prepare_amazon_2018, raw_file_names, raw_file_urls
 
-        config, folder = self.config, self._prepared_folder()
-        if (folder / "dims.txt").is_file() and not dl_manager.download_config.force_download:
-            return folder
+        config = self.config
         if config.data_dir is not None:
             files = {key: os.path.join(config.data_dir, name) for key, name in raw_file_names(config.domain).items()}
         else:
@@ -227,17 +275,16 @@ class MISSRecAmazon(datasets.ArrowBasedBuilder):
             image_dir=config.image_dir,
             min_interactions=config.min_interactions,
             max_history=config.max_history,
-            text_encoder=config.text_encoder,
+            text_encoder=self.text_encoder(),
             text_model=config.text_model,
             image_model=config.image_model,
             batch_size=config.batch_size,
             device=config.device,
             feature_dir=folder / "feature_shards",
         )
-        write_missrec_folder(data, folder)
-        dims = f"{data.features['text_features'].shape[1]} {data.features['image_features'].shape[1]}"
-        write_atomically(folder / "dims.txt", lambda file: file.write(dims.encode()))  # last: marks it complete
-        return folder
+        statistics = {"users": len(data.splits["test"]), "items": data.num_items}
+        statistics["items_without_text"] = int((~data.has_text).sum())
+        return data, statistics
 
     def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
         data = self._domain_data(dl_manager)

@@ -33,10 +33,23 @@ def feature_matrix(items: datasets.Dataset, column: str) -> np.ndarray:
 def catalogue_features(items: datasets.Dataset) -> dict[str, torch.Tensor]:
     """`{"text_features", "image_features"}` -> `[N, d]` tensors for `MISSRecModel.set_catalogue` (row i = item i + 1).
 
-    Rows of items without a modality are zero (the model's "missing" marker). The tensors are copies (the
-    model keeps its catalogue in buffers of its own).
+    Only the modalities the table has are returned (a text-only domain gives `text_features` alone). Rows of items
+    without a modality are zero (the model's "missing" marker). The tensors are copies (the model keeps its
+    catalogue in buffers of its own).
     """
-    return {name: torch.tensor(feature_matrix(items, name)) for name in ("text_features", "image_features")}
+    return {
+        name: torch.tensor(feature_matrix(items, name))
+        for name in ("text_features", "image_features")
+        if name in items.features
+    }
+
+
+def catalogue_modalities(features: dict[str, torch.Tensor]) -> str:
+    """The `MISSRecConfig.modalities` value that reads what a catalogue has: `"text"`, `"image"` or `"both"`."""
+    has = [m for m in ("text", "image") if f"{m}_features" in features]
+    if not has:
+        raise ValueError("the catalogue has neither text_features nor image_features")
+    return "both" if len(has) == 2 else has[0]
 
 
 class SequenceCollator:

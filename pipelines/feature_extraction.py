@@ -363,3 +363,19 @@ def _load_shard(shard_dir: Path, index: int, num_rows: int) -> np.ndarray | None
             "delete it to recompute it."
         )
     return shard
+
+
+def shard_folder(feature_dir: str | os.PathLike | None, name: str, *parts) -> str | None:
+    """`<feature_dir>/<name>-<digest>` (created), the `shard_dir` of one extraction: one folder per (model,
+    inputs), so a re-run with other inputs never resumes from shards of a different item list. None without
+    `feature_dir`."""
+    if feature_dir is None:
+        return None
+    digest = hashlib.sha1()
+    for part in parts:
+        for piece in part if isinstance(part, (list, tuple)) else [part]:
+            digest.update(b"\x00" if piece is None else b"\x01" + str(piece).encode("utf-8"))
+        digest.update(b"\x02")
+    folder = Path(feature_dir) / f"{name}-{digest.hexdigest()[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)

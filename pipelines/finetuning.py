@@ -18,6 +18,9 @@ from its final weights gets the same interests back.
 
 from __future__ import annotations
 
+import warnings
+
+import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -31,6 +34,52 @@ def trained_in_frozen_mode(model: nn.Module) -> list[str]:
     if getattr(model, "item_id_embeddings", None) is not None:
         names.append("item_id_embeddings")
     return names
+
+
+def match_catalogue_modalities(model: nn.Module, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fit a pre-trained MISSRec to a domain whose modalities differ from the ones it was trained on.
+
+    - A modality the domain has and the model does not (text-only pre-training, text + image fine-tuning) is
+      added with a freshly initialised adaptor ([`MISSRecModel.add_modality`]), with a warning. Every strategy
+      trains it (it is one of the modules `frozen` trains and `lora` saves whole).
+    - A modality the model reads and the domain lacks is kept, with every item marked as lacking it (all-zero
+      rows, which the model masks), with a warning: the model then recommends from the other modality.
+    - A modality both have must have the same feature width (else `ValueError`: features of another encoder).
+
+    Args:
+        model: a `MISSRecModel` (changed in place when a modality is added).
+        features: the domain's `{"text_features": [N, dt], "image_features": [N, di]}` (either may be absent).
+
+    Returns:
+        The features to give `model.set_catalogue`: one table per modality the model now reads.
+    """
+    config = model.config
+    num_items = len(next(iter(features.values())))
+    for m in ("text", "image"):
+        table, width = features.get(f"{m}_features"), getattr(config, f"{m}_feature_dim")
+        if table is not None and m in model.modality_names and table.shape[1] != width:
+            raise ValueError(
+                f"the pre-trained model reads {m} features of width {width}, but the domain's have width "
+                f"{table.shape[1]}: extract them with the encoder the model was pre-trained with"
+            )
+    for m in ("text", "image"):
+        if f"{m}_features" in features and m not in model.modality_names:
+            warnings.warn(
+                f"the pre-trained model reads {list(model.modality_names)} only; the domain also has {m} features: "
+                f"fine-tuning adds a freshly initialised {m} adaptor",
+                stacklevel=2,
+            )
+            model.add_modality(m, features[f"{m}_features"].shape[1])
+    matched = dict(features)
+    for m in model.modality_names:
+        if f"{m}_features" not in features:
+            warnings.warn(
+                f"the pre-trained model reads {m} features, which the domain does not have: every item is marked as "
+                f"lacking {m}, and the model recommends from {[x for x in model.modality_names if x != m]}",
+                stacklevel=2,
+            )
+            matched[f"{m}_features"] = torch.zeros(num_items, getattr(config, f"{m}_feature_dim"))
+    return matched
 
 
 def apply_finetuning_strategy(

@@ -67,15 +67,17 @@ def load_domain(
         domain: `"demo"`, an Amazon domain (`"Scientific"`, `"Food"`, ...) or the file prefix of one's own
             MISSRec-format domain. `"demo-<k>"` is the demo domain of seed `k` (named so that several demo
             domains can be mixed).
-        source: `"missrec"` (default for Amazon domains), `"raw"` or `"demo"` (the demo domain's only source).
-        data_dir: folder of the MISSRec files or of the raw 2018 files.
+        source: `"missrec"` (default for Amazon domains), `"raw"`, `"atomic"` (RecBole atomic files) or `"demo"`
+            (the demo domain's only source).
+        data_dir: folder of the MISSRec files, of the raw 2018 files or of the atomic files.
         cache_dir: the `datasets` cache folder (default: the `datasets` default). Tables are rebuilt when the
             settings or the files in `data_dir` / `image_dir` (names, sizes, modification times) change.
         download_mode: `datasets` download mode; `"force_redownload"` rebuilds everything, raw preparation too.
-        config_kwargs: other [`MISSRecDomainConfig`] fields (`text_dim`, `text_encoder`, `image_dir`, ...).
+        config_kwargs: other [`MISSRecDomainConfig`] fields (`text_encoder`, `text_fields`, `image_dir`, ...).
 
     Returns:
-        A [`MultiModalDomain`].
+        A [`MultiModalDomain`]; for raw and atomic sources, `build["statistics"]` holds what preparing the source
+        counted (users dropped for having fewer than 3 interactions, items without text, ...).
     """
     name = domain
     seeded_demo = re.fullmatch(r"demo-(\d+)", domain)
@@ -99,7 +101,11 @@ def load_domain(
         )
         builder.download_and_prepare(download_mode=download_mode)
         tables[table] = builder.as_dataset()
-    build = {key: getattr(builder.config, key) for key in ("source", "max_history", "min_interactions", "text_encoder")}
+    build = {key: getattr(builder.config, key) for key in ("source", "max_history", "min_interactions")}
+    build["text_encoder"] = builder.text_encoder() if builder.config.source in ("raw", "atomic") else None
+    report = builder.build_report()
+    if report is not None:
+        build["statistics"] = report
     return MultiModalDomain(name, tables["sequences"], tables["items"][ITEMS_SPLIT], build)
 
 
@@ -157,7 +163,10 @@ def mix_domains(domains: Sequence[MultiModalDomain], name: str | None = None) ->
             for split, parts in sequences.items()
         }
     )
-    build = {**domains[0].build, "domains": names}
+    build = {key: value for key, value in domains[0].build.items() if key != "statistics"}
+    build["domains"] = names
+    if any("statistics" in d.build for d in domains):
+        build["statistics"] = {d.name: d.build.get("statistics") for d in domains}
     return MultiModalDomain(name or "+".join(names), mixed_sequences, mixed_items, build)
 
 

@@ -7,7 +7,9 @@ A folder holds, for a domain `<D>` (tab separated, each text file starting with 
 - `<D>.item2index` (`ASIN<TAB>index`) and `<D>.user2index` (`reviewerID<TAB>index`), no header;
 - `<D>.text` (optional): `item_id:token  text:token_seq`, the ASIN and the item's text;
 - `<D>.feat1CLS` (text), `<D>.feat3CLS` (image), optional `<D>.feat2CLS` (an alternative text view): raw
-  little-endian float32, one row per item index. An all-zero row means the modality is missing.
+  little-endian float32, one row per item index. An all-zero row means the modality is missing. A domain needs
+  the text file, the image file or both (a text-only domain has no `feat3CLS`); each file's width is inferred
+  from its size (bytes / 4 / number of items), so CLIP (512), MiniLM (384) or any other encoder's features load.
 
 Every malformed line raises a `ValueError` naming the file and the line; nothing is silently dropped.
 """
@@ -124,8 +126,25 @@ def _read_texts(path: Path | None, item_index: dict[str, int]) -> np.ndarray:
     return texts
 
 
-def read_feature_file(path: str | os.PathLike, num_items: int, dim: int) -> np.ndarray:
-    """A raw float32 feature file as a read-only `[num_items, dim]` memory map (no copy)."""
+def feature_width(path: str | os.PathLike, num_items: int) -> int:
+    """The width of a raw float32 feature file of `num_items` rows, from its size; a size that is not a whole
+    number of float32 rows of one width raises a `ValueError` naming the file."""
+    size = os.path.getsize(path)
+    if num_items < 1 or size == 0 or size % (4 * num_items):
+        raise ValueError(
+            f"{path}: {size} bytes is not {num_items} rows (one per item of item2index) of float32 features "
+            "of one width: the file does not belong to this item index, or it is truncated"
+        )
+    return size // (4 * num_items)
+
+
+def read_feature_file(path: str | os.PathLike, num_items: int, dim: int | None = None) -> np.ndarray:
+    """A raw float32 feature file as a read-only `[num_items, dim]` memory map (no copy).
+
+    `dim=None` infers the width from the file size ([`feature_width`]); a given `dim` is checked against it.
+    """
+    if dim is None:
+        dim = feature_width(path, num_items)
     size = os.path.getsize(path)
     if size % (4 * dim):
         raise ValueError(f"{path}: {size} bytes is not a whole number of float32 rows of width {dim}")
@@ -139,17 +158,19 @@ def read_feature_file(path: str | os.PathLike, num_items: int, dim: int) -> np.n
 
 
 def read_missrec_folder(
-    folder: str | os.PathLike, domain: str, *, text_dim: int = 512, image_dim: int = 512
+    folder: str | os.PathLike, domain: str, *, text_dim: int | None = None, image_dim: int | None = None
 ) -> DomainData:
     """Read a domain in the MISSRec/UniSRec format (see the module docstring).
 
     Args:
         folder: the folder with the `<domain>.*` files.
         domain: the file prefix, e.g. `"Scientific"`.
-        text_dim, image_dim: widths of the text (`feat1CLS`, `feat2CLS`) and image (`feat3CLS`) features.
+        text_dim, image_dim: expected widths of the text (`feat1CLS`, `feat2CLS`) and image (`feat3CLS`)
+            features; `None` (default) infers each from its file.
 
     Returns:
-        A [`DomainData`]: item `i + 1` is index `i` of the files, has_text / has_image are the non-zero rows.
+        A [`DomainData`]: item `i + 1` is index `i` of the files, has_text / has_image are the non-zero rows
+        (all False for a modality without a file).
     """
     item_index = _read_index(_path(folder, domain, "item2index"))
     user_index = _read_index(_path(folder, domain, "user2index"))
@@ -162,17 +183,30 @@ def read_missrec_folder(
     }
     features = {}
     for name, suffix in FEATURE_FILES.items():
-        path = _path(folder, domain, suffix, required=name != "alt_text_features")
+        path = _path(folder, domain, suffix, required=False)
         if path is not None:
             dim = image_dim if name == "image_features" else text_dim
             features[name] = read_feature_file(path, len(item_index), dim)
+    if "text_features" not in features and "image_features" not in features:
+        raise FileNotFoundError(
+            f"{Path(folder) / domain}: neither {domain}.feat1CLS (text) nor {domain}.feat3CLS (image) exists; "
+            "a domain needs the features of at least one modality"
+        )
+    if "alt_text_features" in features and "text_features" not in features:
+        raise ValueError(f"{Path(folder) / domain}.feat2CLS is an alternative text view, but there is no feat1CLS")
+    if "alt_text_features" in features and features["alt_text_features"].shape != features["text_features"].shape:
+        raise ValueError(
+            f"{Path(folder) / domain}.feat2CLS has width {features['alt_text_features'].shape[1]}, but feat1CLS has "
+            f"{features['text_features'].shape[1]}: the two text views must have one width"
+        )
+    none = np.zeros(len(item_index), dtype=bool)
     return DomainData(
         name=domain,
         source_ids=source_ids,
         texts=_read_texts(_path(folder, domain, "text", required=False), item_index),
         features=features,
-        has_text=features["text_features"].any(1),
-        has_image=features["image_features"].any(1),
+        has_text=features["text_features"].any(1) if "text_features" in features else none,
+        has_image=features["image_features"].any(1) if "image_features" in features else none,
         splits=splits,
     )
 

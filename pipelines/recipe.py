@@ -26,8 +26,15 @@ class TrainingRecipe:
             contrastive losses over a mix of domains, with the augmented views; no item ids).
         domain: `"demo"` (`"demo-<k>"`: the demo domain of seed k), an Amazon domain or the prefix of one's own
             MISSRec-format files; a list of them is mixed into one catalogue (pre-training).
-        data_dir: folder of the domains' MISSRec-format files (several domains can share it: files are
-            prefixed by the domain name).
+        data_dir: folder of the domains' files (several domains can share it: files are prefixed by the domain
+            name); a `{domain}` in it is replaced by each domain's name (`data/{domain}` for one folder a domain).
+        source: where the files come from: `"missrec"` (the MISSRec/UniSRec pre-processed files), `"atomic"`
+            (RecBole atomic files: `<D>.inter` + `<D>.item`, features extracted by the project), `"raw"` (raw
+            Amazon 2018 reviews); `None`: `"missrec"` (`"demo"` for demo domains).
+        text_encoder: the text features extracted for `atomic` and `raw` sources: `"sentence"` (the offline
+            all-MiniLM-L6-v2, 384-d) or `"clip"` (CLIP's text tower); `None`: the source's default (`sentence` for
+            atomic files, `clip` for raw Amazon data).
+        text_fields: atomic files only: the `.item` columns that make an item's text (`None`: every text column).
         num_users, num_items: size of the demo domains.
         preset: a model preset of `configuration/models/` (a model trained from scratch).
         pretrained: instead of a preset, a folder (or Hub id) of a pre-trained MISSRec to fine-tune.
@@ -59,6 +66,9 @@ class TrainingRecipe:
     stage: str = "finetune"
     domain: str | list[str] = "demo"
     data_dir: str | None = None
+    source: str | None = None
+    text_encoder: str | None = None
+    text_fields: list[str] | None = None
     num_users: int = 1000
     num_items: int = 600
     preset: str = "missrec-tiny"
@@ -88,6 +98,14 @@ class TrainingRecipe:
         domains = self.domains
         if not domains or not all(isinstance(d, str) and d for d in domains) or len(set(domains)) != len(domains):
             raise ValueError(f"domain={self.domain!r} must be a domain name or a list of distinct names")
+        if self.source not in (None, "missrec", "atomic", "raw"):
+            raise ValueError(f"source={self.source!r} is not one of ['missrec', 'atomic', 'raw'] or null")
+        if self.text_encoder not in (None, "sentence", "clip"):
+            raise ValueError(f"text_encoder={self.text_encoder!r} is not one of ['sentence', 'clip'] or null")
+        if self.text_fields is not None and (
+            not isinstance(self.text_fields, list) or not all(isinstance(f, str) and f for f in self.text_fields)
+        ):
+            raise ValueError(f"text_fields={self.text_fields!r} must be a list of .item column names or null")
         if self.stage == "pretrain" and (self.strategy != "full" or self.id_mode != "inductive"):
             raise ValueError(
                 "stage='pretrain' trains every parameter without item ids: strategy full, id_mode inductive"

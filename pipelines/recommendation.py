@@ -334,7 +334,9 @@ def load_missrec_adapter(
     1. `base` is loaded with `AutoModel.from_pretrained(base, trust_remote_code=True)` when it is a path or id;
     2. when the adapter carries `catalogue.safetensors`, the base must match the base the adapter was trained on
        (same config signature; same Transformer weights unless `check_base_weights=False`), else `ValueError`;
-       then the adapter's catalogue replaces the base's;
+       a modality the adapter was fine-tuned with and the base lacks (text-only pre-training, text + image
+       fine-tuning) is added to the base first, its adaptor coming from the adapter; then the adapter's
+       catalogue replaces the base's;
     3. the adapter is loaded with `PeftModel.from_pretrained`; the interests saved with the catalogue are put back
        (bit-exact, whatever the machine), or, for a catalogue without them, rediscovered from the adapted weights
        with the adapted model's interest settings.
@@ -356,6 +358,7 @@ def load_missrec_adapter(
     if saved is not None:
         tables, metadata = saved
         interests = metadata.get("interest_tables")
+        _add_adapter_modalities(base, metadata.get("base_signature", {}))
         _check_adapter_base(base, metadata, adapter, check_base_weights)
         base.set_catalogue(**tables)
         base.config.update(metadata.get("interest_settings", {}))
@@ -376,6 +379,15 @@ def load_missrec_adapter(
         _restore_interests(model.get_base_model(), interests)
     model.missrec_item_metadata = load_item_metadata(adapter, **hub_kwargs)
     return model if is_trainable else model.eval()
+
+
+def _add_adapter_modalities(base: nn.Module, signature: dict) -> None:
+    """Add to `base` the modalities the adapter was fine-tuned with and the base lacks (a text-only base
+    fine-tuned on text and images): their adaptors are replaced by the adapter's own weights when it loads."""
+    adapted = {"both": ("text", "image")}.get(signature.get("modalities"), (signature.get("modalities"),))
+    for modality in adapted:
+        if modality in ("text", "image") and modality not in base.modality_names and hasattr(base, "add_modality"):
+            base.add_modality(modality, signature[f"{modality}_feature_dim"])
 
 
 def _restore_interests(model: nn.Module, interests: dict[str, torch.Tensor]) -> None:

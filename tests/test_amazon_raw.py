@@ -244,20 +244,18 @@ def test_features_from_a_tiny_clip(raw, clip_path, tmp_path):
     assert len(list((tmp_path / "features").iterdir())) == 3
 
 
-def test_no_image_dir_gives_zero_image_rows(raw, clip_path, tmp_path):
+def test_no_image_dir_gives_a_text_only_domain(raw, clip_path, tmp_path):
     data = prepare_amazon_2018(
         raw["reviews_path"], raw["meta_path"], domain="Scientific", text_model=clip_path, progress=False
     )
-    assert data.features["image_features"].shape == (data.num_items, 16)
-    assert not data.features["image_features"].any() and not data.has_image.any()
-    # An explicit image model sets the width of the zero rows.
+    assert set(data.features) == {"text_features"} and not data.has_image.any()
+    # An image model without images changes nothing: there is nothing to embed.
     wide = save_tiny_clip(tmp_path / "wide-clip", projection_dim=24)
     data = prepare_amazon_2018(
         raw["reviews_path"], raw["meta_path"], domain="Scientific", text_model=clip_path, image_model=wide,
         progress=False,
     )  # fmt: skip
-    assert data.features["image_features"].shape == (data.num_items, 24)
-    assert not data.features["image_features"].any()
+    assert set(data.features) == {"text_features"}
 
 
 def test_sentence_encoder_arguments_are_passed_on(raw, monkeypatch):
@@ -274,7 +272,7 @@ def test_sentence_encoder_arguments_are_passed_on(raw, monkeypatch):
     )  # fmt: skip
     ((model, kwargs),) = calls
     assert model is None and kwargs == dict(kind="sentence", batch_size=3, device="cpu", shard_dir=None, progress=False)
-    assert data.features["image_features"].shape == (data.num_items, 7)
+    assert data.features["text_features"].shape == (data.num_items, 7) and "image_features" not in data.features
 
 
 # ------------------------------------------------------------------------------------- bad input

@@ -215,11 +215,13 @@ def test_bad_feature_files_and_missing_files(scientific_copy):
     feat = scientific_copy / "Scientific.feat1CLS"
     data = feat.read_bytes()
     feat.write_bytes(data[:-4])
+    with pytest.raises(ValueError, match="Scientific.feat1CLS: 3246076 bytes is not 1585 rows .* of one width"):
+        read_missrec_folder(scientific_copy, "Scientific")  # the width cannot be inferred
     with pytest.raises(ValueError, match="not a whole number of float32 rows of width 512"):
-        read_missrec_folder(scientific_copy, "Scientific")
+        read_missrec_folder(scientific_copy, "Scientific", text_dim=512)
     feat.write_bytes(data[: -512 * 4])
     with pytest.raises(ValueError, match="1584 rows of width 512, but item2index lists 1585 items"):
-        read_missrec_folder(scientific_copy, "Scientific")
+        read_missrec_folder(scientific_copy, "Scientific", text_dim=512)
     nan = np.frombuffer(data, dtype="<f4").copy()
     nan[512 * 7 + 3] = np.nan
     nan.tofile(feat)

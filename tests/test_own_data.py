@@ -1,0 +1,258 @@
+"""A user's own data: text-only MISSRec folders of any width, RecBole atomic files, and pre-trained models whose
+modalities differ from the fine-tuning domain's. Small data the tests write; the real MiniLM encoder."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from modeling_missrec.hub_cards.export import export_model
+from modeling_missrec.pipelines.atomic_files import read_atomic_domain
+from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features
+from modeling_missrec.pipelines.demo_data import make_demo_domain
+from modeling_missrec.pipelines.evaluation import evaluate_ranking
+from modeling_missrec.pipelines.finetuning import match_catalogue_modalities
+from modeling_missrec.pipelines.loading import domain_statistics, load_domain
+from modeling_missrec.pipelines.missrec_files import read_missrec_folder, write_missrec_folder
+from modeling_missrec.pipelines.recommendation import load_missrec_adapter
+from transformers import pipeline
+
+from modeling_missrec import MISSRecModel
+from modeling_missrec.presets import load_preset
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT_WIDTH = 384  # MiniLM's, the project's default sentence encoder
+
+
+@pytest.fixture
+def train(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    return importlib.import_module("train")
+
+
+def write_text_only_folder(folder: Path, name: str = "MyShop", seed: int = 0, **sizes) -> Path:
+    """A MISSRec-format folder with 384-wide text features and no image file."""
+    data = make_demo_domain(text_dim=TEXT_WIDTH, image_dim=8, seed=seed, name=name, **sizes)
+    data.features = {"text_features": data.features["text_features"]}
+    data.has_image = np.zeros(data.num_items, dtype=bool)
+    return write_missrec_folder(data, folder)
+
+
+def write_atomic_files(folder: Path, name: str = "Shop") -> dict:
+    """RecBole atomic files with the cases the reader must handle, and what it should make of them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    items = [f"i{k}" for k in range(40)]
+    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    histories = {}
+    for u in range(30):
+        history = list(rng.choice(items[:30], size=int(rng.integers(4, 12)), replace=False))
+        histories[f"u{u}"] = history
+        times = np.arange(len(history)) * 10.0
+        order = rng.permutation(len(history))  # lines out of time order: the reader sorts them
+        lines += [f"u{u}\t{history[k]}\t5\t{times[k]:.0f}" for k in order]
+    lines += ["short\ti1\t3\t1", "short\ti2\t3\t2"]  # 2 interactions: dropped and counted
+    lines += ["tie\ti3\t1\t7", "tie\ti4\t1\t7", "tie\ti5\t1\t7", "tie\ti6\t1\t3"]  # ties keep the file order
+    histories["tie"] = ["i6", "i3", "i4", "i5"]
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+    item_lines = ["item_id:token\ttitle:token_seq\tcategories:token_seq\tprice:float"]
+    for k, item in enumerate(items):
+        title = "" if item == "i7" else f"Product  {k}"
+        categories = "" if item == "i7" else f"Category {k % 5}"
+        item_lines.append(f"{item}\t{title}\t{categories}\t{k}.5")
+    (folder / f"{name}.item").write_text("\n".join(item_lines) + "\n")
+    return {"histories": histories, "folder": folder, "name": name}
+
+
+# ------------------------------------------------------------------------------------- MISSRec folders, any width
+def test_text_only_folder_of_any_width_loads_and_fits_a_text_only_model(tmp_path):
+    write_text_only_folder(tmp_path / "files", num_items=50, num_users=40)
+    data = read_missrec_folder(tmp_path / "files", "MyShop")
+    assert set(data.features) == {"text_features"} and data.features["text_features"].shape == (50, TEXT_WIDTH)
+    assert not data.has_image.any()
+    domain = load_domain("MyShop", data_dir=tmp_path / "files", cache_dir=tmp_path / "cache")
+    assert "image_features" not in domain.items.features
+    assert domain_statistics(domain)["feature_dims"] == {"text_features": TEXT_WIDTH}
+    features = catalogue_features(domain.items)
+    assert set(features) == {"text_features"}
+    # the same 384-wide features, read as an image modality, make an image-only domain
+    (tmp_path / "files" / "MyShop.feat1CLS").rename(tmp_path / "files" / "MyShop.feat3CLS")
+    image_only = read_missrec_folder(tmp_path / "files", "MyShop")
+    assert set(image_only.features) == {"image_features"} and not image_only.has_text.any()
+    (tmp_path / "files" / "MyShop.feat3CLS").unlink()
+    with pytest.raises(FileNotFoundError, match="neither MyShop.feat1CLS .* nor MyShop.feat3CLS"):
+        read_missrec_folder(tmp_path / "files", "MyShop")
+
+
+def test_text_only_folder_trains_evaluates_exports_and_serves(train, tmp_path, fresh_accelerate_state):
+    write_text_only_folder(tmp_path / "files", num_items=80, num_users=120)
+    run = tmp_path / "run"
+    results = train.main(
+        ["--domain", "MyShop", "--data_dir", str(tmp_path / "files"), "--epochs", "2", "--baselines", "[]",
+         "--output_dir", str(run)]
+    )  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["modalities"] == "text" and config["text_feature_dim"] == TEXT_WIDTH
+    assert results["test"]["ndcg@10"] > results["popularity_test"]["ndcg@10"]
+    exported = export_model(run, tmp_path / "export")
+    recommend = pipeline("sequential-recommendation", model=str(exported), trust_remote_code=True)
+    domain = load_domain("MyShop", data_dir=tmp_path / "files", cache_dir=tmp_path / "cache")
+    history = domain.sequences["test"][0]["history"]
+    served = recommend([history], top_k=5, exclude_history=False)[0]
+    model = MISSRecModel.from_pretrained(run).eval()
+    with torch.no_grad():
+        scores = model(torch.tensor([history])).scores[0]
+    scores[0] = -float("inf")
+    assert [r["item_id"] for r in served] == scores.topk(5).indices.tolist()
+
+
+# ------------------------------------------------------------------------------------- RecBole atomic files
+def test_atomic_files_order_split_drop_and_count(tmp_path):
+    case = write_atomic_files(tmp_path / "atomic")
+    data, stats = read_atomic_domain(case["folder"], case["name"])
+    assert stats["users_dropped_below_3_interactions"] == 1 and stats["interactions_dropped_with_them"] == 2
+    assert stats["text_fields"] == ["title", "categories"]  # text columns only, in file order; price is a float
+    assert stats["users"] == 31 and "short" not in set(data.splits["test"].users)
+    assert stats["items_without_text"] == int((~data.has_text).sum()) == 1
+    by_source = {s: i + 1 for i, s in enumerate(data.source_ids)}
+    for user, history in case["histories"].items():
+        ids = [by_source[s] for s in history]
+        row = list(data.splits["test"].users).index(user)
+        assert data.splits["test"].history(row).tolist() == ids[:-1] and data.splits["test"].targets[row] == ids[-1]
+        row = list(data.splits["validation"].users).index(user)
+        assert data.splits["validation"].targets[row] == ids[-2]
+    assert data.texts[by_source["i12"] - 1] == "Product 12 Category 2"  # whitespace folded, fields joined
+    assert data.texts[by_source["i7"] - 1] == "" and not data.has_text[by_source["i7"] - 1]
+    titles, _ = read_atomic_domain(case["folder"], case["name"], text_fields=["title"])
+    assert titles.texts[by_source["i12"] - 1] == "Product 12"
+
+
+@pytest.mark.parametrize(
+    "suffix, edit, message",
+    [
+        ("inter", lambda lines: [lines[0].replace("timestamp:float", "time:float")] + lines[1:],
+         r"Shop.inter:1: the header has no column 'timestamp'"),
+        ("inter", lambda lines: lines[:3] + ["u0\ti1\t5\tyesterday"] + lines[4:],
+         r"Shop.inter:4: timestamp 'yesterday'"),
+        ("inter", lambda lines: lines[:2] + ["u0\ti1\t5"] + lines[3:], r"Shop.inter:3: expected 4 tab-separated"),
+        ("inter", lambda lines: lines + ["u0\tnowhere\t5\t99"], r"Shop.inter:\d+: item 'nowhere' has no row in"),
+        ("item", lambda lines: ["title:token_seq\tcategories:token_seq"] + lines[1:],
+         r"Shop.item:1: the header has no"),
+        ("item", lambda lines: lines + [lines[1]], r"Shop.item:\d+: item 'i0' has a second row"),
+    ],
+)  # fmt: skip
+def test_bad_atomic_files_name_the_file_and_line(tmp_path, suffix, edit, message):
+    case = write_atomic_files(tmp_path / "atomic")
+    path = case["folder"] / f"Shop.{suffix}"
+    path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
+    with pytest.raises(ValueError, match=message):
+        read_atomic_domain(case["folder"], "Shop")
+
+
+def test_atomic_text_fields_must_exist(tmp_path):
+    case = write_atomic_files(tmp_path / "atomic")
+    with pytest.raises(ValueError, match=r"text_fields \['brand'\] are not all columns"):
+        read_atomic_domain(case["folder"], "Shop", text_fields=["brand"])
+
+
+def test_atomic_domain_builds_with_minilm_features_cached_and_trains(train, tmp_path, fresh_accelerate_state):
+    case = write_atomic_files(tmp_path / "atomic")
+    domain = load_domain("Shop", source="atomic", data_dir=case["folder"], cache_dir=tmp_path / "cache")
+    assert domain.build["text_encoder"] == "sentence" and domain.build["statistics"]["users"] == 31
+    text = catalogue_features(domain.items)["text_features"]
+    assert text.shape[1] == TEXT_WIDTH and set(catalogue_features(domain.items)) == {"text_features"}
+    has_text = torch.tensor(domain.items["has_text"])
+    assert not has_text.all() and (text.abs().sum(1) > 0).equal(has_text)  # empty text: a missing modality
+    prepared = list((tmp_path / "cache" / "missrec_prepared").iterdir())
+    assert len(prepared) == 1 and (prepared[0] / "Shop.feat1CLS").is_file()
+    again = load_domain("Shop", source="atomic", data_dir=case["folder"], cache_dir=tmp_path / "cache")
+    assert again.items["source_id"] == domain.items["source_id"]
+    assert len(list((tmp_path / "cache" / "missrec_prepared").iterdir())) == 1  # cached like the raw source
+
+    run = tmp_path / "run"
+    results = train.main(
+        ["--domain", "Shop", "--source", "atomic", "--data_dir", str(case["folder"]), "--epochs", "1",
+         "--baselines", "[]", "--output_dir", str(run), "--text_fields", "[title]"]
+    )  # fmt: skip
+    assert results["recipe"]["source"] == "atomic" and "ndcg@10" in results["test"]
+    assert json.loads((run / "config.json").read_text())["modalities"] == "text"
+
+
+# ------------------------------------------------------------------------------------- modalities that differ
+def tiny_model(modalities: str, **dims) -> MISSRecModel:
+    torch.manual_seed(0)
+    return MISSRecModel(load_preset("missrec-tiny", modalities=modalities, **dims))
+
+
+def test_an_added_modality_leaves_the_model_unchanged_until_items_have_it():
+    model = tiny_model("text", text_feature_dim=12).eval()
+    text = torch.randn(20, 12)
+    model.set_catalogue(text_features=text)
+    model.discover_interests()
+    history = torch.tensor([[3, 5, 7], [2, 0, 0]])
+    with torch.no_grad():
+        before = model(history).scores
+    model.add_modality("image", 9)
+    assert model.config.modalities == "both" and model.image_adaptor.in_features == 9
+    assert model.item_fusion.weight is not None  # two modalities: the fusion weight is learned
+    with torch.no_grad():
+        torch.testing.assert_close(model(history).scores, before)  # no item has an image yet
+    model.set_catalogue(text_features=text, image_features=torch.randn(20, 9))
+    model.discover_interests()
+    with torch.no_grad():
+        assert not torch.allclose(model(history).scores, before)
+    with pytest.raises(ValueError, match="cannot add modality 'image'"):
+        model.add_modality("image", 9)
+
+
+def test_match_catalogue_modalities_warns_adds_or_masks_and_refuses_other_widths():
+    features = {"text_features": torch.randn(10, 12), "image_features": torch.randn(10, 7)}
+    model = tiny_model("text", text_feature_dim=12)
+    with pytest.warns(UserWarning, match="adds a freshly initialised image adaptor"):
+        matched = match_catalogue_modalities(model, features)
+    assert model.modality_names == ("text", "image") and set(matched) == set(features)
+    both = tiny_model("both", text_feature_dim=12, image_feature_dim=7)
+    with pytest.warns(UserWarning, match="every item is marked as lacking image"):
+        matched = match_catalogue_modalities(both, {"text_features": features["text_features"]})
+    assert not matched["image_features"].any() and matched["image_features"].shape == (10, 7)
+    with pytest.raises(ValueError, match="reads text features of width 12, but the domain's have width 5"):
+        match_catalogue_modalities(tiny_model("text", text_feature_dim=12), {"text_features": torch.randn(10, 5)})
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_text_only_pretraining_then_text_and_image_finetuning(train, tmp_path, strategy, fresh_accelerate_state):
+    """Pre-train on text-only domains, fine-tune on a domain with text and images: the image adaptor is added
+    (with a warning), trains, and travels with the saved model or adapter."""
+    for seed, name in ((1, "ShopA"), (2, "ShopB")):
+        write_text_only_folder(tmp_path / "files", name=name, seed=seed, num_items=60, num_users=80)
+    target = make_demo_domain(num_items=60, num_users=100, text_dim=TEXT_WIDTH, image_dim=16, seed=0, name="Target")
+    write_missrec_folder(target, tmp_path / "files")
+    pretrained = tmp_path / "pretrain"
+    train.main(
+        ["--stage", "pretrain", "--domain", "[ShopA, ShopB]", "--data_dir", str(tmp_path / "files"),
+         "--epochs", "1", "--baselines", "[]", "--output_dir", str(pretrained)]
+    )  # fmt: skip
+    assert json.loads((pretrained / "config.json").read_text())["modalities"] == "text"
+    run = tmp_path / f"finetune-{strategy}"
+    with pytest.warns(UserWarning, match="adds a freshly initialised image adaptor"):
+        results = train.main(
+            ["--domain", "Target", "--data_dir", str(tmp_path / "files"), "--pretrained", str(pretrained),
+             "--strategy", strategy, "--epochs", "1", "--baselines", "[]", "--output_dir", str(run)]
+        )  # fmt: skip
+    domain = load_domain("Target", data_dir=tmp_path / "files", cache_dir=tmp_path / "cache")
+    test = SequenceCollator(domain.sequences["test"], 50)
+    if strategy == "lora":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # loading a saved adapter is no fine-tuning: no warning
+            model = load_missrec_adapter(str(pretrained), str(run))
+        inner = model.get_base_model()
+    else:
+        model = inner = MISSRecModel.from_pretrained(run).eval()
+    assert inner.config.modalities == "both" and inner.image_adaptor.in_features == 16
+    reloaded = evaluate_ranking(model, test, ks=[10, 20, 50])["official"]
+    assert reloaded["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"], abs=1e-6)
