@@ -35,6 +35,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import broadcast, broadcast_object_list, set_seed
@@ -55,6 +56,7 @@ from modeling_missrec.pipelines.collator import (
     catalogue_modalities,
     feature_matrix,
 )
+from modeling_missrec.pipelines.domain_data import SPLITS
 from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
 from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy, match_catalogue_modalities
 from modeling_missrec.pipelines.loading import MultiModalDomain, load_domain, mix_domains
@@ -111,8 +113,16 @@ def load_training_data(args: TrainingRecipe) -> MultiModalDomain:
         data_dir = None if args.data_dir is None else args.data_dir.replace("{domain}", name)
         domains.append(load_domain(name, data_dir=data_dir, **options))
     domain = domains[0] if len(domains) == 1 else mix_domains(domains)
-    if len(domain.sequences["train"]) == 0:
+    train = domain.sequences["train"]
+    if len(train) == 0:
         raise ValueError(f"domain {domain.name!r} has an empty training split: nothing to train on")
+    caps = {"train": args.max_train_examples, "validation": args.max_eval_examples, "test": args.max_eval_examples}
+    for split, cap in caps.items():
+        rows = domain.sequences[split]
+        if cap is not None and len(rows) > cap:
+            sample = np.random.default_rng([args.seed, SPLITS.index(split)]).choice(len(rows), cap, replace=False)
+            domain.sequences[split] = rows.select(np.sort(sample))
+            domain.build[f"{split}_examples"] = {"sampled": cap, "of": len(rows)}
     return domain
 
 
@@ -269,7 +279,7 @@ def fit(
                 save_checkpoint(progress=progress, best_state=best_state, **save)
         trained = time.perf_counter()
         metrics = evaluate_ranking(
-            model, valid, batch_size=args.batch_size, ks=args.metrics_at, accelerator=accelerator
+            model, valid, batch_size=args.eval_batch_size, ks=args.metrics_at, accelerator=accelerator
         )["official"]
         loss = progress.loss_sum / progress.step
         seconds = {"train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
@@ -357,6 +367,7 @@ def train_and_evaluate(
     train = training_collator(args, domain, max_seq_length)
     loaders = {split: SequenceCollator(domain.sequences[split], max_seq_length) for split in ("validation", "test")}
     results = {"recipe": dataclasses.asdict(args), "domain": domain.name, "num_processes": accelerator.num_processes}
+    results["build"] = domain.build
     label = "MISSRec" if args.pretrained is None else f"MISSRec (pre-trained, {args.strategy})"
     model, _, results["epochs"] = fit(accelerator, "MISSRec", model, train, loaders["validation"], args)
     scorers = {label: ("", model)}
@@ -379,7 +390,7 @@ def train_and_evaluate(
     scorers["Popularity"] = ("popularity_", popularity)
 
     both = {
-        "batch_size": args.batch_size,
+        "batch_size": args.eval_batch_size,
         "ks": args.metrics_at,
         "protocols": ("official", "exclude_history"),
         "accelerator": accelerator,

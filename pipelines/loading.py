@@ -84,6 +84,8 @@ def load_domain(
     if seeded_demo:
         domain, config_kwargs["demo_seed"] = "demo", int(seeded_demo.group(1))
     source = source or ("demo" if domain == "demo" else "missrec")
+    # One cache entry per folder, however the path is spelled (relative to another working directory, say).
+    data_dir = None if data_dir is None else os.path.abspath(data_dir)
     fingerprint = files_fingerprint(data_dir, config_kwargs.get("image_dir"))
     tables = {}
     for table in ("sequences", "items"):

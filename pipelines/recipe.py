@@ -44,7 +44,14 @@ class TrainingRecipe:
         interest_ratio: K = ceil(interest_ratio * 2N) interests; `None`: the paper's 0.02 for pre-training and
             0.5 for fine-tuning.
         item_drop_ratio, word_drop_ratio: pre-training augmentations (word drop needs `alt_text_features`).
+        max_train_examples: train on a seeded random sample of this many training examples (of the mix, for
+            several domains) instead of all of them (`None`: all). A bound on the cost of an epoch for large or
+            dense domains; every model of the run (and the popularity counts) sees the same sample.
+        max_eval_examples: validate and test on a seeded random sample of this many users of each split (`None`:
+            all). Full ranking over a large mixed catalogue costs minutes a pass on a CPU; the sample bounds it.
         epochs, batch_size, learning_rate, seed: optimisation (Adam).
+        eval_batch_size: histories per full-ranking batch in validation and test (larger batches only cost
+            memory: each holds a `[batch, num_items]` score matrix).
         gradient_accumulation_steps: batches per optimiser step (Accelerate's gradient accumulation).
         early_stopping_patience: stop after this many epochs without a valid NDCG@10 gain (`None`: never).
         metrics_at: the cut-offs K of HR@K, NDCG@K and MRR@K in validation and `metrics.json`; must include 10
@@ -78,8 +85,11 @@ class TrainingRecipe:
     interest_ratio: float | None = None
     item_drop_ratio: float = 0.2
     word_drop_ratio: float = 0.0
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
     epochs: int = 8
     batch_size: int = 256
+    eval_batch_size: int = 512
     learning_rate: float = 1e-3
     seed: int = 0
     gradient_accumulation_steps: int = 1
@@ -131,7 +141,12 @@ class TrainingRecipe:
             raise ValueError(
                 f"early_stopping_patience={self.early_stopping_patience!r} must be an integer >= 1 or null"
             )
-        for name in ("epochs", "batch_size", "num_users", "num_items", "gradient_accumulation_steps"):
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name}={value!r} must be an integer >= 1 or null")
+        integers = ("epochs", "batch_size", "eval_batch_size", "num_users", "num_items", "gradient_accumulation_steps")
+        for name in integers:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
         if self.strategy not in ("full", "frozen", "lora"):
@@ -166,7 +181,7 @@ class TrainingRecipe:
     def training_settings(self) -> dict:
         """The keys that decide what a run computes: a checkpoint resumes only under the same ones."""
         bookkeeping = {"output_dir", "overwrite_output_dir", "checkpointing_steps", "checkpoints_total_limit"}
-        bookkeeping |= {"resume_from_checkpoint", "epochs", "early_stopping_patience", "metrics_at"}
+        bookkeeping |= {"resume_from_checkpoint", "epochs", "early_stopping_patience", "metrics_at", "eval_batch_size"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
 
     @classmethod

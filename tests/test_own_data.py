@@ -256,3 +256,20 @@ def test_text_only_pretraining_then_text_and_image_finetuning(train, tmp_path, s
     assert inner.config.modalities == "both" and inner.image_adaptor.in_features == 16
     reloaded = evaluate_ranking(model, test, ks=[10, 20, 50])["official"]
     assert reloaded["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"], abs=1e-6)
+
+
+def test_sampled_splits_and_a_folder_per_domain(train, tmp_path, fresh_accelerate_state):
+    """`data_dir` with `{domain}` reads one folder a domain; `max_train_examples` / `max_eval_examples` train and
+    evaluate on seeded samples, recorded in metrics.json."""
+    for seed, name in ((1, "ShopA"), (2, "ShopB")):
+        write_text_only_folder(tmp_path / "data" / name, name=name, seed=seed, num_items=50, num_users=60)
+    args = ["--stage", "pretrain", "--domain", "[ShopA, ShopB]", "--data_dir", str(tmp_path / "data" / "{domain}"),
+            "--epochs", "1", "--baselines", "[]", "--max_train_examples", "300",
+            "--max_eval_examples", "40"]  # fmt: skip
+    results = train.main([*args, "--output_dir", str(tmp_path / "run")])
+    build = results["build"]
+    assert build["domains"] == ["ShopA", "ShopB"]
+    assert build["train_examples"]["sampled"] == 300 and build["train_examples"]["of"] > 300
+    assert build["validation_examples"] == build["test_examples"] == {"sampled": 40, "of": 120}
+    again = train.main([*args, "--output_dir", str(tmp_path / "again")])
+    assert again["test"] == results["test"]  # the samples are seeded
