@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -273,3 +274,19 @@ def test_sampled_splits_and_a_folder_per_domain(train, tmp_path, fresh_accelerat
     assert build["validation_examples"] == build["test_examples"] == {"sampled": 40, "of": 120}
     again = train.main([*args, "--output_dir", str(tmp_path / "again")])
     assert again["test"] == results["test"]  # the samples are seeded
+
+
+def test_readme_csv_to_atomic_files_snippet_runs(tmp_path, monkeypatch):
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("import pandas as pd")
+    snippet = textwrap.dedent("  " + readme[start : readme.index("```", start)])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "MyShop").mkdir(parents=True)
+    rows = [f"u{u},i{(u * 3 + k) % 12},{100 * k + u}" for u in range(8) for k in range(5)]
+    (tmp_path / "interactions.csv").write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    items = [f"i{k},Title {k},{'' if k == 4 else f'Description {k}'}" for k in range(12)]
+    (tmp_path / "items.csv").write_text("item,title,description\n" + "\n".join(items) + "\n")
+    exec(snippet, {})
+    data, stats = read_atomic_domain(tmp_path / "data" / "MyShop", "MyShop")
+    assert stats["users"] == 8 and stats["interactions"] == 40 and stats["text_fields"] == ["title", "description"]
+    assert data.texts[list(data.source_ids).index("i4")] == "Title 4"  # the empty description adds nothing
