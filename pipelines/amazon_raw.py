@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from .domain_data import AMAZON_CATEGORIES, DomainData, leave_one_out
-from .feature_extraction import TEXT_KINDS, extract_image_features, extract_text_features, shard_folder
+from .feature_extraction import TEXT_KINDS, extract_catalogue_text_features, extract_image_features, shard_folder
 
 logger = logging.getLogger(__name__)
 
@@ -537,17 +537,16 @@ def prepare_amazon_2018(
     )
 
     data = read.data
-    texts = [str(t) for t in data.texts]
-    text_features = extract_text_features(
-        texts,
-        text_model,
-        kind=text_encoder,
+    text_features = extract_catalogue_text_features(
+        data.texts,
+        text_encoder=text_encoder,
+        text_model=text_model,
         batch_size=batch_size,
         device=device,
-        shard_dir=shard_folder(feature_dir, f"text-{text_encoder}", text_model, texts),
+        feature_dir=feature_dir,
         progress=progress,
     )
-    data.features = {"text_features": np.ascontiguousarray(text_features, dtype=np.float32)}
+    data.features = {"text_features": text_features}
     if image_dir is not None:
         if image_model is None and text_encoder == "clip":
             image_model = text_model

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .domain_data import DomainData, leave_one_out
-from .feature_extraction import TEXT_KINDS, extract_text_features, shard_folder
+from .feature_extraction import TEXT_KINDS, extract_catalogue_text_features
 
 logger = logging.getLogger(__name__)
 
@@ -275,16 +275,15 @@ def prepare_atomic_domain(
     if text_encoder not in TEXT_KINDS:
         raise ValueError(f"text_encoder={text_encoder!r}; expected one of {list(TEXT_KINDS)}")
     data, statistics = read_atomic_domain(folder, domain, text_fields=text_fields, max_history=max_history)
-    texts = [str(t) for t in data.texts]
-    features = extract_text_features(
-        texts,
-        text_model,
-        kind=text_encoder,
+    text_features = extract_catalogue_text_features(
+        data.texts,
+        text_encoder=text_encoder,
+        text_model=text_model,
         batch_size=batch_size,
         device=device,
-        shard_dir=shard_folder(feature_dir, f"text-{text_encoder}", text_model, texts),
+        feature_dir=feature_dir,
         progress=progress,
     )
-    data.features = {"text_features": np.ascontiguousarray(features, dtype=np.float32)}
+    data.features = {"text_features": text_features}
     data.__post_init__()
     return data, statistics

@@ -379,3 +379,28 @@ def shard_folder(feature_dir: str | os.PathLike | None, name: str, *parts) -> st
     folder = Path(feature_dir) / f"{name}-{digest.hexdigest()[:16]}"
     folder.mkdir(parents=True, exist_ok=True)
     return str(folder)
+
+
+def extract_catalogue_text_features(
+    texts: Sequence[str],
+    *,
+    text_encoder: str,
+    text_model: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    feature_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """[`extract_text_features`] of a catalogue's item texts, resumable from shards under `feature_dir` (one
+    [`shard_folder`] per encoder, model and text list); the `[N, d]` float32 C-contiguous table of a domain."""
+    texts = [str(t) for t in texts]
+    features = extract_text_features(
+        texts,
+        text_model,
+        kind=text_encoder,
+        batch_size=batch_size,
+        device=device,
+        shard_dir=shard_folder(feature_dir, f"text-{text_encoder}", text_model, texts),
+        progress=progress,
+    )
+    return np.ascontiguousarray(features, dtype=np.float32)

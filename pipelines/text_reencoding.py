@@ -12,9 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
-from .feature_extraction import extract_text_features, shard_folder
+from .feature_extraction import extract_catalogue_text_features
 from .files import write_atomically
 from .missrec_files import FEATURE_FILES, SPLIT_FILES, read_missrec_folder
 
@@ -61,17 +59,15 @@ def reencode_text_features(
     for suffix in FEATURE_FILES.values():  # a feature file left from an earlier copy with other settings
         if suffix not in suffixes:
             (output / f"{domain}.{suffix}").unlink(missing_ok=True)
-    texts = [str(t) for t in data.texts]
-    features = extract_text_features(
-        texts,
-        text_model,
-        kind=text_encoder,
+    table = extract_catalogue_text_features(
+        data.texts,
+        text_encoder=text_encoder,
+        text_model=text_model,
         batch_size=batch_size,
         device=device,
-        shard_dir=shard_folder(output / ".feature_shards", f"text-{text_encoder}", text_model, texts),
+        feature_dir=output / ".feature_shards",
         progress=progress,
-    )
-    table = np.ascontiguousarray(features, dtype="<f4")
+    ).astype("<f4", copy=False)
     write_atomically(output / f"{domain}.{FEATURE_FILES['text_features']}", table.tofile)
     shutil.rmtree(output / ".feature_shards", ignore_errors=True)
     return output

@@ -265,7 +265,7 @@ def test_sentence_encoder_arguments_are_passed_on(raw, monkeypatch):
         calls.append((model, kwargs))
         return np.ones((len(texts), 7), np.float32) * np.array([bool(t) for t in texts], np.float32)[:, None]
 
-    monkeypatch.setattr(amazon_raw, "extract_text_features", fake_text)
+    monkeypatch.setattr(feature_extraction, "extract_text_features", fake_text)
     data = prepare_amazon_2018(
         raw["reviews_path"], raw["meta_path"], domain="Scientific", text_encoder="sentence", batch_size=3,
         device="cpu", progress=False,

@@ -21,6 +21,7 @@ from modeling_missrec.pipelines.finetuning import match_catalogue_modalities
 from modeling_missrec.pipelines.loading import domain_statistics, load_domain
 from modeling_missrec.pipelines.missrec_files import read_missrec_folder, write_missrec_folder
 from modeling_missrec.pipelines.recommendation import load_missrec_adapter
+from modeling_missrec.pipelines.text_reencoding import reencode_text_features
 from transformers import pipeline
 
 from modeling_missrec import MISSRecModel
@@ -290,3 +291,19 @@ def test_readme_csv_to_atomic_files_snippet_runs(tmp_path, monkeypatch):
     data, stats = read_atomic_domain(tmp_path / "data" / "MyShop", "MyShop")
     assert stats["users"] == 8 and stats["interactions"] == 40 and stats["text_fields"] == ["title", "description"]
     assert data.texts[list(data.source_ids).index("i4")] == "Title 4"  # the empty description adds nothing
+
+
+def test_reencoding_a_folder_keeps_its_data_and_replaces_the_text_features(tmp_path):
+    data = make_demo_domain(num_items=30, num_users=20, text_dim=16, image_dim=12, name="Small")
+    data.texts = np.array([f"item number {i}" if i % 7 else "" for i in range(data.num_items)], dtype=object)
+    write_missrec_folder(data, tmp_path / "clip")
+    out = reencode_text_features(tmp_path / "clip", "Small", tmp_path / "minilm", progress=False)
+    again = read_missrec_folder(out, "Small")
+    assert again.features["text_features"].shape == (30, TEXT_WIDTH)
+    np.testing.assert_array_equal(again.features["image_features"], data.features["image_features"])
+    np.testing.assert_array_equal(again.has_text, data.texts != "")  # no text: a missing modality
+    assert again.splits["test"].targets.tolist() == data.splits["test"].targets.tolist()
+    text_only = reencode_text_features(tmp_path / "clip", "Small", tmp_path / "minilm", keep_images=False)
+    assert set(read_missrec_folder(text_only, "Small").features) == {"text_features"}
+    with pytest.raises(ValueError, match="is the input folder"):
+        reencode_text_features(tmp_path / "clip", "Small", tmp_path / "clip")
