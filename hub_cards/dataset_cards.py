@@ -15,9 +15,14 @@ TEMPLATE = Path(__file__).with_name("dataset_card_template.md")
 SOURCE_DESCRIPTIONS = {
     "missrec": "the MISSRec/UniSRec pre-processed files of the Amazon Review 2018 domain (Ni et al., 2019)",
     "raw": "the raw Amazon Review 2018 reviews and metadata (Ni et al., 2019), 5-core filtered",
+    "atomic": "RecBole atomic files (`<D>.inter` interactions with timestamps, `<D>.item` item text), ordered by time "
+    "per user, with text features extracted by missrec-hf",
     "demo": "the project's seeded synthetic generator (no real users or products)",
 }
 LIMITATIONS = {
+    "atomic": "Logged interactions (reviews, ratings, check-ins) are a proxy for what people want, with a popularity "
+    "bias; users with fewer than 3 interactions are dropped (see the build statistics). The source datasets keep "
+    "their own licences and terms: check them before any non-research use.",
     "demo": "Synthetic data for tests and demos: it has the structure MISSRec exploits (latent interests shared by "
     "text and image features, users drifting between a few interests) but says nothing about real shoppers.",
 }
@@ -82,7 +87,9 @@ def dataset_card(domain: MultiModalDomain, repo_id: str | None = None) -> Datase
         template_path=str(TEMPLATE),
         pretty_name=card_data.pretty_name,
         description=f"Sequential-recommendation data of the **{domain.name}** domain: user histories and a "
-        "catalogue with text and image features, ready for MISSRec.",
+        f"catalogue with {' and '.join(m for m in ('text', 'image') if f'{m}_features' in stats['feature_dims'])} "
+        "features, "
+        "ready for MISSRec.",
         source_description=SOURCE_DESCRIPTIONS[source],
         sequences_config=names["sequences"],
         items_config=names["items"],

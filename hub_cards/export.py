@@ -46,7 +46,7 @@ from ..pipelines.recommendation import (
     save_item_metadata,
 )
 from .dataset_cards import SOURCE_DESCRIPTIONS, export_domain
-from .model_cards import adapter_card, model_card
+from .model_cards import adapter_card, domain_name, model_card
 from .push import HubPushError, push_folder
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -92,7 +92,7 @@ def data_description(domain: MultiModalDomain | None, metrics: dict[str, Any]) -
     """A paragraph on the training data: source and statistics of the domain."""
     recipe = metrics.get("recipe") or {}
     if domain is None:
-        return f"The **{recipe.get('domain', 'unknown')}** domain (see the training recipe)."
+        return f"The **{domain_name(recipe)}** domain (see the training recipe)."
     stats = domain_statistics(domain)
     source = SOURCE_DESCRIPTIONS.get(domain.build.get("source", "missrec"), "the domain's files")
     return (

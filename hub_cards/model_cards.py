@@ -28,11 +28,18 @@ DEMO_LIMITATIONS = (
     "nothing about real shoppers. Do not use it to recommend real products."
 )
 REAL_LIMITATIONS = (
-    "Trained on one domain of Amazon reviews, a proxy for purchases with a popularity bias (5-core filtering keeps "
-    "active users and popular items only). It ranks only its own catalogue plus cold-start items given as features; "
-    "items without text or image features score from the modality they have, or 0. Histories keep their "
-    "{max_len} most recent items. Check the terms of the Amazon Review data before any non-research use."
+    "Trained on {domain}: logged interactions (reviews, ratings, check-ins) are a proxy for what people want, with a "
+    "popularity bias (filtered datasets keep active users and popular items). It ranks only its own catalogue plus "
+    "cold-start items given as features; items without text or image features score from the modality they have, "
+    "or 0. Histories keep their {max_len} most recent items. Check the terms of the source data (Amazon reviews, "
+    "Yelp, GroupLens, ...) before any non-research use."
 )
+
+
+def domain_name(recipe: dict[str, Any]) -> str:
+    """The training domain of a run's recipe, `"A + B + C"` for a pre-training mix."""
+    domain = recipe.get("domain", "demo")
+    return " + ".join(domain) if isinstance(domain, list) else str(domain)
 
 
 def metric_label(key: str) -> str:
@@ -150,7 +157,7 @@ def _limitations(metrics: dict[str, Any], config: Any) -> str:
     recipe = metrics.get("recipe") or {}
     if recipe.get("domain", "demo") == "demo":
         return DEMO_LIMITATIONS
-    return REAL_LIMITATIONS.format(max_len=getattr(config, "max_seq_length", 50))
+    return REAL_LIMITATIONS.format(domain=domain_name(recipe), max_len=getattr(config, "max_seq_length", 50))
 
 
 def _common(metrics: dict[str, Any], config: Any, domain: str, data_description: str | None) -> dict[str, Any]:
@@ -193,7 +200,7 @@ def model_card(
         dataset_id: the Hub dataset the model was trained on, when published.
     """
     recipe = metrics.get("recipe") or {}
-    domain = str(recipe.get("domain", "demo"))
+    domain = domain_name(recipe)
     name = model_name or Path(str(model_id)).name
     pretrained = recipe.get("pretrained")
     card_data = ModelCardData(
@@ -238,7 +245,7 @@ def adapter_card(
         peft_config: the adapter's `adapter_config.json` content.
     """
     recipe = metrics.get("recipe") or {}
-    domain = str(recipe.get("domain", "demo"))
+    domain = domain_name(recipe)
     name = model_name or Path(str(adapter_id)).name
     card_data = ModelCardData(
         model_name=name,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from modeling_missrec.hub_cards.dataset_cards import export_domain
 from modeling_missrec.hub_cards.export import export_model
 from modeling_missrec.pipelines.atomic_files import read_atomic_domain
 from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features
@@ -102,6 +103,7 @@ def test_text_only_folder_trains_evaluates_exports_and_serves(train, tmp_path, f
     assert config["modalities"] == "text" and config["text_feature_dim"] == TEXT_WIDTH
     assert results["test"]["ndcg@10"] > results["popularity_test"]["ndcg@10"]
     exported = export_model(run, tmp_path / "export")
+    assert "**MyShop**" in (exported / "README.md").read_text()
     recommend = pipeline("sequential-recommendation", model=str(exported), trust_remote_code=True)
     domain = load_domain("MyShop", data_dir=tmp_path / "files", cache_dir=tmp_path / "cache")
     history = domain.sequences["test"][0]["history"]
@@ -175,6 +177,8 @@ def test_atomic_domain_builds_with_minilm_features_cached_and_trains(train, tmp_
     again = load_domain("Shop", source="atomic", data_dir=case["folder"], cache_dir=tmp_path / "cache")
     assert again.items["source_id"] == domain.items["source_id"]
     assert len(list((tmp_path / "cache" / "missrec_prepared").iterdir())) == 1  # cached like the raw source
+    card = (export_domain(domain, tmp_path / "dataset") / "README.md").read_text()
+    assert "RecBole atomic files" in card and "catalogue with text features" in card
 
     run = tmp_path / "run"
     results = train.main(

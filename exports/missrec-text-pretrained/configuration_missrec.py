@@ -1,0 +1,220 @@
+"""MISSRec model configuration."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+MODALITIES = ("text", "image", "both")
+ID_MODES = ("inductive", "transductive")
+SEQ_MM_FUSIONS = ("add", "contextual")
+ITEM_MM_FUSIONS = ("static", "dynamic_shared", "dynamic_instance")
+INTEREST_METHODS = ("kmeans", "dpc_knn")
+KMEANS_INITS = ("k-means++", "random")
+ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} must be a number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+class MISSRecConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`MISSRecModel`]: the multi-modal interest-aware sequential recommender of
+    Wang et al., ACM MM 2023. The defaults are the paper's hyper-parameters (`missrec-base`).
+
+    Args:
+        text_feature_dim (`int`, *optional*, defaults to 512):
+            Width of the per-item text feature (CLIP text: 512, MiniLM: 384).
+        image_feature_dim (`int`, *optional*, defaults to 512):
+            Width of the per-item image feature (CLIP image: 512).
+        modalities (`str`, *optional*, defaults to `"both"`):
+            Which item modalities the model reads: `"text"`, `"image"` or `"both"`.
+        id_mode (`str`, *optional*, defaults to `"inductive"`):
+            `"inductive"`: items are represented by their features only, so items never seen in training
+            can be scored. `"transductive"`: adds a learned item-id embedding to the decoder input and an
+            id logit to the item score.
+        num_items (`int`, *optional*, defaults to 0):
+            Size of the item catalogue held in the model (item ids are `1..num_items`, 0 is padding).
+            Set by [`MISSRecModel.set_catalogue`]; it fixes the shapes of the catalogue buffers.
+        num_interests (`int`, *optional*, defaults to 0):
+            Number of interest clusters currently held (0 until [`MISSRecModel.discover_interests`] runs).
+        seq_mm_fusion (`str`, *optional*, defaults to `"add"`):
+            How a history item's modalities enter the decoder: `"add"` sums them into one token,
+            `"contextual"` keeps one token per modality.
+        item_mm_fusion (`str`, *optional*, defaults to `"dynamic_shared"`):
+            How per-modality candidate logits are fused: `"static"` (mean), `"dynamic_shared"` (softmax
+            weights with one learned temperature) or `"dynamic_instance"` (one learned temperature per item).
+        interest_method (`str`, *optional*, defaults to `"kmeans"`):
+            Clustering used for interest discovery: `"kmeans"` or `"dpc_knn"`.
+        interest_ratio (`float`, *optional*, defaults to 0.5):
+            Number of interests as a fraction of the number of item-modality vectors (paper: 0.02 for
+            pre-training, 0.5 for fine-tuning).
+        knn_local_ratio (`float`, *optional*, defaults to 0.1):
+            DPC-KNN only: neighbourhood size for the local density, as a fraction of the vectors.
+        kmeans_init (`str`, *optional*, defaults to `"random"`):
+            k-means initialisation, `"k-means++"` or `"random"` (seeded sample of the vectors).
+        kmeans_max_iter (`int`, *optional*, defaults to 1):
+            Maximum Lloyd iterations. The defaults, `kmeans_init="random", kmeans_max_iter=1`, are the one-step
+            clustering of the official code, which recommended better than k-means++ run to convergence
+            (`"k-means++"`, 30) on Amazon Scientific and costs less per epoch.
+        kmeans_tol (`float`, *optional*, defaults to 1e-4):
+            Stop when the relative decrease of the k-means inertia falls below this value.
+        interest_seed (`int`, *optional*, defaults to 0):
+            Seed of the clustering initialisation.
+        hidden_size (`int`, *optional*, defaults to 300):
+            Width of the adapted embeddings and of the Transformer.
+        num_encoder_layers (`int`, *optional*, defaults to 1):
+            Layers of the contextual (interest) encoder.
+        num_decoder_layers (`int`, *optional*, defaults to 1):
+            Layers of the interest-aware decoder.
+        num_attention_heads (`int`, *optional*, defaults to 4):
+            Attention heads; must divide `hidden_size`.
+        intermediate_size (`int`, *optional*, defaults to 256):
+            Width of the feed-forward layers.
+        hidden_dropout_prob (`float`, *optional*, defaults to 0.5):
+            Dropout on embeddings and residual branches.
+        attention_probs_dropout_prob (`float`, *optional*, defaults to 0.5):
+            Dropout on attention probabilities.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Feed-forward activation: `"gelu"`, `"relu"`, `"silu"` or `"tanh"`.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-12):
+            LayerNorm epsilon.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal weight initialisation.
+        max_seq_length (`int`, *optional*, defaults to 50):
+            Longest history the model reads; longer histories keep their most recent items.
+        score_temperature (`float`, *optional*, defaults to 0.07):
+            Logits are cosine similarities divided by this temperature.
+        seq_seq_loss_weight (`float`, *optional*, defaults to 1e-3):
+            λ, the weight of the sequence-sequence contrastive term in pre-training.
+        diversity_loss_weight (`float`, *optional*, defaults to 1e-4):
+            γ, the weight of the interest diversity regulariser.
+    """
+
+    model_type = "missrec"
+
+    def __init__(
+        self,
+        text_feature_dim: int = 512,
+        image_feature_dim: int = 512,
+        modalities: str = "both",
+        id_mode: str = "inductive",
+        num_items: int = 0,
+        num_interests: int = 0,
+        seq_mm_fusion: str = "add",
+        item_mm_fusion: str = "dynamic_shared",
+        interest_method: str = "kmeans",
+        interest_ratio: float = 0.5,
+        knn_local_ratio: float = 0.1,
+        kmeans_init: str = "random",
+        kmeans_max_iter: int = 1,
+        kmeans_tol: float = 1e-4,
+        interest_seed: int = 0,
+        hidden_size: int = 300,
+        num_encoder_layers: int = 1,
+        num_decoder_layers: int = 1,
+        num_attention_heads: int = 4,
+        intermediate_size: int = 256,
+        hidden_dropout_prob: float = 0.5,
+        attention_probs_dropout_prob: float = 0.5,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+        max_seq_length: int = 50,
+        score_temperature: float = 0.07,
+        seq_seq_loss_weight: float = 1e-3,
+        diversity_loss_weight: float = 1e-4,
+        **kwargs,
+    ):
+        _check_int("text_feature_dim", text_feature_dim, 1)
+        _check_int("image_feature_dim", image_feature_dim, 1)
+        _check_choice("modalities", modalities, MODALITIES)
+        _check_choice("id_mode", id_mode, ID_MODES)
+        _check_int("num_items", num_items, 0)
+        _check_int("num_interests", num_interests, 0)
+        _check_choice("seq_mm_fusion", seq_mm_fusion, SEQ_MM_FUSIONS)
+        _check_choice("item_mm_fusion", item_mm_fusion, ITEM_MM_FUSIONS)
+        _check_choice("interest_method", interest_method, INTEREST_METHODS)
+        if not 0 < interest_ratio <= 1:
+            raise ValueError(f"interest_ratio={interest_ratio!r} must be in (0, 1]")
+        if not 0 < knn_local_ratio <= 1:
+            raise ValueError(f"knn_local_ratio={knn_local_ratio!r} must be in (0, 1]")
+        _check_choice("kmeans_init", kmeans_init, KMEANS_INITS)
+        _check_int("kmeans_max_iter", kmeans_max_iter, 1)
+        _check_positive("kmeans_tol", kmeans_tol, allow_zero=True)
+        _check_int("interest_seed", interest_seed, 0)
+        _check_int("hidden_size", hidden_size, 1)
+        _check_int("num_encoder_layers", num_encoder_layers, 1)
+        _check_int("num_decoder_layers", num_decoder_layers, 1)
+        _check_int("num_attention_heads", num_attention_heads, 1)
+        if hidden_size % num_attention_heads:
+            raise ValueError(
+                f"hidden_size={hidden_size} is not divisible by num_attention_heads={num_attention_heads}"
+            )
+        _check_int("intermediate_size", intermediate_size, 1)
+        for name, p in (
+            ("hidden_dropout_prob", hidden_dropout_prob),
+            ("attention_probs_dropout_prob", attention_probs_dropout_prob),
+        ):
+            if not 0 <= p < 1:
+                raise ValueError(f"{name}={p!r} must be in [0, 1)")
+        _check_choice("hidden_act", hidden_act, ACTIVATIONS)
+        _check_positive("layer_norm_eps", layer_norm_eps)
+        _check_positive("initializer_range", initializer_range)
+        _check_int("max_seq_length", max_seq_length, 1)
+        _check_positive("score_temperature", score_temperature)
+        _check_positive("seq_seq_loss_weight", seq_seq_loss_weight, allow_zero=True)
+        _check_positive("diversity_loss_weight", diversity_loss_weight, allow_zero=True)
+
+        self.text_feature_dim = text_feature_dim
+        self.image_feature_dim = image_feature_dim
+        self.modalities = modalities
+        self.id_mode = id_mode
+        self.num_items = num_items
+        self.num_interests = num_interests
+        self.seq_mm_fusion = seq_mm_fusion
+        self.item_mm_fusion = item_mm_fusion
+        self.interest_method = interest_method
+        self.interest_ratio = interest_ratio
+        self.knn_local_ratio = knn_local_ratio
+        self.kmeans_init = kmeans_init
+        self.kmeans_max_iter = kmeans_max_iter
+        self.kmeans_tol = kmeans_tol
+        self.interest_seed = interest_seed
+        self.hidden_size = hidden_size
+        self.num_encoder_layers = num_encoder_layers
+        self.num_decoder_layers = num_decoder_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.max_seq_length = max_seq_length
+        self.score_temperature = score_temperature
+        self.seq_seq_loss_weight = seq_seq_loss_weight
+        self.diversity_loss_weight = diversity_loss_weight
+        super().__init__(**kwargs)
+
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        """The modalities the model reads, in a fixed order (`("text", "image")` for `"both"`)."""
+        return ("text", "image") if self.modalities == "both" else (self.modalities,)
+
+    def feature_dim(self, modality: str) -> int:
+        """Width of the raw feature of `modality` (`"text"` or `"image"`)."""
+        return self.text_feature_dim if modality == "text" else self.image_feature_dim

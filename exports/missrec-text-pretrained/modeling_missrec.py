@@ -1,0 +1,819 @@
+"""MISSRec: multi-modal interest-aware sequential recommender as a Hugging Face `PreTrainedModel`."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_missrec import MISSRecConfig
+from .interest_missrec import ClusteringResult, assign_to_nearest, dpc_knn, interest_tokens, kmeans
+from .layers_missrec import (
+    MISSRecAttention,
+    MISSRecDecoderLayer,
+    MISSRecDropout,
+    MISSRecEncoderLayer,
+    MISSRecItemFusion,
+    PackedLayout,
+    init_standard_weights,
+    keep_most_recent,
+    validate_history,
+)
+from .layers_missrec import first_values as _first
+
+FeatureTable = torch.Tensor | np.ndarray
+
+
+@dataclass
+class MISSRecOutput(ModelOutput):
+    """
+    Output of [`MISSRecModel.forward`] without an augmented view (fine-tuning and serving).
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Full-catalogue cross-entropy plus γ times the diversity regulariser.
+        scores (`torch.FloatTensor` of shape `(batch_size, num_items + 1)`):
+            Logits of every catalogue item (column = item id); column 0 (padding) is the dtype's minimum.
+        sequence_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            L2-normalised sequence representations.
+        diversity_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Interest diversity regulariser, summed over the batch.
+    """
+
+    loss: torch.FloatTensor | None = None
+    scores: torch.FloatTensor | None = None
+    sequence_embeddings: torch.FloatTensor | None = None
+    diversity_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class MISSRecPreTrainingOutput(ModelOutput):
+    """
+    Output of [`MISSRecModel.forward`] with an augmented view (pre-training objective).
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            `seq_item_loss + λ * seq_seq_loss + γ * diversity_loss`.
+        scores (`torch.FloatTensor` of shape `(batch_size, batch_size)`):
+            In-batch logits of every sequence against every sequence's target item.
+        sequence_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            L2-normalised representations of the original sequences.
+        seq_item_loss (`torch.FloatTensor` of shape `()`):
+            In-batch sequence→item contrastive cross-entropy.
+        seq_seq_loss (`torch.FloatTensor` of shape `()`):
+            Sequence→augmented-sequence contrastive cross-entropy.
+        diversity_loss (`torch.FloatTensor` of shape `()`):
+            Diversity regulariser of both views, summed over the batch.
+    """
+
+    loss: torch.FloatTensor | None = None
+    scores: torch.FloatTensor | None = None
+    sequence_embeddings: torch.FloatTensor | None = None
+    seq_item_loss: torch.FloatTensor | None = None
+    seq_seq_loss: torch.FloatTensor | None = None
+    diversity_loss: torch.FloatTensor | None = None
+
+
+class MISSRecPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading conventions shared by MISSRec models."""
+
+    config_class = MISSRecConfig
+    base_model_prefix = "missrec"
+    main_input_name = "item_seq"
+    _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with a `ValueError` naming every tensor whose saved shape does
+        not fit the config (for instance a catalogue of another size than `config.num_items`)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except RuntimeError as error:
+            if "mismatched" not in str(error):
+                raise
+            raise ValueError(cls._describe_mismatch(pretrained_model_name_or_path, kwargs.get("config"))) from error
+
+    @classmethod
+    def _describe_mismatch(cls, folder, config: MISSRecConfig | None) -> str:
+        weights = os.path.join(str(folder), "model.safetensors")
+        config = config if isinstance(config, MISSRecConfig) else MISSRecConfig.from_pretrained(folder)
+        summary = (
+            f"num_items={config.num_items}, num_interests={config.num_interests}, hidden_size={config.hidden_size}"
+        )
+        if not os.path.isfile(weights):
+            return f"the weights of {folder} do not fit its config ({summary})"
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+        with safe_open(weights, framework="pt") as f:
+            saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        bad = [f"{k}: saved {s} vs config {expected[k]}" for k, s in saved.items() if expected.get(k, s) != s]
+        return f"the weights of {folder} do not fit its config ({summary}): " + "; ".join(bad)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The official model's initialisation: RecBole's normal(0, std) over an `nn.Transformer`, except where
+        the official model keeps torch's own init.
+
+        Those exceptions are applied from the model itself, which is initialised after its submodules
+        (`transformers` skips modules without parameters of their own, such as the attention blocks):
+        `nn.MultiheadAttention` draws its packed `[3d, d]` input projection with `xavier_uniform_`, and the
+        official adaptors, created after its init pass, keep `nn.Linear`'s default.
+        """
+        init_standard_weights(module, self.config.initializer_range)
+        if isinstance(module, MISSRecItemFusion) and module.weight is not None:
+            init.zeros_(module.weight)
+        elif isinstance(module, MISSRecModel):
+            d = self.config.hidden_size
+            bound = math.sqrt(6.0 / (d + 3 * d))  # xavier_uniform_ of the packed [3d, d] matrix
+            for attention in (m for m in module.modules() if isinstance(m, MISSRecAttention)):
+                for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+                    init.uniform_(projection.weight, -bound, bound)
+            for m in module.modality_names:
+                adaptor = getattr(module, f"{m}_adaptor")
+                bound = 1.0 / math.sqrt(adaptor.in_features)  # nn.Linear.reset_parameters
+                init.uniform_(adaptor.weight, -bound, bound)
+                init.uniform_(adaptor.bias, -bound, bound)
+
+
+class MISSRecModel(MISSRecPreTrainedModel):
+    """
+    MISSRec (Wang et al., ACM MM 2023). Holds the item catalogue (feature tables, modality masks, interest
+    lookup tables and centroids) as buffers, so a saved model can serve on its own.
+
+    Item ids are `1..config.num_items`; 0 is padding. Histories are left-aligned `[B, L]` tensors, most
+    recent item last.
+
+    Typical use:
+
+    ```python
+    model = MISSRecModel(MISSRecConfig())
+    model.set_catalogue(text_features=text, image_features=image)  # [N, 512] each
+    model.discover_interests()  # before every training epoch
+    out = model(item_seq, labels=targets)  # out.loss, out.scores [B, N + 1]
+    ```
+    """
+
+    def __init__(self, config: MISSRecConfig):
+        super().__init__(config)
+        d = config.hidden_size
+        self.modality_names = config.modality_names
+        for m in self.modality_names:
+            setattr(self, f"{m}_adaptor", nn.Linear(config.feature_dim(m), d))
+        self.position_embeddings = nn.Embedding(config.max_seq_length, d)
+        self.item_id_embeddings = (
+            nn.Embedding(config.num_items + 1, d, padding_idx=0) if config.id_mode == "transductive" else None
+        )
+        self.LayerNorm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = MISSRecDropout(config.hidden_dropout_prob)
+        self.encoder = nn.ModuleList(MISSRecEncoderLayer(config) for _ in range(config.num_encoder_layers))
+        self.decoder = nn.ModuleList(MISSRecDecoderLayer(config) for _ in range(config.num_decoder_layers))
+        # nn.Transformer's final norms, which the official model has after its post-LN layers
+        self.encoder_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.decoder_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.item_fusion = MISSRecItemFusion(config)
+        self._register_catalogue_buffers(config.num_items, config.num_interests)
+        self._weight_tables: dict[str, object] | None = None  # see `reusing_weight_tables`
+        self.post_init()
+
+    # ------------------------------------------------------------------ catalogue
+    def _register_catalogue_buffers(self, num_items: int, num_interests: int) -> None:
+        for m in self.modality_names:
+            self.register_buffer(f"{m}_features", torch.zeros(num_items + 1, self.config.feature_dim(m)))
+            self.register_buffer(f"{m}_present", torch.zeros(num_items + 1, dtype=torch.bool))
+            self.register_buffer(f"{m}_interest_ids", torch.zeros(num_items + 1, dtype=torch.long))
+        self.register_buffer("interest_centroids", torch.zeros(num_interests + 1, self.config.hidden_size))
+
+    def _as_feature_table(self, modality: str, table: FeatureTable | None, num_rows: int | None) -> torch.Tensor:
+        if table is None:
+            raise ValueError(f"{modality}_features is required (config.modalities={self.config.modalities!r})")
+        table = torch.as_tensor(table, dtype=torch.float32)
+        width = self.config.feature_dim(modality)
+        if table.ndim != 2 or table.shape[1] != width:
+            raise ValueError(
+                f"{modality}_features has shape {tuple(table.shape)}; expected [num_items, {width}] "
+                f"(config.{modality}_feature_dim={width})"
+            )
+        if num_rows is not None and table.shape[0] != num_rows:
+            raise ValueError(f"{modality}_features has {table.shape[0]} rows but another modality has {num_rows}")
+        bad = (~torch.isfinite(table)).any(1).nonzero().flatten()
+        if bad.numel():
+            raise ValueError(f"{modality}_features has NaN or Inf for items {_first(bad + 1)} (item ids, 1-based)")
+        return table
+
+    def _validated_catalogue(
+        self, features: dict[str, FeatureTable | None], present: dict[str, FeatureTable | None]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        unknown = [m for m, t in features.items() if t is not None and m not in self.modality_names]
+        if unknown:
+            raise ValueError(f"{unknown[0]}_features given but config.modalities={self.config.modalities!r}")
+        tables, num_rows = {}, None
+        for m in self.modality_names:
+            table = self._as_feature_table(m, features[m], num_rows)
+            num_rows = table.shape[0]
+            mask = present[m]
+            mask = table.abs().sum(1) > 0 if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+            if mask.shape != (num_rows,):
+                raise ValueError(f"{m}_present has shape {tuple(mask.shape)}; expected ({num_rows},)")
+            tables[m] = (table, mask)
+        return tables
+
+    def set_catalogue(
+        self,
+        text_features: FeatureTable | None = None,
+        image_features: FeatureTable | None = None,
+        *,
+        text_present: FeatureTable | None = None,
+        image_present: FeatureTable | None = None,
+    ) -> None:
+        """Replace the item catalogue. Item `i` (1-based) is row `i - 1` of the tables.
+
+        Interest tables are reset (run [`discover_interests`] next). When the number of items changes, the
+        per-item parameters (item-id embedding, per-item fusion weights) are re-initialised.
+
+        Args:
+            text_features: `[N, text_feature_dim]` (required when the model reads text).
+            image_features: `[N, image_feature_dim]` (required when the model reads images).
+            text_present, image_present: `[N]` bool; default: a row is present unless it is all zeros.
+        """
+        tables = self._validated_catalogue(
+            {"text": text_features, "image": image_features}, {"text": text_present, "image": image_present}
+        )
+        num_items = next(iter(tables.values()))[0].shape[0]
+        device = self.position_embeddings.weight.device
+        resized = num_items != self.config.num_items
+        self.config.num_items = num_items
+        self.config.num_interests = 0
+        self._register_catalogue_buffers(num_items, 0)
+        for m, (table, mask) in tables.items():
+            getattr(self, f"{m}_features")[1:] = table
+            getattr(self, f"{m}_present")[1:] = mask
+        self.to(device)
+        if resized:
+            self._reset_item_parameters(num_items)
+
+    def _fresh_item_id_embeddings(self) -> nn.Embedding:
+        embeddings = nn.Embedding(self.config.num_items + 1, self.config.hidden_size, padding_idx=0)
+        embeddings = embeddings.to(self.position_embeddings.weight.device, self.dtype)
+        self._init_weights(embeddings)
+        return embeddings
+
+    def _reset_item_parameters(self, num_items: int) -> None:
+        device = self.position_embeddings.weight.device
+        if self.item_id_embeddings is not None:
+            self.item_id_embeddings = self._fresh_item_id_embeddings()
+        if self.item_fusion.mode == "dynamic_instance":
+            self.item_fusion.weight = nn.Parameter(torch.zeros(num_items + 1, device=device, dtype=self.dtype))
+
+    def add_item_id_embeddings(self) -> None:
+        """Switch an inductive model to transductive mode: add a freshly initialised item-id embedding.
+
+        This is how a pre-trained model (pre-training uses no item ids) is fine-tuned in transductive mode;
+        the id logits join the fused modality logits as `(s_id + 2 * fused) / 3`.
+        """
+        if self.item_id_embeddings is not None:
+            raise ValueError("the model is already transductive (it has item-id embeddings)")
+        self.config.id_mode = "transductive"
+        self.item_id_embeddings = self._fresh_item_id_embeddings()
+
+    def add_modality(self, modality: str, feature_dim: int) -> None:
+        """Make the model read one more modality: add a freshly initialised adaptor for it.
+
+        This is how a model pre-trained on text alone is fine-tuned on a domain with text and images: the
+        Transformer and the text adaptor keep their weights, the new adaptor starts from `nn.Linear`'s default
+        initialisation (as the official model's adaptors), and with two modalities the item fusion gets its
+        learned weight (zero: the mean of the two logits). Until [`set_catalogue`] gives the new modality's
+        features, every catalogue item lacks it.
+
+        Args:
+            modality: `"text"` or `"image"`, one the model does not read yet.
+            feature_dim: the width of that modality's raw features.
+        """
+        if modality not in ("text", "image") or modality in self.modality_names:
+            raise ValueError(f"cannot add modality {modality!r} to a model that reads {list(self.modality_names)}")
+        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
+            raise ValueError(f"feature_dim={feature_dim!r} must be an integer >= 1")
+        device = self.position_embeddings.weight.device
+        self.config.modalities = "both"
+        setattr(self.config, f"{modality}_feature_dim", feature_dim)
+        self.modality_names = self.config.modality_names
+        adaptor = nn.Linear(feature_dim, self.config.hidden_size)  # nn.Linear's own init, as in `_init_weights`
+        setattr(self, f"{modality}_adaptor", adaptor.to(device, self.dtype))
+        self.item_fusion = MISSRecItemFusion(self.config).to(device, self.dtype)
+        self._init_weights(self.item_fusion)
+        rows = self.config.num_items + 1
+        self.register_buffer(f"{modality}_features", torch.zeros(rows, feature_dim, device=device))
+        self.register_buffer(f"{modality}_present", torch.zeros(rows, dtype=torch.bool, device=device))
+        self.register_buffer(f"{modality}_interest_ids", torch.zeros(rows, dtype=torch.long, device=device))
+
+    @torch.no_grad()
+    def extend_catalogue(
+        self,
+        text_features: FeatureTable | None = None,
+        image_features: FeatureTable | None = None,
+        *,
+        text_present: FeatureTable | None = None,
+        image_present: FeatureTable | None = None,
+    ) -> torch.Tensor:
+        """Append new items (e.g. never seen in training) and return their ids `[N_new]`.
+
+        Their interest ids are their nearest existing centroids, so no re-clustering is needed to serve
+        them. Per-item parameters of new items start at zero: in transductive mode a new item has no id
+        signal (its id logit is 0) until it is trained.
+
+        Args:
+            text_features: `[N_new, text_feature_dim]`; image_features: `[N_new, image_feature_dim]`.
+            text_present, image_present: `[N_new]` bool (default: non-zero rows).
+
+        Returns:
+            `[N_new]` long, the new item ids `num_items + 1 .. num_items + N_new`.
+        """
+        tables = self._validated_catalogue(
+            {"text": text_features, "image": image_features}, {"text": text_present, "image": image_present}
+        )
+        device = self.position_embeddings.weight.device
+        old = self.config.num_items
+        num_new = next(iter(tables.values()))[0].shape[0]
+        for m, (table, mask) in tables.items():
+            table, mask = table.to(device), mask.to(device)
+            interest = torch.zeros(num_new, dtype=torch.long, device=device)
+            if self.config.num_interests and mask.any():
+                adapted = self._adapt(m, table[mask].to(self.dtype)).float()
+                labels, _ = assign_to_nearest(adapted, self.interest_centroids[1:].float())
+                interest[mask] = labels + 1
+            for name, new in (("features", table), ("present", mask), ("interest_ids", interest)):
+                buffer = getattr(self, f"{m}_{name}")
+                setattr(self, f"{m}_{name}", torch.cat([buffer, new.to(buffer.dtype)]))
+        if self.item_id_embeddings is not None:
+            weight = self.item_id_embeddings.weight
+            grown = nn.Embedding(old + num_new + 1, weight.shape[1], padding_idx=0).to(device, weight.dtype)
+            grown.weight.copy_(torch.cat([weight, weight.new_zeros(num_new, weight.shape[1])]))
+            grown.weight.requires_grad_(weight.requires_grad)
+            self.item_id_embeddings = grown
+        if self.item_fusion.mode == "dynamic_instance":
+            weight = self.item_fusion.weight
+            self.item_fusion.weight = nn.Parameter(
+                torch.cat([weight, weight.new_zeros(num_new)]), requires_grad=weight.requires_grad
+            )
+        self.config.num_items = old + num_new
+        return torch.arange(old + 1, old + num_new + 1, device=device)
+
+    def _adapt(self, modality: str, features: torch.Tensor) -> torch.Tensor:
+        return getattr(self, f"{modality}_adaptor")(features)
+
+    @torch.no_grad()
+    def discover_interests(self) -> ClusteringResult:
+        """Cluster the adapted embeddings of every present item-modality into interests (no gradient).
+
+        K = `ceil(interest_ratio * number of present item-modality vectors)`. Writes the interest lookup
+        tables (ids `1..K`, 0 for padding and missing modalities) and the centroid table, and sets
+        `config.num_interests = K`. Run it before every training epoch, as the paper does.
+
+        Returns:
+            The [`ClusteringResult`] (labels of the vectors in modality order, centroids `[K, d]`).
+        """
+        self._check_catalogue()
+        vectors, rows = [], {}
+        for m in self.modality_names:
+            present = getattr(self, f"{m}_present")
+            rows[m] = present.nonzero().flatten()
+            vectors.append(self._adapt(m, getattr(self, f"{m}_features")[rows[m]].to(self.dtype)).float())
+        vectors = torch.cat(vectors)
+        if not len(vectors):
+            raise ValueError("no item in the catalogue has any modality present: nothing to cluster")
+        num_interests = max(1, math.ceil(self.config.interest_ratio * len(vectors)))
+        cfg = self.config
+        if cfg.interest_method == "kmeans":
+            result = kmeans(
+                vectors,
+                num_interests,
+                init=cfg.kmeans_init,
+                max_iter=cfg.kmeans_max_iter,
+                tol=cfg.kmeans_tol,
+                seed=cfg.interest_seed,
+            )
+        else:
+            local = max(1, math.ceil(cfg.knn_local_ratio * len(vectors)))
+            result = dpc_knn(vectors, num_interests, local_size=local)
+        start = 0
+        for m in self.modality_names:
+            table = torch.zeros_like(getattr(self, f"{m}_interest_ids"))
+            table[rows[m]] = result.labels[start : start + len(rows[m])] + 1
+            setattr(self, f"{m}_interest_ids", table)
+            start += len(rows[m])
+        self.interest_centroids = torch.cat([result.centroids.new_zeros(1, cfg.hidden_size), result.centroids]).to(
+            self.interest_centroids.dtype
+        )
+        self.config.num_interests = num_interests
+        return result
+
+    def _check_catalogue(self) -> None:
+        if self.config.num_items == 0:
+            raise ValueError("the model has no item catalogue: call set_catalogue(...) first")
+
+    # ------------------------------------------------------------------ inputs
+    def _prepare_history(
+        self,
+        item_seq: torch.Tensor,
+        lengths: torch.Tensor | None,
+        text_features: torch.Tensor | None,
+        check_inputs: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Validate a left-aligned history (unless `check_inputs` is False: the caller built it from checked ids,
+        with exact `lengths`) and keep its `max_seq_length` most recent items."""
+        self._check_catalogue()
+        if self.config.num_interests == 0:
+            raise ValueError("interests have not been discovered: call discover_interests() first")
+        if check_inputs or lengths is None:
+            item_seq, lengths = validate_history(item_seq, lengths, self.config.num_items)
+        else:
+            lengths = torch.as_tensor(lengths, device=item_seq.device).long()
+        if text_features is not None and "text" not in self.modality_names:
+            raise ValueError(f"text_features given but config.modalities={self.config.modalities!r}")
+        if text_features is not None and text_features.shape[-1] != self.config.text_feature_dim:
+            raise ValueError(
+                f"text_features has width {text_features.shape[-1]}; expected {self.config.text_feature_dim}"
+            )
+        if text_features is not None and text_features.shape[:2] != item_seq.shape:
+            raise ValueError(
+                f"text_features has shape {tuple(text_features.shape)}; expected [B, L, d] with [B, L] = "
+                f"{tuple(item_seq.shape)}"
+            )
+        item_seq, lengths, index = keep_most_recent(item_seq, lengths, self.config.max_seq_length)
+        if index is not None and text_features is not None:
+            text_features = text_features.gather(1, index[..., None].expand(-1, -1, text_features.shape[-1]))
+        return item_seq, lengths, text_features
+
+    # ------------------------------------------------------------------ sequence side
+    def adapted_catalogue(self, item_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Adapted (not normalised) embeddings per modality, zero where the modality is absent.
+
+        Args:
+            item_ids: `[C]` long item ids, or None for the whole catalogue `0..num_items` (row = item id).
+
+        Returns:
+            `{"text": [C, d], "image": [C, d]}` (the config's modalities).
+        """
+        out = {}
+        for m in self.modality_names:
+            features, present = getattr(self, f"{m}_features"), getattr(self, f"{m}_present")
+            if item_ids is not None:
+                features, present = features[item_ids], present[item_ids]
+            out[m] = self._adapt(m, features.to(self.dtype)) * present[:, None]
+        return out
+
+    def _history_embeddings(
+        self,
+        modality: str,
+        item_ids: torch.Tensor,
+        present: torch.Tensor,
+        text_features: torch.Tensor | None,
+        catalogue: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """`[T, d]` adapted embeddings of packed history items `item_ids` `[T]`, zero where `present` `[T]` is False.
+
+        `text_features` `[T, text_feature_dim]`: the items' own text (augmented view) instead of the catalogue's.
+        """
+        if modality == "text" and text_features is not None:
+            features = text_features
+        elif catalogue is not None:
+            # `F.embedding`'s backward sums the gradients of repeated items in a fixed order (indexing's backward
+            # does not: its multi-threaded scatter varies run to run).
+            return F.embedding(item_ids, catalogue[modality]) * present[:, None]
+        else:
+            features = getattr(self, f"{modality}_features")[item_ids]
+        return self._adapt(modality, features.to(self.dtype)) * present[:, None]
+
+    def _encode(
+        self,
+        item_seq: torch.Tensor,
+        lengths: torch.Tensor | None,
+        text_features: torch.Tensor | None = None,
+        catalogue: dict[str, torch.Tensor] | None = None,
+        with_diversity: bool = True,
+        interest_projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        check_inputs: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sequence embeddings `[B, d]` and the diversity regulariser `()` (None unless `with_diversity`).
+
+        `catalogue` (from [`adapted_catalogue`]) saves adapting the same item twice when the caller scores
+        the catalogue too; without it the adaptor runs on the history's own rows. `interest_projections` (from
+        [`interest_projections`]) saves the first encoder layer's projections.
+        """
+        item_seq, lengths, text_features = self._prepare_history(item_seq, lengths, text_features, check_inputs)
+        # Longest histories first, so attention buckets of consecutive rows have similar lengths.
+        order = lengths.argsort(descending=True, stable=True) if len(lengths) > 1 else None
+        if order is not None:
+            item_seq, lengths = item_seq[order], lengths[order]
+            text_features = None if text_features is None else text_features[order]
+        # Positions past the longest history are padding in every row: drop them.
+        length_list = lengths.tolist()
+        seq_len = length_list[0]
+        item_seq = item_seq[:, :seq_len]
+        text_features = None if text_features is None else text_features[:, :seq_len]
+        batch, num_modalities = item_seq.shape[0], len(self.modality_names)
+        positions = torch.arange(seq_len, device=item_seq.device)
+        valid = positions < lengths[:, None]
+        row_splits = self._row_splits(batch)
+        # Token embeddings are built for the real history items only (packed, [Tv, d]): a padded [B, L, d] grid
+        # would be several times larger, since batches mix short and long histories.
+        item_layout = PackedLayout(valid, row_splits, length_list)
+        item_ids = item_layout.pack(item_seq)  # [Tv]
+        text_rows = None if text_features is None else item_layout.pack(text_features)
+        present, embeddings, interests = [], [], []
+        for m in self.modality_names:
+            mask = getattr(self, f"{m}_present")[item_seq] & valid  # [B, L]
+            embeddings.append(self._history_embeddings(m, item_ids, item_layout.pack(mask), text_rows, catalogue))
+            present.append(mask)
+            interests.append(getattr(self, f"{m}_interest_ids")[item_seq] * mask)
+
+        position = self.position_embeddings(item_layout.pack(positions.expand(batch, -1)))  # [Tv, d]
+        if self.item_id_embeddings is not None:
+            position = position + self.item_id_embeddings(item_ids)
+        last = lengths - 1
+        if self.config.seq_mm_fusion == "add":
+            tokens, layout, token_mask = sum(embeddings, position), item_layout, valid
+            output_index, query_lengths = last[:, None], [1] * batch  # [B, 1], every row's query is real
+        else:
+            # A history item with no modality keeps one (position-only) token so it still counts.
+            token_mask = torch.stack(present, 1)  # [B, M, L]
+            token_mask[:, 0] |= valid & ~token_mask.any(1)
+            token_mask = token_mask.flatten(1)
+            layout = PackedLayout(token_mask, row_splits)
+            # Token (b, m, l) is modality m's embedding of packed item (b, l) plus its position.
+            per_modality = torch.cat([e + position for e in embeddings])  # [M * Tv, d]
+            offsets = len(item_ids) * torch.arange(num_modalities, device=item_seq.device)
+            source = (item_layout.positions()[:, None] + offsets[:, None]).flatten(1)  # [B, M * L]
+            tokens = F.embedding(layout.pack(source), per_modality)
+            output_index = last[:, None] + seq_len * torch.arange(num_modalities, device=last.device)  # [B, M]
+            query_lengths = None  # (the last item's modality tokens: not left-aligned)
+        hidden = self.dropout(self.LayerNorm(tokens))  # packed [T, d]
+
+        interest_ids, counts = interest_tokens(torch.cat(interests, 1), return_counts=True)
+        memory_mask = interest_ids != 0
+        # A history with no interest token attends to the all-zero padding centroid instead of nothing.
+        memory_mask[:, 0] |= ~memory_mask.any(1)
+        memory_layout = PackedLayout(memory_mask, row_splits, [max(count, 1) for count in counts])
+        memory_rows = memory_layout.pack(interest_ids)  # packed [Tm] centroid ids
+        centroids = self.interest_centroids.to(hidden.dtype)
+        if interest_projections is not None or len(centroids) < len(memory_rows):
+            # The first layer projects the K + 1 centroids (or reads their projections), not the Tm tokens.
+            memory = self.encoder[0](centroids, memory_layout, rows=memory_rows, projected=interest_projections)
+        else:
+            memory = self.encoder[0](centroids[memory_rows], memory_layout)
+        for layer in self.encoder[1:]:
+            memory = layer(memory, memory_layout)
+        memory = self.encoder_norm(memory)
+        diversity = None
+        if with_diversity:
+            pooled = memory_layout.row_means(memory)
+            diversity = pooled.square().sum() / pooled.shape[-1]
+
+        for layer in self.decoder[:-1]:
+            hidden = layer(hidden, layout, memory, memory_layout)
+        # Only the last item's token(s) form the output, so the last layer computes just those queries.
+        query_layout = PackedLayout(token_mask.gather(1, output_index), row_splits, query_lengths)  # [B, Q]
+        queries = hidden[query_layout.pack(layout.positions().gather(1, output_index))]
+        output = self.decoder[-1](hidden, layout, memory, memory_layout, queries=(queries, query_layout))
+        output = F.normalize(query_layout.row_means(self.decoder_norm(output)), dim=-1)
+        return (output if order is None else output[order.argsort()]), diversity
+
+    @staticmethod
+    def _row_splits(batch: int, rows_per_bucket: int = 64) -> list[int]:
+        num_buckets = max(1, min(8, batch // rows_per_bucket))
+        return [round(i * batch / num_buckets) for i in range(num_buckets + 1)]
+
+    def embed_sequences(
+        self,
+        item_seq: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        text_features: torch.Tensor | None = None,
+        *,
+        catalogue: dict[str, torch.Tensor] | None = None,
+        interest_projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        check_inputs: bool = True,
+    ) -> torch.Tensor:
+        """L2-normalised sequence representations.
+
+        Args:
+            item_seq: `[B, L]` long, left-aligned item ids, 0 = padding, most recent last.
+            lengths: `[B]` number of items per row (default: counted from `item_seq`).
+            text_features: `[B, L, text_feature_dim]` to use instead of the catalogue text features of the
+                history (the "word drop" augmentation of pre-training).
+            catalogue: the whole catalogue's [`adapted_catalogue`], to look the history items up in instead of
+                adapting them; interest_projections: [`interest_projections`]. Both change only with the weights
+                and the catalogue, so a server computes them once for many requests.
+            check_inputs: False skips validating `item_seq` against `lengths` (ids in range, left-aligned, no
+                empty row), for a caller that built both from ids it has checked (the serving pipeline): on a
+                single request the checks are a tenth of the encoder's ops. Ignored without `lengths`.
+
+        Returns:
+            `[B, hidden_size]`.
+        """
+        return self._encode(
+            item_seq,
+            lengths,
+            text_features,
+            catalogue=catalogue,
+            with_diversity=False,
+            interest_projections=interest_projections,
+            check_inputs=check_inputs,
+        )[0]
+
+    @contextlib.contextmanager
+    def reusing_weight_tables(self) -> Iterator[None]:
+        """A context (gradients off) in which the weights and the catalogue are taken as fixed: the work that
+        depends on them alone (the adapted catalogue, the first encoder layer's projections of the interest
+        centroids) is done by the first `forward` call and reused by the next ones. For evaluation loops, where
+        it would otherwise be redone for every batch."""
+        with torch.no_grad():
+            self._weight_tables = {}
+            try:
+                yield
+            finally:
+                self._weight_tables = None
+
+    @torch.no_grad()
+    def interest_projections(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first encoder layer's query, key and value projections of every interest centroid (row 0: padding).
+
+        Returns:
+            `(q, k, v)`, each `[num_interests + 1, hidden_size]`; pass them to [`embed_sequences`].
+        """
+        if self.config.num_interests == 0:
+            raise ValueError("interests have not been discovered: call discover_interests() first")
+        return self.encoder[0].self_attention.block.project_table(self.interest_centroids.to(self.dtype))
+
+    # ------------------------------------------------------------------ item side
+    def embed_items(
+        self, item_ids: torch.Tensor | None = None, catalogue: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """L2-normalised item embeddings per modality (and id in transductive mode).
+
+        Args:
+            item_ids: `[C]` long item ids, or None for the whole catalogue `0..num_items` (row = item id).
+            catalogue: adapted embeddings of the same items, when the caller already has them.
+
+        Returns:
+            `{"text": [C, d], "image": [C, d], "id": [C, d]}` (keys as the config reads), absent modalities
+            as zero rows.
+        """
+        self._check_catalogue()
+        catalogue = self.adapted_catalogue(item_ids) if catalogue is None else catalogue
+        out = {m: F.normalize(catalogue[m], dim=-1) for m in self.modality_names}
+        if self.item_id_embeddings is not None:
+            weight = self.item_id_embeddings.weight
+            out["id"] = F.normalize(weight if item_ids is None else weight[item_ids], dim=-1)
+        return out
+
+    def score_items(
+        self,
+        sequence_embeddings: torch.Tensor,
+        item_ids: torch.Tensor | None = None,
+        catalogue: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Fused logits (divided by the temperature) of candidate items.
+
+        Args:
+            sequence_embeddings: `[B, d]` from [`embed_sequences`].
+            item_ids: `[C]` candidate ids, or None for the whole catalogue.
+            catalogue: adapted embeddings of the candidates, when the caller already has them.
+
+        Returns:
+            `[B, C]`, or `[B, num_items + 1]` (column = item id, column 0 set to the dtype's minimum).
+        """
+        items = self.embed_items(item_ids, catalogue)
+        present = torch.stack([getattr(self, f"{m}_present") for m in self.modality_names])  # [M, C]
+        present = present if item_ids is None else present[:, item_ids]
+        modality_logits = torch.stack([sequence_embeddings @ items[m].T for m in self.modality_names])  # [M, B, C]
+        logits = self.item_fusion(modality_logits, present, item_ids)
+        if "id" in items:
+            logits = (sequence_embeddings @ items["id"].T + 2 * logits) / 3
+        logits = logits / self.config.score_temperature
+        if item_ids is None:
+            logits[:, 0] = torch.finfo(logits.dtype).min
+        return logits
+
+    # ------------------------------------------------------------------ losses
+    def finetuning_loss(self, scores: torch.Tensor, labels: torch.Tensor, diversity: torch.Tensor) -> torch.Tensor:
+        """Full-catalogue cross-entropy + γ * diversity.
+
+        Args:
+            scores: `[B, num_items + 1]` from [`score_items`]; labels: `[B]` target item ids;
+            diversity: `()` regulariser from the encoder.
+
+        Returns:
+            `()` loss.
+        """
+        bad = labels[(labels < 1) | (labels > self.config.num_items)]
+        if bad.numel():
+            raise ValueError(f"labels {_first(bad)} are outside the catalogue [1, {self.config.num_items}]")
+        return F.cross_entropy(scores, labels) + self.config.diversity_loss_weight * diversity
+
+    def pretraining_loss(
+        self,
+        item_seq: torch.Tensor,
+        labels: torch.Tensor,
+        augmented_item_seq: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        augmented_lengths: torch.Tensor | None = None,
+        augmented_text_features: torch.Tensor | None = None,
+    ) -> MISSRecPreTrainingOutput:
+        """In-batch sequence→item contrastive loss + λ * sequence→sequence loss + γ * diversity.
+
+        The other targets of the batch are the negatives; a target that occurs twice in the batch is not
+        counted as its own negative.
+
+        Args:
+            item_seq: `[B, L]` histories; labels: `[B]` their next items.
+            augmented_item_seq: `[B, L']` the augmented view (e.g. item drop); augmented_lengths: `[B]`.
+            augmented_text_features: `[B, L', text_feature_dim]` alternative text of the augmented view.
+
+        Returns:
+            A [`MISSRecPreTrainingOutput`].
+        """
+        seq, diversity = self._encode(item_seq, lengths)
+        seq_aug, diversity_aug = self._encode(augmented_item_seq, augmented_lengths, augmented_text_features)
+        targets = torch.arange(len(labels), device=labels.device)
+        if labels.shape != targets.shape or ((labels < 1) | (labels > self.config.num_items)).any():
+            raise ValueError(f"labels must be [B] item ids in [1, {self.config.num_items}], got {_first(labels)}")
+        scores = self.score_items(seq, labels)
+        duplicate = (labels[:, None] == labels[None]) & (targets[:, None] != targets[None])
+        scores = scores.masked_fill(duplicate, torch.finfo(scores.dtype).min)
+        seq_item = F.cross_entropy(scores, targets)
+        seq_seq = F.cross_entropy(seq @ seq_aug.T / self.config.score_temperature, targets)
+        diversity = diversity + diversity_aug
+        cfg = self.config
+        loss = seq_item + cfg.seq_seq_loss_weight * seq_seq + cfg.diversity_loss_weight * diversity
+        return MISSRecPreTrainingOutput(
+            loss=loss,
+            scores=scores,
+            sequence_embeddings=seq,
+            seq_item_loss=seq_item,
+            seq_seq_loss=seq_seq,
+            diversity_loss=diversity,
+        )
+
+    def forward(
+        self,
+        item_seq: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        augmented_item_seq: torch.Tensor | None = None,
+        augmented_lengths: torch.Tensor | None = None,
+        augmented_text_features: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> MISSRecOutput | MISSRecPreTrainingOutput | tuple:
+        """
+        Args:
+            item_seq: `[B, L]` long, left-aligned histories (0 = padding, most recent last).
+            lengths: `[B]` items per history (default: counted).
+            labels: `[B]` next item ids. With them the output carries a loss.
+            augmented_item_seq, augmented_lengths, augmented_text_features: an augmented view of `item_seq`.
+                When given (with `labels`), the pre-training objective is computed instead of the
+                full-catalogue one; see [`pretraining_loss`].
+            return_dict: return a `ModelOutput` (default) or a tuple.
+
+        Returns:
+            [`MISSRecOutput`] (`scores` `[B, num_items + 1]`) or, with an augmented view,
+            [`MISSRecPreTrainingOutput`] (`scores` `[B, B]` in-batch).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if augmented_item_seq is not None:
+            if labels is None:
+                raise ValueError("the pre-training objective (augmented_item_seq given) needs labels")
+            output = self.pretraining_loss(
+                item_seq, labels, augmented_item_seq, lengths, augmented_lengths, augmented_text_features
+            )
+        else:
+            tables = self._weight_tables
+            if tables is None:
+                catalogue, projections = self.adapted_catalogue(), None
+            else:
+                if not tables:
+                    tables |= {"catalogue": self.adapted_catalogue(), "projections": self.interest_projections()}
+                catalogue, projections = tables["catalogue"], tables["projections"]
+            seq, diversity = self._encode(
+                item_seq,
+                lengths,
+                catalogue=catalogue,
+                with_diversity=labels is not None,
+                interest_projections=projections,
+            )
+            scores = self.score_items(seq, catalogue=catalogue)
+            loss = None if labels is None else self.finetuning_loss(scores, labels, diversity)
+            output = MISSRecOutput(loss=loss, scores=scores, sequence_embeddings=seq, diversity_loss=diversity)
+        return output if return_dict else output.to_tuple()
+
+
+MISSRecConfig.register_for_auto_class()
+MISSRecModel.register_for_auto_class("AutoModel")
