@@ -272,11 +272,14 @@ def fit(
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            progress.step, progress.global_step = progress.step + 1, progress.global_step + 1
+            progress.step += 1
             progress.loss_sum += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-            if every and progress.global_step % every == 0:
-                save_checkpoint(progress=progress, best_state=best_state, **save)
+            # Steps are optimiser steps: a checkpoint inside an accumulation cycle would lose its gradients.
+            if accelerator.sync_gradients:
+                progress.global_step += 1
+                if every and progress.global_step % every == 0:
+                    save_checkpoint(progress=progress, best_state=best_state, **save)
         trained = time.perf_counter()
         metrics = evaluate_ranking(
             model, valid, batch_size=args.eval_batch_size, ks=args.metrics_at, accelerator=accelerator

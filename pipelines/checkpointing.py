@@ -36,7 +36,8 @@ class TrainingProgress:
         settings: the recipe settings of the run (`TrainingRecipe.training_settings`).
         epoch: completed epochs.
         step: batches completed in the epoch in progress.
-        global_step: batches completed since the start.
+        global_step: optimiser steps completed since the start (batches / gradient_accumulation_steps, each
+            epoch's last partial cycle counting as one); checkpoints are named and taken by it.
         best: best validation NDCG@10 so far (-1 before the first evaluation).
         best_epoch: the epoch (0-based) of `best`.
         loss_sum: sum of the batch losses of the epoch in progress.

@@ -63,7 +63,8 @@ class TrainingRecipe:
         output_dir: where the model and `metrics.json` go.
         overwrite_output_dir: a run that does not resume refuses an `output_dir` holding checkpoints unless this
             is set (they are then deleted).
-        checkpointing_steps: save a resumable checkpoint every this many batches (an integer), at the end of
+        checkpointing_steps: save a resumable checkpoint every this many optimiser steps (an integer; with
+            gradient accumulation a step is `gradient_accumulation_steps` batches), at the end of
             every epoch (`"epoch"`), or never (`None`). Checkpoints go to `output_dir/checkpoints/<model>/`.
         checkpoints_total_limit: how many checkpoints of each model are kept (the newest).
         resume_from_checkpoint: `"latest"` resumes from the newest checkpoints in `output_dir`, a folder resumes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,27 @@ def test_checkpoints_resume_refuse_other_settings_and_protect_earlier_runs(train
     with pytest.raises(FileExistsError, match="holds checkpoints of an earlier run"):
         train.main(tiny)
     assert list_checkpoints(run / "checkpoints" / "MISSRec") == saved  # the refused runs wrote nothing
+
+
+def test_checkpoints_fall_on_optimiser_steps_and_resume_exactly_with_accumulation(
+    train, tmp_path, fresh_accelerate_state
+):
+    """With gradient accumulation, `checkpointing_steps` counts optimiser steps: no checkpoint falls inside an
+    accumulation cycle, and a run resumed from a mid-epoch checkpoint ends with the uninterrupted run's metrics."""
+    run = tmp_path / "run"
+    tiny = ["--num_users", "60", "--num_items", "40", "--baselines", "[]", "--output_dir", str(run), "--epochs", "2",
+            "--batch_size", "32", "--gradient_accumulation_steps", "2", "--checkpointing_steps", "1",
+            "--checkpoints_total_limit", "100"]  # fmt: skip
+    first = train.main(tiny)
+    saved = list_checkpoints(run / "checkpoints" / "MISSRec")
+    progress = [read_progress(path) for path in saved]
+    batches = len(range(0, len(train.load_training_data(train.parse_args(tiny)).sequences["train"]), 32))
+    assert batches % 2 == 1  # an odd epoch: its last cycle is partial, and still one optimiser step
+    for p in progress[:-1]:
+        assert p.step % 2 == 0 or p.step == batches, p.step  # never inside a cycle
+    assert [p.global_step for p in progress[:-1]] == list(range(1, len(progress)))
+    middle = next(path for path, p in zip(saved, progress) if p.epoch == 1 and 0 < p.step < batches)
+    for path in saved[saved.index(middle) + 1 :]:
+        shutil.rmtree(path)
+    resumed = train.main([*tiny, "--resume_from_checkpoint", "latest"])
+    assert resumed["test"] == pytest.approx(first["test"], abs=1e-6)
