@@ -123,10 +123,15 @@ class SequenceCollator:
         """Draw the augmentations of `epoch` from now on (call it with the sampler's `set_epoch`)."""
         self.epoch = epoch
 
-    def pad(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`[B, L]` int64 left-aligned most recent items of the histories of `rows`, and `[B]` lengths."""
+    def pad(self, rows: np.ndarray, max_length: int | None = -1) -> tuple[np.ndarray, np.ndarray]:
+        """`[B, L]` int64 left-aligned most recent items of the histories of `rows`, and `[B]` lengths.
+
+        `max_length` caps each history (default: `max_seq_length`; `None`: the whole history, e.g. every item
+        the exclude-history protocol must not recommend)."""
+        cap = self.max_seq_length if max_length == -1 else max_length
         ends = self.offsets[rows + 1]
-        lengths = np.minimum(ends - self.offsets[rows], self.max_seq_length)
+        lengths = ends - self.offsets[rows]
+        lengths = lengths if cap is None else np.minimum(lengths, cap)
         width = int(lengths.max()) if len(rows) else 0
         positions = np.arange(width)
         index = (ends - lengths)[:, None] + positions

@@ -3,9 +3,10 @@
 Every history is scored against the whole catalogue and the held-out target's rank gives HR@K, NDCG@K and
 MRR@K. A target that ties with other items is placed at random among them: the metrics are their expectation.
 Two protocols: `"official"` (RecBole / the MISSRec code: only the padding item is masked, items already in the
-history are ranked too) and `"exclude_history"` (items of the history cannot be recommended again, except the
-target itself). Under Accelerate the rows are sharded across processes and the ranks gathered with
-`gather_for_metrics`, which drops the padding duplicates of the last batch.
+history are ranked too) and `"exclude_history"` (no item of the whole history can be recommended again, except
+the target itself; the whole history, not only the `max_seq_length` items the model reads, as the
+`sequential-recommendation` pipeline excludes). Under Accelerate the rows are sharded across processes and the
+ranks gathered with `gather_for_metrics`, which drops the padding duplicates of the last batch.
 """
 
 from __future__ import annotations
@@ -89,7 +90,13 @@ def evaluate_ranking(
         raise ValueError(f"batch_size={batch_size} and ks={list(ks)} must be >= 1")
     if len(collator) == 0:
         raise ValueError("the split to evaluate is empty")
-    loader = DataLoader(range(len(collator)), batch_size=batch_size, shuffle=False, collate_fn=collator)
+    def collate(rows: list[int]) -> dict[str, torch.Tensor]:
+        batch = collator(rows)
+        if "exclude_history" in protocols:
+            batch["history_items"] = torch.from_numpy(collator.pad(np.asarray(rows), max_length=None)[0])
+        return batch
+
+    loader = DataLoader(range(len(collator)), batch_size=batch_size, shuffle=False, collate_fn=collate)
     main_process = True
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
@@ -105,7 +112,7 @@ def evaluate_ranking(
             item_seq, targets = batch["item_seq"], batch["labels"]
             scores = model(item_seq=item_seq, lengths=batch["lengths"]).scores
             for protocol in protocols:
-                exclude = item_seq if protocol == "exclude_history" else None
+                exclude = batch["history_items"].to(scores.device) if protocol == "exclude_history" else None
                 batch_ranks = torch.stack(target_ranks(scores, targets.to(scores.device), exclude=exclude), 1)
                 if accelerator is not None:
                     batch_ranks = accelerator.gather_for_metrics(batch_ranks)

@@ -27,9 +27,11 @@ def demo(tmp_path_factory):
     return load_domain("demo", cache_dir=tmp_path_factory.mktemp("cache"), demo_num_items=60, demo_num_users=50)
 
 
-def test_both_protocols_by_hand(demo):
+@pytest.mark.parametrize("max_seq_length", [50, 3])  # 3: the model reads less than the history; all is excluded
+def test_both_protocols_by_hand(demo, max_seq_length):
     test = demo.sequences["test"].select(range(3))
-    collator = SequenceCollator(test, 50)
+    assert max(len(h) for h in test["history"]) > 3
+    collator = SequenceCollator(test, max_seq_length)
     histories, targets = test["history"], test["target"]
     # Item i scores 100 - i: item 1 is the best, so a target's official rank is target - 1.
     model = FixedScores([0.0] + [100.0 - i for i in range(1, 61)])
