@@ -301,8 +301,8 @@ def fit(
     if best_state is not None:
         match_interest_table(missrec, saved_interest_table_shape(best_state))
         unwrapped.load_state_dict(best_state)
-    if missrec is not None:  # interests from the kept weights: a reloaded model rediscovers them (adapters carry them)
-        discover_interests_once(accelerator, model)
+    # No interest discovery here: the kept state holds, in its buffers, the interests its validation score was
+    # measured with, so the model saved and tested is the one selected.
     if args.checkpointing_steps is not None and not (resume is not None and progress.finished):
         progress.finished = True
         save_checkpoint(progress=progress, best_state=None, **save)

@@ -152,3 +152,21 @@ def test_checkpoints_fall_on_optimiser_steps_and_resume_exactly_with_accumulatio
         shutil.rmtree(path)
     resumed = train.main([*tiny, "--resume_from_checkpoint", "latest"])
     assert resumed["test"] == pytest.approx(first["test"], abs=1e-6)
+
+
+def test_the_saved_model_is_the_one_validated(train, tmp_path, fresh_accelerate_state):
+    """The best epoch's weights and the interests its validation used are what is saved: the saved model scores
+    the validation split exactly as that epoch did (re-discovering interests after training changed them)."""
+    from modeling_missrec.pipelines.collator import SequenceCollator
+    from modeling_missrec.pipelines.evaluation import evaluate_ranking
+
+    from modeling_missrec import MISSRecModel
+
+    run = tmp_path / "run"
+    tiny = ["--num_users", "80", "--num_items", "50", "--baselines", "[]", "--output_dir", str(run), "--epochs", "3"]
+    results = train.main(tiny)
+    best = max(results["epochs"], key=lambda e: e["ndcg@10"])
+    model = MISSRecModel.from_pretrained(run).eval()
+    domain = train.load_training_data(train.parse_args(tiny))
+    valid = SequenceCollator(domain.sequences["validation"], model.config.max_seq_length)
+    assert evaluate_ranking(model, valid)["official"]["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-6)
