@@ -455,3 +455,23 @@ def test_a_folder_without_custom_pipelines_is_not_servable_by_remote_code(tmp_pa
     with pytest.raises(subprocess.CalledProcessError) as error:
         run_fresh(tmp_path, model=str(tmp_path / "plain"), histories=[[1]], top_k=2, padded=[[1]])
     assert "Unknown task sequential-recommendation" in error.value.stderr
+
+
+def test_importing_the_package_registers_the_task(tmp_path):
+    """After `import modeling_missrec` alone, `pipeline(TASK, model=model_object)` works (it raised KeyError when
+    only importing the pipeline module registered the task). A fresh process: this session has it registered."""
+    code = textwrap.dedent(
+        """
+        import torch
+        import modeling_missrec
+        from modeling_missrec.presets import load_preset
+        from transformers import pipeline
+
+        model = modeling_missrec.MISSRecModel(load_preset("missrec-tiny", modalities="text", text_feature_dim=8))
+        model.set_catalogue(text_features=torch.randn(10, 8))
+        model.discover_interests()
+        print(len(pipeline("sequential-recommendation", model=model)([1, 2], top_k=3)))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=fresh_env(tmp_path), capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "3", done.stderr[-2000:]
