@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import PretrainedConfig
+from transformers.pipelines import PIPELINE_REGISTRY
 
 MODALITIES = ("text", "image", "both")
 ID_MODES = ("inductive", "transductive")
@@ -209,6 +212,30 @@ class MISSRecConfig(PretrainedConfig):
         self.seq_seq_loss_weight = seq_seq_loss_weight
         self.diversity_loss_weight = diversity_loss_weight
         super().__init__(**kwargs)
+
+    @property
+    def custom_pipelines(self) -> dict[str, Any]:
+        """The pipeline tasks whose code is saved with the model (`pipe.save_pretrained` writes them), less those
+        this process has registered already: with missrec-hf installed (`import modeling_missrec` registers
+        `"sequential-recommendation"`), `pipeline(task, model=folder)` then takes the installed pipeline and, as
+        `AutoModel.from_pretrained(folder)`, needs no `trust_remote_code`. Saved configs keep every task."""
+        registered = set(PIPELINE_REGISTRY.get_supported_tasks())
+        return {task: info for task, info in self._saved_pipelines.items() if task not in registered}
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value: dict[str, Any] | None) -> None:
+        self.__dict__["_saved_pipelines"] = dict(value or {})
+
+    @property
+    def _saved_pipelines(self) -> dict[str, Any]:
+        return self.__dict__.get("_saved_pipelines", {})
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        saved = output.pop("_saved_pipelines", None)
+        if saved:
+            output["custom_pipelines"] = saved
+        return output
 
     @property
     def modality_names(self) -> tuple[str, ...]:

@@ -457,11 +457,14 @@ def test_a_folder_without_custom_pipelines_is_not_servable_by_remote_code(tmp_pa
     assert "Unknown task sequential-recommendation" in error.value.stderr
 
 
-def test_importing_the_package_registers_the_task(tmp_path):
+def test_importing_the_package_registers_the_task_and_needs_no_remote_code_flag(tmp_path):
     """After `import modeling_missrec` alone, `pipeline(TASK, model=model_object)` works (it raised KeyError when
-    only importing the pipeline module registered the task). A fresh process: this session has it registered."""
+    only importing the pipeline module registered the task), and so does `pipeline(TASK, model=folder)` without
+    `trust_remote_code` (it demanded the flag). A fresh process: this session has the task registered."""
     code = textwrap.dedent(
         """
+        import sys
+
         import torch
         import modeling_missrec
         from modeling_missrec.presets import load_preset
@@ -470,8 +473,16 @@ def test_importing_the_package_registers_the_task(tmp_path):
         model = modeling_missrec.MISSRecModel(load_preset("missrec-tiny", modalities="text", text_feature_dim=8))
         model.set_catalogue(text_features=torch.randn(10, 8))
         model.discover_interests()
-        print(len(pipeline("sequential-recommendation", model=model)([1, 2], top_k=3)))
+        pipe = pipeline("sequential-recommendation", model=model)
+        pipe.save_pretrained(sys.argv[1])
+        # Like AutoModel.from_pretrained(folder): the installed package needs no trust_remote_code.
+        again = pipeline("sequential-recommendation", model=sys.argv[1])
+        assert type(again).__module__ == "modeling_missrec.pipelines.recommendation", type(again).__module__
+        print(len(again([1, 2], top_k=3)), pipe([1, 2], top_k=3) == again([1, 2], top_k=3))
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], env=fresh_env(tmp_path), capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "3", done.stderr[-2000:]
+    command = [sys.executable, "-c", code, str(tmp_path / "folder")]
+    done = subprocess.run(command, env=fresh_env(tmp_path), capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "3 True", done.stderr[-2000:]
+    config = json.loads((tmp_path / "folder" / "config.json").read_text())
+    assert "sequential-recommendation" in config["custom_pipelines"]  # remote-code users still find the pipeline
