@@ -91,8 +91,12 @@ def item_popularity(domain: MultiModalDomain) -> np.ndarray:
 def data_description(domain: MultiModalDomain | None, metrics: dict[str, Any]) -> str:
     """A paragraph on the training data: source and statistics of the domain."""
     recipe = metrics.get("recipe") or {}
-    if domain is None:
-        return f"The **{domain_name(recipe)}** domain (see the training recipe)."
+    if domain is None:  # the run's record: how its data were built (train.py writes it into metrics.json)
+        build = metrics.get("build") or {}
+        source = SOURCE_DESCRIPTIONS.get(build.get("source") or "", "the domain's files")
+        counts = build.get("statistics") or {}
+        counted = "" if "users" not in counts else f": {counts['users']:,} users, {counts['items']:,} items"
+        return f"The **{domain_name(recipe)}** domain, built from {source}{counted} (see the training recipe)."
     stats = domain_statistics(domain)
     source = SOURCE_DESCRIPTIONS.get(domain.build.get("source", "missrec"), "the domain's files")
     return (

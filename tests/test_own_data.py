@@ -187,6 +187,12 @@ def test_atomic_domain_builds_with_minilm_features_cached_and_trains(train, tmp_
     )  # fmt: skip
     assert results["recipe"]["source"] == "atomic" and "ndcg@10" in results["test"]
     assert json.loads((run / "config.json").read_text())["modalities"] == "text"
+    exported = export_model(run, tmp_path / "export")
+    assert "RecBole atomic files" in (exported / "README.md").read_text()
+    recommend = pipeline("sequential-recommendation", model=str(exported), trust_remote_code=True)
+    served = recommend(["i3", "i5", "i12"], top_k=4, return_text=True)  # the .inter file's item ids
+    assert len(served) == 4 and not {"i3", "i5", "i12"} & {r["source_id"] for r in served}
+    assert all(r["text"] in ("", f"Product {r['source_id'][1:]}") for r in served)  # the run's text: titles only
 
 
 # ------------------------------------------------------------------------------------- modalities that differ
