@@ -43,7 +43,7 @@ TARGETS = {
         "domain": "MovieLens100K",
         "data_dir": str(SHARED / "text-domains" / "MovieLens100K"),
         "source": "atomic",
-        "max_train_examples": 10000,
+        "max_train_examples": 5000,
     },
 }
 VARIANTS = ("scratch", "frozen", "lora", "full")
