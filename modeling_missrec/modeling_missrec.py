@@ -85,6 +85,12 @@ class MISSRecPreTrainingOutput(ModelOutput):
     diversity_loss: torch.FloatTensor | None = None
 
 
+# The catalogue and interest buffers are model state that later code compares by version (the serving cache) and
+# may update in place: created under `torch.inference_mode()` they would be inference tensors, which track no
+# version and refuse in-place updates outside it. So the methods that write them run outside inference mode.
+writes_catalogue_state = torch.inference_mode(False)
+
+
 class MISSRecPreTrainedModel(PreTrainedModel):
     """Weight initialisation and loading conventions shared by MISSRec models."""
 
@@ -227,6 +233,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
             tables[m] = (table, mask)
         return tables
 
+    @writes_catalogue_state
     def set_catalogue(
         self,
         text_features: FeatureTable | None = None,
@@ -285,6 +292,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self.config.id_mode = "transductive"
         self.item_id_embeddings = self._fresh_item_id_embeddings()
 
+    @writes_catalogue_state
     def add_modality(self, modality: str, feature_dim: int) -> None:
         """Make the model read one more modality: add a freshly initialised adaptor for it.
 
@@ -315,6 +323,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self.register_buffer(f"{modality}_present", torch.zeros(rows, dtype=torch.bool, device=device))
         self.register_buffer(f"{modality}_interest_ids", torch.zeros(rows, dtype=torch.long, device=device))
 
+    @writes_catalogue_state  # outermost: leaving inference mode turns gradients back on, no_grad then off
     @torch.no_grad()
     def extend_catalogue(
         self,
@@ -370,6 +379,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
     def _adapt(self, modality: str, features: torch.Tensor) -> torch.Tensor:
         return getattr(self, f"{modality}_adaptor")(features)
 
+    @writes_catalogue_state  # outermost: leaving inference mode turns gradients back on, no_grad then off
     @torch.no_grad()
     def discover_interests(self) -> ClusteringResult:
         """Cluster the adapted embeddings of every present item-modality into interests (no gradient).

@@ -486,3 +486,23 @@ def test_importing_the_package_registers_the_task_and_needs_no_remote_code_flag(
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "3 True", done.stderr[-2000:]
     config = json.loads((tmp_path / "folder" / "config.json").read_text())
     assert "sequential-recommendation" in config["custom_pipelines"]  # remote-code users still find the pipeline
+
+
+def test_a_catalogue_set_under_inference_mode_is_served_fresh():
+    """Issue 20, defect 2 (the inference-mode half): a catalogue set and clustered under `torch.inference_mode()`
+    is served, and what is served is the new catalogue (the serving cache compared inference tensors' versions,
+    which they do not track, and raised)."""
+    model = tiny_model(num_items=30)
+    pipe = pipeline(TASK, model=model)
+    pipe([[1, 2, 3]], top_k=5)  # builds the cached index of the first catalogue
+    generator = torch.Generator().manual_seed(7)
+    features = {m: torch.randn(25, FEATURE_DIM, generator=generator) for m in model.config.modality_names}
+    with torch.inference_mode():
+        model.set_catalogue(**{f"{m}_features": t for m, t in features.items()})
+        model.discover_interests()
+    assert not model.interest_centroids.is_inference()
+    served = pipe([[1, 2, 3]], top_k=5, exclude_history=False)[0]
+    with torch.no_grad():
+        scores = model(torch.tensor([[1, 2, 3]])).scores[0]
+    scores[0] = -float("inf")
+    assert [r["item_id"] for r in served] == scores.topk(5).indices.tolist()
