@@ -69,17 +69,21 @@ def read_header(path: Path, header_line: str) -> list[tuple[str, str]]:
     return columns
 
 
-def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of every non-blank line after the header."""
+def _lines(path: Path, columns: int) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank line after the header; a line without `columns` fields raises."""
     with open(path, encoding="utf-8") as f:
         next(f, None)
         for lineno, line in enumerate(f, 2):
             line = line.rstrip("\n").rstrip("\r")
             if line.strip():
-                yield lineno, line.split("\t")
+                fields = line.split("\t")
+                if len(fields) != columns:
+                    raise ValueError(f"{path}:{lineno}: expected {columns} tab-separated columns, got {len(fields)}")
+                yield lineno, fields
 
 
 def _columns_of(path: Path, wanted: Sequence[str]) -> tuple[list[tuple[str, str]], list[int]]:
+    """The header of an atomic file and the positions of its `wanted` columns (a missing one raises)."""
     with open(path, encoding="utf-8") as f:
         header = read_header(path, f.readline())
     names = [name for name, _ in header]
@@ -97,9 +101,7 @@ def read_interactions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.
     """
     header, (user_col, item_col, time_col) = _columns_of(path, REQUIRED_INTER_COLUMNS)
     users, items, times, linenos = [], [], [], []
-    for lineno, fields in _lines(path):
-        if len(fields) != len(header):
-            raise ValueError(f"{path}:{lineno}: expected {len(header)} tab-separated columns, got {len(fields)}")
+    for lineno, fields in _lines(path, len(header)):
         users.append(fields[user_col])
         items.append(fields[item_col])
         times.append(fields[time_col])
@@ -134,11 +136,8 @@ def read_item_texts(path: Path, text_fields: Sequence[str] | None = None) -> tup
         text_fields: the columns whose values make the text, in this order (None: every `token`/`token_seq`
             column but `item_id`, in file order).
     """
-    with open(path, encoding="utf-8") as f:
-        header = read_header(path, f.readline())
+    header, (item_col,) = _columns_of(path, ["item_id"])
     names = [name for name, _ in header]
-    if "item_id" not in names:
-        raise ValueError(f"{path}:1: the header has no column 'item_id' (columns: {names})")
     if text_fields is None:
         text_fields = [name for name, kind in header if name != "item_id" and kind in TEXT_TYPES]
         if not text_fields:
@@ -148,11 +147,9 @@ def read_item_texts(path: Path, text_fields: Sequence[str] | None = None) -> tup
         missing = [name for name in text_fields if name not in names]
         if missing or not text_fields:
             raise ValueError(f"{path}:1: text_fields {text_fields} are not all columns of the header {names}")
-    item_col, text_cols = names.index("item_id"), [names.index(name) for name in text_fields]
+    text_cols = [names.index(name) for name in text_fields]
     texts: dict[str, str] = {}
-    for lineno, fields in _lines(path):
-        if len(fields) != len(header):
-            raise ValueError(f"{path}:{lineno}: expected {len(header)} tab-separated columns, got {len(fields)}")
+    for lineno, fields in _lines(path, len(header)):
         item = fields[item_col]
         if item in texts:
             raise ValueError(f"{path}:{lineno}: item {item!r} has a second row")

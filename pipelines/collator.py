@@ -123,15 +123,15 @@ class SequenceCollator:
         """Draw the augmentations of `epoch` from now on (call it with the sampler's `set_epoch`)."""
         self.epoch = epoch
 
-    def pad(self, rows: np.ndarray, max_length: int | None = -1) -> tuple[np.ndarray, np.ndarray]:
+    def pad(self, rows: np.ndarray, whole_history: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """`[B, L]` int64 left-aligned most recent items of the histories of `rows`, and `[B]` lengths.
 
-        `max_length` caps each history (default: `max_seq_length`; `None`: the whole history, e.g. every item
-        the exclude-history protocol must not recommend)."""
-        cap = self.max_seq_length if max_length == -1 else max_length
+        Histories keep their `max_seq_length` most recent items, or all of them with `whole_history` (e.g. every
+        item the exclude-history protocol must not recommend)."""
         ends = self.offsets[rows + 1]
         lengths = ends - self.offsets[rows]
-        lengths = lengths if cap is None else np.minimum(lengths, cap)
+        if not whole_history:
+            lengths = np.minimum(lengths, self.max_seq_length)
         width = int(lengths.max()) if len(rows) else 0
         positions = np.arange(width)
         index = (ends - lengths)[:, None] + positions

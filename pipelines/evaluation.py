@@ -93,7 +93,7 @@ def evaluate_ranking(
     def collate(rows: list[int]) -> dict[str, torch.Tensor]:
         batch = collator(rows)
         if "exclude_history" in protocols:
-            batch["history_items"] = torch.from_numpy(collator.pad(np.asarray(rows), max_length=None)[0])
+            batch["history_items"] = torch.from_numpy(collator.pad(np.asarray(rows), whole_history=True)[0])
         return batch
 
     loader = DataLoader(range(len(collator)), batch_size=batch_size, shuffle=False, collate_fn=collate)
