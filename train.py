@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import math
 import os
 import shutil
 import time
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import broadcast, broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 from modeling_missrec.pipelines.checkpointing import (
     TrainingProgress,
     check_settings,
@@ -59,15 +60,24 @@ from modeling_missrec.pipelines.collator import (
 from modeling_missrec.pipelines.domain_data import SPLITS
 from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
 from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy, match_catalogue_modalities
+from modeling_missrec.pipelines.interest_discovery import discover_interests_on_every_rank
 from modeling_missrec.pipelines.loading import MultiModalDomain, load_domain, mix_domains
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
-from modeling_missrec.pipelines.recommendation import save_catalogue, save_item_metadata
-from modeling_missrec.pipelines.tracking import JSONLinesTracker, plot_curves
+from modeling_missrec.pipelines.served_files import save_catalogue, save_item_metadata
+from modeling_missrec.pipelines.tracking import plot_curves, run_trackers, scalar_config
 from peft import PeftModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
-from modeling_missrec import MISSRecModel, SASRecConfig, SASRecModel
+from modeling_missrec import (
+    MISSRecForPreTraining,
+    MISSRecForSequentialRecommendation,
+    MISSRecModel,
+    SASRecConfig,
+    SASRecModel,
+    unwrap_missrec,
+)
 from modeling_missrec.presets import available_presets, load_preset
 
 PRETRAINING_INTEREST_RATIO, FINETUNING_INTEREST_RATIO = 0.02, 0.5  # the paper's
@@ -95,9 +105,28 @@ def folder_megabytes(folder: str) -> float:
 
 
 def missrec_of(model: torch.nn.Module) -> MISSRecModel | None:
-    """The `MISSRecModel` inside `model` (itself, or the base of a PEFT model), or None for other models."""
-    model = model.get_base_model() if isinstance(model, PeftModel) else model
-    return model if isinstance(model, MISSRecModel) else None
+    """The `MISSRecModel` inside `model` (a head, a base, or a PEFT model of one), or None for other models."""
+    try:
+        return unwrap_missrec(model)
+    except ValueError:
+        return None
+
+
+def training_head(
+    args: TrainingRecipe, missrec: torch.nn.Module
+) -> MISSRecForPreTraining | MISSRecForSequentialRecommendation:
+    """The head that trains `missrec` (a base, or a PEFT model of one) with the recipe's stage objective."""
+    head = MISSRecForPreTraining if args.stage == "pretrain" else MISSRecForSequentialRecommendation
+    return head.from_base(missrec)
+
+
+def ranking_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """What `evaluate_ranking` scores for the prepared `model`: a pre-training head is evaluated as the
+    recommendation head on the same base (full-catalogue scores); any other model as itself."""
+    unwrapped = accelerator.unwrap_model(model)
+    if isinstance(unwrapped, MISSRecForPreTraining):
+        return MISSRecForSequentialRecommendation.from_base(unwrapped.missrec)
+    return model
 
 
 def load_training_data(args: TrainingRecipe) -> MultiModalDomain:
@@ -173,22 +202,15 @@ def training_collator(args: TrainingRecipe, domain: MultiModalDomain, max_seq_le
     )
 
 
-def discover_interests_once(accelerator: Accelerator, model: torch.nn.Module) -> None:
-    """Interest discovery on the main process only; the interest tables are then broadcast to every rank.
-
-    The catalogue and interest tables are buffers that DDP does not synchronise (`broadcast_buffers=False`),
-    so the other ranks receive them here, sized by the K the main process found.
-    """
-    model = missrec_of(accelerator.unwrap_model(model))
-    if accelerator.is_main_process:
-        model.discover_interests()
-    if accelerator.num_processes == 1:
-        return
-    (num_interests,) = broadcast_object_list([model.config.num_interests])
-    if not accelerator.is_main_process:
-        match_interest_table(model, (num_interests + 1, model.config.hidden_size))
-    for name in [f"{m}_interest_ids" for m in model.modality_names] + ["interest_centroids"]:
-        setattr(model, name, broadcast(getattr(model, name).contiguous(), from_process=0))
+def build_optimizer(model: torch.nn.Module, args: TrainingRecipe) -> torch.optim.AdamW:
+    """AdamW over the trained parameters; weight decay on the weight matrices and embeddings only (biases and
+    LayerNorm gains are not pulled towards zero, as in `transformers.Trainer`)."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trained if p.ndim >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate)
 
 
 def checkpoint_to_resume(args: TrainingRecipe, name: str) -> Path | None:
@@ -207,7 +229,10 @@ def fit(
     valid: SequenceCollator,
     args: TrainingRecipe,
 ) -> tuple[torch.nn.Module, Accelerator, list[dict]]:
-    """Train `model` with Adam for `args.epochs`, keeping the weights of the best validation NDCG@10.
+    """Train `model` with AdamW for `args.epochs`, keeping the weights of the best validation NDCG@10.
+
+    The learning rate follows `args.lr_scheduler_type` (warm-up, decay) over the `args.epochs` epochs; gradients
+    are clipped to `args.max_grad_norm` when it is set.
 
     Stops early after `args.early_stopping_patience` epochs without a gain, and at once on a non-finite loss.
     MISSRec models re-discover their interests before every epoch. Each model gets an `Accelerator` of its own
@@ -224,7 +249,7 @@ def fit(
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
     )
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
+    optimizer = build_optimizer(model, args)
     # The loader's own generator: a new epoch iterator draws its worker seed from it, not from the global RNG
     # that dropout uses, so a run resumed mid-epoch makes the same dropout draws as an uninterrupted one.
     loader = DataLoader(
@@ -234,9 +259,19 @@ def fit(
         collate_fn=collator,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, loader)
+    # The schedule counts the optimiser steps of one process; Accelerate's scheduler wrapper advances it by the
+    # number of processes a step, as each step then covers that many batches.
+    total_steps = args.epochs * math.ceil(len(loader) / args.gradient_accumulation_steps)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=math.ceil(args.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     missrec = missrec_of(unwrapped)
+    scorer = ranking_model(accelerator, model)
     settings = {**args.training_settings, "num_processes": accelerator.num_processes}
     progress, best_state = TrainingProgress(name, settings), None
     resume = checkpoint_to_resume(args, name)
@@ -253,7 +288,7 @@ def fit(
     while not progress.finished and progress.epoch < args.epochs:
         epoch, started = progress.epoch, time.perf_counter()
         if missrec is not None and progress.step == 0:  # mid-epoch, the checkpoint holds this epoch's interests
-            discover_interests_once(accelerator, model)
+            discover_interests_on_every_rank(model)
         model.train()
         train_loader.set_epoch(epoch)
         collator.set_epoch(epoch)
@@ -270,7 +305,10 @@ def fit(
                         "lower learning_rate or check the features for extreme values"
                     )
                 accelerator.backward(loss)
+                if args.max_grad_norm is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
+                scheduler.step()
                 optimizer.zero_grad()
             progress.step += 1
             progress.loss_sum += loss.item()
@@ -282,7 +320,7 @@ def fit(
                     save_checkpoint(progress=progress, best_state=best_state, **save)
         trained = time.perf_counter()
         metrics = evaluate_ranking(
-            model, valid, batch_size=args.eval_batch_size, ks=args.metrics_at, accelerator=accelerator
+            scorer, valid, batch_size=args.eval_batch_size, ks=args.metrics_at, accelerator=accelerator
         )["official"]
         loss = progress.loss_sum / progress.step
         seconds = {"train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
@@ -336,9 +374,9 @@ def print_results(accelerator: Accelerator, rows: dict[str, dict]) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    accelerator = Accelerator(log_with=[JSONLinesTracker("train_log", args.output_dir)])
+    accelerator = Accelerator(log_with=run_trackers(args.report_to, args.output_dir), project_dir=args.output_dir)
     prepare_output_dir(accelerator, args)
-    accelerator.init_trackers("missrec", config=dataclasses.asdict(args))
+    accelerator.init_trackers("missrec", config=scalar_config(dataclasses.asdict(args)))
     with accelerator.main_process_first():  # the main process builds the datasets cache, the others reuse it
         domain = load_training_data(args)
     results, table = train_and_evaluate(accelerator, args, domain)
@@ -365,22 +403,22 @@ def train_and_evaluate(
     """
     features = catalogue_features(domain.items)
     set_seed(args.seed)
-    model = apply_finetuning_strategy(build_missrec(args, features), args.strategy)
-    max_seq_length = missrec_of(model).config.max_seq_length
+    model = training_head(args, apply_finetuning_strategy(build_missrec(args, features), args.strategy))
+    max_seq_length = model.config.max_seq_length
     train = training_collator(args, domain, max_seq_length)
     loaders = {split: SequenceCollator(domain.sequences[split], max_seq_length) for split in ("validation", "test")}
     results = {"recipe": dataclasses.asdict(args), "domain": domain.name, "num_processes": accelerator.num_processes}
     results["build"] = domain.build
     label = "MISSRec" if args.pretrained is None else f"MISSRec (pre-trained, {args.strategy})"
     model, _, results["epochs"] = fit(accelerator, "MISSRec", model, train, loaders["validation"], args)
-    scorers = {label: ("", model)}
+    scorers = {label: ("", ranking_model(accelerator, model))}
     if "scratch" in args.baselines:
         set_seed(args.seed)
-        scratch = build_missrec(args, features, from_scratch=True)
+        scratch = training_head(args, build_missrec(args, features, from_scratch=True))
         scratch, _, results["scratch_epochs"] = fit(
             accelerator, "MISSRec-scratch", scratch, train, loaders["validation"], args
         )
-        scorers["MISSRec from scratch"] = ("scratch_", scratch)
+        scorers["MISSRec from scratch"] = ("scratch_", ranking_model(accelerator, scratch))
     if "sasrec" in args.baselines:
         set_seed(args.seed)
         sasrec = SASRecModel(SASRecConfig(num_items=domain.num_items, max_seq_length=max_seq_length))
@@ -406,10 +444,12 @@ def train_and_evaluate(
         )
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
-        saved = accelerator.unwrap_model(model)
-        saved.save_pretrained(args.output_dir)  # a PEFT adapter folder for "lora"
-        if isinstance(saved, PeftModel):  # the adapter carries its domain's catalogue (the base has another)
-            save_catalogue(args.output_dir, saved)
+        head = accelerator.unwrap_model(model)
+        if isinstance(head.missrec, PeftModel):  # an adapter folder, carrying its domain's catalogue
+            head.missrec.save_pretrained(args.output_dir)
+            save_catalogue(args.output_dir, head.missrec)
+        else:  # the head's folder: any MISSRec Auto class loads it
+            head.save_pretrained(args.output_dir)
         items = domain.items.select_columns(["source_id", "text"]).to_dict()
         save_item_metadata(args.output_dir, items["source_id"], items["text"], popularity=popularity.counts[1:].long())
         results["saved_megabytes"] = folder_megabytes(args.output_dir)

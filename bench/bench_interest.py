@@ -84,6 +84,7 @@ def machine_info() -> dict[str, object]:
     """The machine's description (see `common.machine_info`) plus sklearn's version and the library's hash."""
     return {**common_machine_info(), "sklearn_version": sklearn.__version__, "library_sha256": library_sha256()}
 
+
 def library_sha256() -> str:
     """SHA-256 of the `interest_missrec.py` source, to tell whether every process ran the same library code."""
     return hashlib.sha256(Path(interest_missrec.__file__).read_bytes()).hexdigest()

@@ -41,11 +41,12 @@ import torch
 from common import machine_info, memory_status
 from modeling_missrec.pipelines.collator import arrow_table, catalogue_features
 from modeling_missrec.pipelines.loading import load_domain
-from modeling_missrec.pipelines.recommendation import TASK, ItemIndex, serving_state
+from modeling_missrec.pipelines.recommendation import TASK
 from transformers import pipeline
 
 from modeling_missrec import MISSRecModel
 from modeling_missrec.presets import load_preset
+from modeling_missrec.scoring_missrec import ItemIndex, serving_state
 
 REPO = Path(__file__).resolve().parents[1]
 SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific-mm"

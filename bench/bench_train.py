@@ -155,7 +155,7 @@ def reevaluate(result: dict) -> dict:
     sys.path.insert(0, str(REPO))
     from modeling_missrec.pipelines.collator import SequenceCollator
     from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
-    from modeling_missrec.pipelines.recommendation import load_missrec_adapter
+    from modeling_missrec.pipelines.served_files import load_missrec_adapter
 
     import train
     from modeling_missrec import MISSRecModel

@@ -103,7 +103,7 @@ def cold_metrics(train, argv: list[str], variant: str, pretrained: Path) -> dict
     """Test metrics of a saved run on its cold-target test users."""
     from modeling_missrec.pipelines.collator import SequenceCollator
     from modeling_missrec.pipelines.evaluation import evaluate_ranking
-    from modeling_missrec.pipelines.recommendation import load_missrec_adapter
+    from modeling_missrec.pipelines.served_files import load_missrec_adapter
 
     from modeling_missrec import MISSRecModel
 

@@ -36,10 +36,10 @@ from transformers import pipeline
 from .. import MISSRecModel
 from ..pipelines.collator import arrow_table, catalogue_features
 from ..pipelines.loading import MultiModalDomain, domain_statistics, load_domain
-from ..pipelines.recommendation import (
+from ..pipelines.recommendation import TASK
+from ..pipelines.served_files import (
     CATALOGUE_FILE,
     ITEM_METADATA_FILE,
-    TASK,
     load_item_metadata,
     load_missrec_adapter,
     save_catalogue,

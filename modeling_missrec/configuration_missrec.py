@@ -164,9 +164,7 @@ class MISSRecConfig(PretrainedConfig):
         _check_int("num_decoder_layers", num_decoder_layers, 1)
         _check_int("num_attention_heads", num_attention_heads, 1)
         if hidden_size % num_attention_heads:
-            raise ValueError(
-                f"hidden_size={hidden_size} is not divisible by num_attention_heads={num_attention_heads}"
-            )
+            raise ValueError(f"hidden_size={hidden_size} is not divisible by num_attention_heads={num_attention_heads}")
         _check_int("intermediate_size", intermediate_size, 1)
         for name, p in (
             ("hidden_dropout_prob", hidden_dropout_prob),

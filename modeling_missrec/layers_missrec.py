@@ -17,6 +17,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 
 from .configuration_missrec import MISSRecConfig
+from .scoring_missrec import pair_fusion, present_mean, stand_in_for_absent
 
 
 def init_standard_weights(module: nn.Module, std: float) -> None:
@@ -60,8 +61,7 @@ def validate_history(
     out_of_range = (item_seq < 0) | (item_seq > num_items)
     if out_of_range.any():
         raise ValueError(
-            f"item ids {first_values(item_seq[out_of_range])} are outside the catalogue [1, {num_items}] "
-            "(0 = padding)"
+            f"item ids {first_values(item_seq[out_of_range])} are outside the catalogue [1, {num_items}] (0 = padding)"
         )
     nonzero = item_seq != 0
     positions = torch.arange(item_seq.shape[1], device=item_seq.device)
@@ -464,9 +464,10 @@ class MISSRecDecoderLayer(nn.Module):
 class MISSRecItemFusion(nn.Module):
     """Fuses per-modality candidate logits into one item logit (DESIGN.md §1, step 6).
 
-    `static`: mean over the item's present modalities. `dynamic_shared` / `dynamic_instance`:
+    `static`: mean over the item's present modalities ([`present_mean`]). `dynamic_shared` / `dynamic_instance`:
     `sum_m s_m * softmax_m(s_m * w)` over present modalities, with one learned `w` shared by all items or
-    one per item. Absent modalities get weight 0; an item with no modality at all scores 0.
+    one per item ([`pair_fusion`]: the two-way softmax as a sigmoid). Absent modalities get weight 0; an item with no
+    modality at all scores 0. The rules live in `scoring_missrec`, which the serving index applies too.
     """
 
     def __init__(self, config: MISSRecConfig):
@@ -485,9 +486,9 @@ class MISSRecItemFusion(nn.Module):
     ) -> torch.Tensor:
         """
         Args:
-            modality_logits: `[M, B, C]` cosine logits of C candidates for M modalities (modality first, so the
-                softmax over modalities runs over contiguous `[B, C]` slices: several times faster than over
-                a last dimension of size M).
+            modality_logits: `[M, B, C]` cosine logits of C candidates for M modalities (modality first, so each
+                modality's logits are one contiguous `[B, C]` slice: several times faster to fuse than a last
+                dimension of size M).
             present: `[M, C]` bool, whether the candidate has that modality.
             item_ids: `[C]` catalogue ids of the candidates (needed by `dynamic_instance`;
                 None means all items `0..num_items` in order).
@@ -496,11 +497,8 @@ class MISSRecItemFusion(nn.Module):
             `[B, C]` fused logits.
         """
         if self.mode == "static":
-            weights = present.to(modality_logits.dtype)[:, None]
-            return (modality_logits * weights).sum(0) / weights.sum(0).clamp_min(1)
+            return present_mean(modality_logits, present[:, None])
         w = self.weight if self.mode == "dynamic_shared" or item_ids is None else self.weight[item_ids]
-        # Items with no modality at all keep a finite gate (their softmax would be NaN) and get weight 0.
-        hidden = ~present & present.any(0, keepdim=True)
-        gate = (modality_logits * w).masked_fill(hidden[:, None], float("-inf"))
-        weights = torch.softmax(gate, dim=0) * present[:, None]
-        return (modality_logits * weights).sum(0)
+        text, image = stand_in_for_absent(*modality_logits, *present[:, None])
+        # An item with no modality at all scores 0 (there is nothing to fuse).
+        return pair_fusion(text, image, w).masked_fill(~present.any(0), 0.0)

@@ -31,14 +31,32 @@ from .layers_missrec import (
     validate_history,
 )
 from .layers_missrec import first_values as _first
+from .scoring_missrec import ItemIndex, join_id_scores, serving_state
 
 FeatureTable = torch.Tensor | np.ndarray
 
 
 @dataclass
-class MISSRecOutput(ModelOutput):
+class MISSRecModelOutput(ModelOutput):
     """
-    Output of [`MISSRecModel.forward`] without an augmented view (fine-tuning and serving).
+    Output of [`MISSRecModel.forward`]: what the encoder makes of the histories.
+
+    Args:
+        sequence_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            L2-normalised sequence representations.
+        diversity_loss (`torch.FloatTensor` of shape `()`):
+            Interest diversity regulariser of the batch (the mean-pooled interest memory's squared norm per dimension,
+            summed over the batch).
+    """
+
+    sequence_embeddings: torch.FloatTensor | None = None
+    diversity_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class MISSRecSequentialRecommendationOutput(ModelOutput):
+    """
+    Output of [`MISSRecForSequentialRecommendation.forward`] (fine-tuning, evaluation).
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
@@ -60,7 +78,7 @@ class MISSRecOutput(ModelOutput):
 @dataclass
 class MISSRecPreTrainingOutput(ModelOutput):
     """
-    Output of [`MISSRecModel.forward`] with an augmented view (pre-training objective).
+    Output of [`MISSRecForPreTraining.forward`] (the pre-training objective).
 
     Args:
         loss (`torch.FloatTensor` of shape `()`):
@@ -85,6 +103,23 @@ class MISSRecPreTrainingOutput(ModelOutput):
     diversity_loss: torch.FloatTensor | None = None
 
 
+@dataclass
+class MISSRecRecommendationOutput(ModelOutput):
+    """
+    Output of [`MISSRecForSequentialRecommendation.recommend`]: the top-k items of every history, best first.
+
+    Args:
+        scores (`torch.FloatTensor` of shape `(batch_size, top_k)`):
+            The items' logits (the same as `forward`'s `scores` for them); `-inf` where fewer than `top_k`
+            candidates were left after excluding the history.
+        item_ids (`torch.LongTensor` of shape `(batch_size, top_k)`):
+            Catalogue item ids `1..num_items`; new items (`new_items`) get ids `num_items + 1 ..` in their order.
+    """
+
+    scores: torch.FloatTensor | None = None
+    item_ids: torch.LongTensor | None = None
+
+
 # The catalogue and interest buffers are model state that later code compares by version (the serving cache) and
 # may update in place: created under `torch.inference_mode()` they would be inference tensors, which track no
 # version and refuse in-place updates outside it. So the methods that write them run outside inference mode.
@@ -98,6 +133,18 @@ class MISSRecPreTrainedModel(PreTrainedModel):
     base_model_prefix = "missrec"
     main_input_name = "item_seq"
     _supports_sdpa = True
+
+    # Every saved folder names every class, whichever of them saved it, so any of them loads it as remote code.
+    _AUTO_MAP = {
+        "AutoModel": "modeling_missrec.MISSRecModel",
+        "AutoModelForPreTraining": "modeling_missrec.MISSRecForPreTraining",
+        "AutoModelForSequentialRecommendation": "modeling_missrec.MISSRecForSequentialRecommendation",
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`; the folder's `auto_map` names the base and both heads."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._AUTO_MAP}
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -199,7 +246,9 @@ class MISSRecModel(MISSRecPreTrainedModel):
             self.register_buffer(f"{m}_interest_ids", torch.zeros(num_items + 1, dtype=torch.long))
         self.register_buffer("interest_centroids", torch.zeros(num_interests + 1, self.config.hidden_size))
 
-    def _as_feature_table(self, modality: str, table: FeatureTable | None, num_rows: int | None) -> torch.Tensor:
+    def _as_feature_table(
+        self, modality: str, table: FeatureTable | None, num_rows: int | None, first_id: int
+    ) -> torch.Tensor:
         if table is None:
             raise ValueError(f"{modality}_features is required (config.modalities={self.config.modalities!r})")
         table = torch.as_tensor(table, dtype=torch.float32)
@@ -213,18 +262,23 @@ class MISSRecModel(MISSRecPreTrainedModel):
             raise ValueError(f"{modality}_features has {table.shape[0]} rows but another modality has {num_rows}")
         bad = (~torch.isfinite(table)).any(1).nonzero().flatten()
         if bad.numel():
-            raise ValueError(f"{modality}_features has NaN or Inf for items {_first(bad + 1)} (item ids, 1-based)")
+            raise ValueError(f"{modality}_features has NaN or Inf for items {_first(bad + first_id)} (item ids)")
         return table
 
     def _validated_catalogue(
-        self, features: dict[str, FeatureTable | None], present: dict[str, FeatureTable | None]
+        self,
+        features: dict[str, FeatureTable | None],
+        present: dict[str, FeatureTable | None],
+        first_id: int = 1,
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """`{modality: (features [N, width], present [N])}` of tables whose first row is item `first_id`, or a
+        `ValueError` naming what does not fit the config."""
         unknown = [m for m, t in features.items() if t is not None and m not in self.modality_names]
         if unknown:
             raise ValueError(f"{unknown[0]}_features given but config.modalities={self.config.modalities!r}")
         tables, num_rows = {}, None
         for m in self.modality_names:
-            table = self._as_feature_table(m, features[m], num_rows)
+            table = self._as_feature_table(m, features[m], num_rows, first_id)
             num_rows = table.shape[0]
             mask = present[m]
             mask = table.abs().sum(1) > 0 if mask is None else torch.as_tensor(mask, dtype=torch.bool)
@@ -347,7 +401,9 @@ class MISSRecModel(MISSRecPreTrainedModel):
             `[N_new]` long, the new item ids `num_items + 1 .. num_items + N_new`.
         """
         tables = self._validated_catalogue(
-            {"text": text_features, "image": image_features}, {"text": text_present, "image": image_present}
+            {"text": text_features, "image": image_features},
+            {"text": text_present, "image": image_present},
+            self.config.num_items + 1,
         )
         device = self.position_embeddings.weight.device
         old = self.config.num_items
@@ -664,6 +720,12 @@ class MISSRecModel(MISSRecPreTrainedModel):
         return self.encoder[0].self_attention.block.project_table(self.interest_centroids.to(self.dtype))
 
     # ------------------------------------------------------------------ item side
+    def item_presence(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """`[M, C]` bool: whether items `item_ids` `[C]` (None: the whole catalogue `0..num_items`) have each
+        modality, in `config.modality_names` order."""
+        present = torch.stack([getattr(self, f"{m}_present") for m in self.modality_names])
+        return present if item_ids is None else present[:, item_ids]
+
     def embed_items(
         self, item_ids: torch.Tensor | None = None, catalogue: dict[str, torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor]:
@@ -685,13 +747,41 @@ class MISSRecModel(MISSRecPreTrainedModel):
             out["id"] = F.normalize(weight if item_ids is None else weight[item_ids], dim=-1)
         return out
 
+    def embed_new_items(
+        self, text_features: FeatureTable | None = None, image_features: FeatureTable | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """L2-normalised embeddings of items that are not in the catalogue (cold-start items), from their features
+        alone, validated as [`set_catalogue`] validates a catalogue (errors name them by the ids `recommend` gives
+        them, `num_items + 1 ..`).
+
+        Args:
+            text_features: `[n, text_feature_dim]`; image_features: `[n, image_feature_dim]` (the config's modalities).
+
+        Returns:
+            `({"text": [n, d], "image": [n, d]}, present [M, n])`.
+        """
+        first_id = self.config.num_items + 1  # the ids `recommend` gives them
+        features = {"text": text_features, "image": image_features}
+        tables = self._validated_catalogue(features, {"text": None, "image": None}, first_id)
+        present = torch.stack([mask for _, mask in tables.values()]).to(self.device)
+        empty = (~present.any(0)).nonzero().flatten()
+        if empty.numel():
+            raise ValueError(f"new items {_first(empty + first_id)} have no features (all zeros; item ids)")
+        embeddings = {}
+        for m, (table, mask) in tables.items():
+            adapted = self._adapt(m, table.to(self.device, self.dtype)) * mask.to(self.device)[:, None]
+            embeddings[m] = F.normalize(adapted, dim=-1)
+        return embeddings, present
+
     def score_items(
         self,
         sequence_embeddings: torch.Tensor,
         item_ids: torch.Tensor | None = None,
         catalogue: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Fused logits (divided by the temperature) of candidate items.
+        """Fused logits (divided by the temperature) of candidate items: the cosine logit of each modality, fused
+        by [`MISSRecItemFusion`], joined with the id logit in transductive mode (`scoring_missrec`'s rules, which
+        the serving index applies too).
 
         Args:
             sequence_embeddings: `[B, d]` from [`embed_sequences`].
@@ -702,34 +792,225 @@ class MISSRecModel(MISSRecPreTrainedModel):
             `[B, C]`, or `[B, num_items + 1]` (column = item id, column 0 set to the dtype's minimum).
         """
         items = self.embed_items(item_ids, catalogue)
-        present = torch.stack([getattr(self, f"{m}_present") for m in self.modality_names])  # [M, C]
-        present = present if item_ids is None else present[:, item_ids]
         modality_logits = torch.stack([sequence_embeddings @ items[m].T for m in self.modality_names])  # [M, B, C]
-        logits = self.item_fusion(modality_logits, present, item_ids)
+        logits = self.item_fusion(modality_logits, self.item_presence(item_ids), item_ids)
         if "id" in items:
-            logits = (sequence_embeddings @ items["id"].T + 2 * logits) / 3
+            logits = join_id_scores(sequence_embeddings @ items["id"].T, logits)
         logits = logits / self.config.score_temperature
         if item_ids is None:
             logits[:, 0] = torch.finfo(logits.dtype).min
         return logits
 
-    # ------------------------------------------------------------------ losses
-    def finetuning_loss(self, scores: torch.Tensor, labels: torch.Tensor, diversity: torch.Tensor) -> torch.Tensor:
-        """Full-catalogue cross-entropy + γ * diversity.
+    def _tables_for_forward(self) -> tuple[dict[str, torch.Tensor], tuple | None]:
+        """The adapted catalogue and interest projections a forward pass uses: computed now, or inside
+        [`reusing_weight_tables`] computed by the first pass and reused."""
+        tables = self._weight_tables
+        if tables is None:
+            return self.adapted_catalogue(), None
+        if not tables:
+            tables |= {"catalogue": self.adapted_catalogue(), "projections": self.interest_projections()}
+        return tables["catalogue"], tables["projections"]
 
+    def forward(
+        self,
+        item_seq: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        text_features: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> MISSRecModelOutput | tuple:
+        """
         Args:
-            scores: `[B, num_items + 1]` from [`score_items`]; labels: `[B]` target item ids;
-            diversity: `()` regulariser from the encoder.
+            item_seq: `[B, L]` long, left-aligned histories (0 = padding, most recent last).
+            lengths: `[B]` items per history (default: counted).
+            text_features: `[B, L, text_feature_dim]` text of the history items to use instead of the catalogue's.
+            return_dict: return a `ModelOutput` (default) or a tuple.
 
         Returns:
-            `()` loss.
+            [`MISSRecModelOutput`]: `sequence_embeddings` `[B, hidden_size]`, `diversity_loss` `()`.
         """
-        bad = labels[(labels < 1) | (labels > self.config.num_items)]
-        if bad.numel():
-            raise ValueError(f"labels {_first(bad)} are outside the catalogue [1, {self.config.num_items}]")
-        return F.cross_entropy(scores, labels) + self.config.diversity_loss_weight * diversity
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        catalogue, projections = self._tables_for_forward() if text_features is None else (None, None)
+        seq, diversity = self._encode(
+            item_seq, lengths, text_features, catalogue=catalogue, interest_projections=projections
+        )
+        output = MISSRecModelOutput(sequence_embeddings=seq, diversity_loss=diversity)
+        return output if return_dict else output.to_tuple()
 
-    def pretraining_loss(
+
+def unwrap_missrec(model: nn.Module) -> MISSRecModel:
+    """The [`MISSRecModel`] in `model`: itself, a head's `missrec`, or the base of a `PeftModel` around either."""
+    for _ in range(3):
+        if isinstance(model, MISSRecModel):
+            return model
+        if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif isinstance(model, MISSRecPreTrainedModel):
+            model = model.missrec
+        else:
+            break
+    raise ValueError(f"{type(model).__name__} is not a MISSRec model")
+
+
+class _MISSRecHead(MISSRecPreTrainedModel):
+    """A MISSRec head: the [`MISSRecModel`] (`self.missrec`) and a training objective, with no weights of its own
+    (items are scored with the base's own item embeddings, as a tied language-model head scores tokens), so a
+    head folder, a base folder and an adapter all hold the same tensors."""
+
+    def __init__(self, config: MISSRecConfig):
+        super().__init__(config)
+        self.missrec = MISSRecModel(config)
+        self.post_init()
+
+    @classmethod
+    def from_base(cls, missrec: nn.Module):
+        """This head around an existing base (a [`MISSRecModel`] or a `PeftModel` of one), sharing its weights,
+        catalogue and config: nothing is copied or re-initialised."""
+        config = unwrap_missrec(missrec).config
+        with torch.device("meta"):  # the throw-away base the constructor builds costs no memory
+            head = cls(config)
+        head.missrec = missrec
+        head.config = config
+        return head
+
+    @property
+    def base(self) -> MISSRecModel:
+        """The [`MISSRecModel`] itself (inside PEFT's wrapper, when `missrec` is a `PeftModel`)."""
+        return unwrap_missrec(self.missrec)
+
+    def reusing_weight_tables(self) -> contextlib.AbstractContextManager:
+        """[`MISSRecModel.reusing_weight_tables`] of the base (for evaluation loops)."""
+        return self.base.reusing_weight_tables()
+
+
+class MISSRecForSequentialRecommendation(_MISSRecHead):
+    """
+    MISSRec with its fine-tuning objective (the full-catalogue cross-entropy) and exact top-k recommendation.
+
+    ```python
+    model = MISSRecForSequentialRecommendation(MISSRecConfig())
+    model.missrec.set_catalogue(text_features=text, image_features=image)  # [N, 512] each
+    model.missrec.discover_interests()  # a training step: before every epoch (see InterestDiscoveryCallback)
+    out = model(item_seq, labels=targets)  # out.loss, out.scores [B, N + 1]
+    top = model.recommend(item_seq, top_k=10)  # top.item_ids [B, 10], top.scores [B, 10]
+    ```
+    """
+
+    def forward(
+        self,
+        item_seq: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> MISSRecSequentialRecommendationOutput | tuple:
+        """
+        Args:
+            item_seq: `[B, L]` long, left-aligned histories (0 = padding, most recent last).
+            lengths: `[B]` items per history (default: counted).
+            labels: `[B]` next item ids. With them the output carries the loss.
+            return_dict: return a `ModelOutput` (default) or a tuple.
+
+        Returns:
+            [`MISSRecSequentialRecommendationOutput`] (`scores` `[B, num_items + 1]`).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        base = self.base
+        catalogue, projections = base._tables_for_forward()
+        seq, diversity = base._encode(
+            item_seq, lengths, catalogue=catalogue, with_diversity=labels is not None, interest_projections=projections
+        )
+        scores = base.score_items(seq, catalogue=catalogue)
+        loss = None
+        if labels is not None:
+            bad = labels[(labels < 1) | (labels > self.config.num_items)]
+            if bad.numel():
+                raise ValueError(f"labels {_first(bad)} are outside the catalogue [1, {self.config.num_items}]")
+            loss = F.cross_entropy(scores, labels) + self.config.diversity_loss_weight * diversity
+        output = MISSRecSequentialRecommendationOutput(
+            loss=loss, scores=scores, sequence_embeddings=seq, diversity_loss=diversity
+        )
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        item_seq: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        *,
+        top_k: int = 10,
+        exclude_history: bool = True,
+        candidates: torch.Tensor | None = None,
+        new_items: dict[str, FeatureTable] | None = None,
+        check_inputs: bool = True,
+    ) -> MISSRecRecommendationOutput:
+        """The exact top-`top_k` items of every history, ranked by the scores `forward` gives (served by a cached
+        [`ItemIndex`], rebuilt when a weight or the catalogue changes).
+
+        Args:
+            item_seq: `[B, L]` long, left-aligned histories (0 = padding, most recent last); the whole history, of
+                which the encoder reads the `max_seq_length` most recent items.
+            lengths: `[B]` items per history (default: counted).
+            top_k: how many items per history.
+            exclude_history: never return an item of the (whole) history.
+            candidates: `[C]` long catalogue item ids: rank only these (default: the whole catalogue).
+            new_items: items that are not in the catalogue, ranked beside it from their features alone (inductive
+                models): `{"text_features": [n, dt], "image_features": [n, di]}`; their ids are `N + 1 .. N + n`.
+            check_inputs: False skips validating `item_seq` (for a caller that built it from ids it has checked,
+                with exact `lengths`: the serving pipeline).
+
+        Returns:
+            [`MISSRecRecommendationOutput`] (`scores` `[B, top_k]`, `item_ids` `[B, top_k]`, best first).
+        """
+        base = self.base
+        num_items = self.config.num_items
+        new = None
+        if new_items is not None:
+            if self.config.id_mode != "inductive":
+                raise ValueError(
+                    "new items are scored from their features alone, which needs an inductive model "
+                    f"(this one has id_mode={self.config.id_mode!r})"
+                )
+            new = ItemIndex.from_embeddings(base, *base.embed_new_items(**new_items))
+        if candidates is not None:
+            candidates = torch.as_tensor(candidates, dtype=torch.long, device=base.device).unique()
+            if len(candidates) and (candidates.min() < 1 or candidates.max() > num_items):
+                raise ValueError(f"candidates must be item ids in [1, {num_items}]")
+        num_candidates = (num_items if candidates is None else len(candidates)) + (0 if new is None else new.num_items)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_candidates:
+            raise ValueError(f"top_k={top_k!r} must be an integer in [1, {num_candidates}] (the candidates)")
+        index, tables = serving_state(base)
+        item_seq = item_seq.to(base.device)
+        seq = base.embed_sequences(
+            item_seq, None if lengths is None else lengths.to(base.device), check_inputs=check_inputs, **tables
+        )
+        excluded = None
+        if exclude_history:
+            rows, cols = (item_seq != 0).nonzero(as_tuple=True)
+            excluded = (rows, item_seq[rows, cols] - 1)
+        parts = []
+        if candidates is None or len(candidates):
+            k = min(top_k, num_items if candidates is None else len(candidates))
+            values, rows_found = index.top_k(seq, k, None if candidates is None else candidates - 1, excluded)
+            parts.append((values, rows_found + 1))
+        if new is not None:
+            values, rows_found = new.top_k(seq, min(top_k, new.num_items))
+            parts.append((values, rows_found + 1 + num_items))
+        values, found = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+        if len(parts) > 1:
+            best = values.topk(top_k, dim=1)
+            values, found = best.values, found.gather(1, best.indices)
+        return MISSRecRecommendationOutput(scores=values, item_ids=found)
+
+
+class MISSRecForPreTraining(_MISSRecHead):
+    """
+    MISSRec with its pre-training objective: the in-batch sequence→item contrastive loss, λ times the
+    sequence→augmented-sequence loss and γ times the diversity regulariser.
+
+    The other targets of the batch are the negatives; a target that occurs twice in the batch is not counted as its
+    own negative.
+    """
+
+    def forward(
         self,
         item_seq: torch.Tensor,
         labels: torch.Tensor,
@@ -737,34 +1018,33 @@ class MISSRecModel(MISSRecPreTrainedModel):
         lengths: torch.Tensor | None = None,
         augmented_lengths: torch.Tensor | None = None,
         augmented_text_features: torch.Tensor | None = None,
-    ) -> MISSRecPreTrainingOutput:
-        """In-batch sequence→item contrastive loss + λ * sequence→sequence loss + γ * diversity.
-
-        The other targets of the batch are the negatives; a target that occurs twice in the batch is not
-        counted as its own negative.
-
+        return_dict: bool | None = None,
+    ) -> MISSRecPreTrainingOutput | tuple:
+        """
         Args:
-            item_seq: `[B, L]` histories; labels: `[B]` their next items.
+            item_seq: `[B, L]` histories; labels: `[B]` their next items; lengths: `[B]`.
             augmented_item_seq: `[B, L']` the augmented view (e.g. item drop); augmented_lengths: `[B]`.
-            augmented_text_features: `[B, L', text_feature_dim]` alternative text of the augmented view.
+            augmented_text_features: `[B, L', text_feature_dim]` alternative text of the augmented view (word drop).
+            return_dict: return a `ModelOutput` (default) or a tuple.
 
         Returns:
-            A [`MISSRecPreTrainingOutput`].
+            [`MISSRecPreTrainingOutput`] (`scores` `[B, B]` in-batch).
         """
-        seq, diversity = self._encode(item_seq, lengths)
-        seq_aug, diversity_aug = self._encode(augmented_item_seq, augmented_lengths, augmented_text_features)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        base, cfg = self.base, self.config
+        seq, diversity = base._encode(item_seq, lengths)
+        seq_aug, diversity_aug = base._encode(augmented_item_seq, augmented_lengths, augmented_text_features)
         targets = torch.arange(len(labels), device=labels.device)
-        if labels.shape != targets.shape or ((labels < 1) | (labels > self.config.num_items)).any():
-            raise ValueError(f"labels must be [B] item ids in [1, {self.config.num_items}], got {_first(labels)}")
-        scores = self.score_items(seq, labels)
+        if labels.shape != targets.shape or ((labels < 1) | (labels > cfg.num_items)).any():
+            raise ValueError(f"labels must be [B] item ids in [1, {cfg.num_items}], got {_first(labels)}")
+        scores = base.score_items(seq, labels)
         duplicate = (labels[:, None] == labels[None]) & (targets[:, None] != targets[None])
         scores = scores.masked_fill(duplicate, torch.finfo(scores.dtype).min)
         seq_item = F.cross_entropy(scores, targets)
-        seq_seq = F.cross_entropy(seq @ seq_aug.T / self.config.score_temperature, targets)
+        seq_seq = F.cross_entropy(seq @ seq_aug.T / cfg.score_temperature, targets)
         diversity = diversity + diversity_aug
-        cfg = self.config
         loss = seq_item + cfg.seq_seq_loss_weight * seq_seq + cfg.diversity_loss_weight * diversity
-        return MISSRecPreTrainingOutput(
+        output = MISSRecPreTrainingOutput(
             loss=loss,
             scores=scores,
             sequence_embeddings=seq,
@@ -772,58 +1052,11 @@ class MISSRecModel(MISSRecPreTrainedModel):
             seq_seq_loss=seq_seq,
             diversity_loss=diversity,
         )
-
-    def forward(
-        self,
-        item_seq: torch.Tensor,
-        lengths: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        augmented_item_seq: torch.Tensor | None = None,
-        augmented_lengths: torch.Tensor | None = None,
-        augmented_text_features: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-    ) -> MISSRecOutput | MISSRecPreTrainingOutput | tuple:
-        """
-        Args:
-            item_seq: `[B, L]` long, left-aligned histories (0 = padding, most recent last).
-            lengths: `[B]` items per history (default: counted).
-            labels: `[B]` next item ids. With them the output carries a loss.
-            augmented_item_seq, augmented_lengths, augmented_text_features: an augmented view of `item_seq`.
-                When given (with `labels`), the pre-training objective is computed instead of the
-                full-catalogue one; see [`pretraining_loss`].
-            return_dict: return a `ModelOutput` (default) or a tuple.
-
-        Returns:
-            [`MISSRecOutput`] (`scores` `[B, num_items + 1]`) or, with an augmented view,
-            [`MISSRecPreTrainingOutput`] (`scores` `[B, B]` in-batch).
-        """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if augmented_item_seq is not None:
-            if labels is None:
-                raise ValueError("the pre-training objective (augmented_item_seq given) needs labels")
-            output = self.pretraining_loss(
-                item_seq, labels, augmented_item_seq, lengths, augmented_lengths, augmented_text_features
-            )
-        else:
-            tables = self._weight_tables
-            if tables is None:
-                catalogue, projections = self.adapted_catalogue(), None
-            else:
-                if not tables:
-                    tables |= {"catalogue": self.adapted_catalogue(), "projections": self.interest_projections()}
-                catalogue, projections = tables["catalogue"], tables["projections"]
-            seq, diversity = self._encode(
-                item_seq,
-                lengths,
-                catalogue=catalogue,
-                with_diversity=labels is not None,
-                interest_projections=projections,
-            )
-            scores = self.score_items(seq, catalogue=catalogue)
-            loss = None if labels is None else self.finetuning_loss(scores, labels, diversity)
-            output = MISSRecOutput(loss=loss, scores=scores, sequence_embeddings=seq, diversity_loss=diversity)
         return output if return_dict else output.to_tuple()
 
 
 MISSRecConfig.register_for_auto_class()
 MISSRecModel.register_for_auto_class("AutoModel")
+MISSRecForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+# Not an auto class of transformers (which `register_for_auto_class` checks): `modeling_missrec.auto` defines it.
+MISSRecForSequentialRecommendation._auto_class = "AutoModelForSequentialRecommendation"

@@ -90,6 +90,7 @@ def evaluate_ranking(
         raise ValueError(f"batch_size={batch_size} and ks={list(ks)} must be >= 1")
     if len(collator) == 0:
         raise ValueError("the split to evaluate is empty")
+
     def collate(rows: list[int]) -> dict[str, torch.Tensor]:
         batch = collator(rows)
         if "exclude_history" in protocols:

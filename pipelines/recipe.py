@@ -8,6 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from accelerate.utils import LoggerType
+
+# The `transformers.get_scheduler` schedules that need nothing but the warm-up and total steps (not those that
+# step on a metric or take extra arguments).
+LR_SCHEDULES = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+)
 
 
 def default_recipe_path() -> Path:
@@ -49,7 +62,20 @@ class TrainingRecipe:
             dense domains; every model of the run (and the popularity counts) sees the same sample.
         max_eval_examples: validate and test on a seeded random sample of this many users of each split (`None`:
             all). Full ranking over a large mixed catalogue costs minutes a pass on a CPU; the sample bounds it.
-        epochs, batch_size, learning_rate, seed: optimisation (Adam).
+        epochs, batch_size, learning_rate, seed: optimisation (AdamW; with `weight_decay` 0 it is the paper's Adam).
+        lr_scheduler_type: the learning-rate schedule over `epochs`, by its `transformers.get_scheduler` name:
+            `"constant"` (the paper's), `"constant_with_warmup"`, `"linear"`, `"cosine"`, `"cosine_with_restarts"`,
+            `"polynomial"` or `"inverse_sqrt"`; all but `"constant"` start with `warmup_ratio` of the optimiser
+            steps of linear warm-up.
+        warmup_ratio: the share of the optimiser steps spent warming up, in [0, 1) (the paper: 0).
+        weight_decay: AdamW's decoupled weight decay of the weight matrices and embeddings (not of biases or
+            LayerNorm gains), >= 0 (the paper: 0).
+        max_grad_norm: clip the gradients' global norm to this before each optimiser step (`None`: no clipping, the
+            paper's).
+        report_to: where the per-epoch losses and metrics go: `"jsonl"` (`output_dir/train_log.jsonl`, always
+            available), any Accelerate tracker (`"tensorboard"`, `"wandb"`, `"mlflow"`, ...; it must be
+            installed), or `"all"` (jsonl and every installed Accelerate tracker). Local trackers write under
+            `output_dir`.
         eval_batch_size: histories per full-ranking batch in validation and test (larger batches only cost
             memory: each holds a `[batch, num_items]` score matrix).
         gradient_accumulation_steps: batches per optimiser step (Accelerate's gradient accumulation).
@@ -92,6 +118,11 @@ class TrainingRecipe:
     batch_size: int = 256
     eval_batch_size: int = 512
     learning_rate: float = 1e-3
+    lr_scheduler_type: str = "constant"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    report_to: list[str] = field(default_factory=lambda: ["jsonl"])
     seed: int = 0
     gradient_accumulation_steps: int = 1
     early_stopping_patience: int | None = 10
@@ -165,6 +196,23 @@ class TrainingRecipe:
             raise ValueError("baseline 'scratch' compares a pre-trained model with one from scratch: set pretrained")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")
+        if self.lr_scheduler_type not in LR_SCHEDULES:
+            raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r} is not one of {list(LR_SCHEDULES)}")
+        if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if self.warmup_ratio and self.lr_scheduler_type == "constant":
+            raise ValueError("lr_scheduler_type='constant' has no warm-up: use 'constant_with_warmup'")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
+        if self.max_grad_norm is not None and not (
+            isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm > 0
+        ):
+            raise ValueError(f"max_grad_norm={self.max_grad_norm!r} must be > 0 or null")
+        trackers = ["jsonl", "all", *(t.value for t in LoggerType if t.value != "all")]
+        report_to = [self.report_to] if isinstance(self.report_to, str) else self.report_to
+        if not isinstance(report_to, list) or not report_to or not set(report_to) <= set(trackers):
+            raise ValueError(f"report_to={self.report_to!r} must be a non-empty list drawn from {trackers}")
+        self.report_to = report_to
 
     @property
     def domains(self) -> list[str]:
@@ -182,7 +230,9 @@ class TrainingRecipe:
     def training_settings(self) -> dict:
         """The keys that decide what a run computes: a checkpoint resumes only under the same ones."""
         bookkeeping = {"output_dir", "overwrite_output_dir", "checkpointing_steps", "checkpoints_total_limit"}
-        bookkeeping |= {"resume_from_checkpoint", "epochs", "early_stopping_patience", "metrics_at", "eval_batch_size"}
+        bookkeeping |= {"resume_from_checkpoint", "early_stopping_patience", "metrics_at", "eval_batch_size"}
+        # A schedule spans `epochs`; only under a constant rate can a resumed run change the number of epochs.
+        bookkeeping |= {"report_to"} | ({"epochs"} if self.lr_scheduler_type == "constant" else set())
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
 
     @classmethod

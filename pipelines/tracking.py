@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from accelerate.tracking import GeneralTracker
+from accelerate.tracking import GeneralTracker, get_available_trackers
 
 
 class JSONLinesTracker(GeneralTracker):
@@ -36,6 +36,29 @@ class JSONLinesTracker(GeneralTracker):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **values}, default=float) + "\n")
+
+
+def run_trackers(report_to: list[str], output_dir: str | os.PathLike) -> list:
+    """The `log_with` of the run's `Accelerator` for a recipe's `report_to`: `"jsonl"` is the
+    [`JSONLinesTracker`] writing `output_dir/train_log.jsonl`, `"all"` that and every installed Accelerate tracker,
+    any other name that Accelerate tracker (an error naming what to install when it is not installed)."""
+    available = {str(tracker) for tracker in get_available_trackers()}
+    missing = [name for name in report_to if name not in ("jsonl", "all") and name not in available]
+    if missing:
+        raise ValueError(
+            f"report_to names {missing}, which are not installed (installed: {sorted(available) or 'none'}): "
+            f"pip install {' '.join(missing)}, or leave them out"
+        )
+    trackers = [name for name in report_to if name != "jsonl"]
+    if "jsonl" in report_to or "all" in report_to:
+        trackers.append(JSONLinesTracker("train_log", output_dir))
+    return trackers
+
+
+def scalar_config(values: dict) -> dict:
+    """`values` with every value that is not a number, string or bool written as JSON text: the hyper-parameters
+    TensorBoard (and most trackers) accept."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in values.items()}
 
 
 def plot_curves(histories: dict[str, list[dict]], path: str | os.PathLike) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_missrec import MISSRecConfig, MISSRecModel
+from modeling_missrec import MISSRecConfig, MISSRecForPreTraining, MISSRecForSequentialRecommendation, MISSRecModel
 
 FEATURE_DIM = 16
 
@@ -36,6 +36,16 @@ def tiny_model(num_items: int = 40, seed: int = 0, **overrides) -> MISSRecModel:
     model.set_catalogue(**{f"{m}_features": features[m] for m in model.config.modality_names})
     model.discover_interests()
     return model.eval()
+
+
+def rec(model: torch.nn.Module) -> MISSRecForSequentialRecommendation:
+    """`model` (a `MISSRecModel`, or a `PeftModel` of one) as its recommendation head, sharing its weights."""
+    return MISSRecForSequentialRecommendation.from_base(model)
+
+
+def pretraining(model: torch.nn.Module) -> MISSRecForPreTraining:
+    """`model` as its pre-training head, sharing its weights."""
+    return MISSRecForPreTraining.from_base(model)
 
 
 def random_histories(batch: int, length: int, num_items: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,17 +25,24 @@ WITHOUT_PACKAGE = textwrap.dedent(
     """
 )
 
-SCORE_WITHOUT_PACKAGE = WITHOUT_PACKAGE + textwrap.dedent(
+RUN_WITHOUT_PACKAGE = WITHOUT_PACKAGE + textwrap.dedent(
     """
     import torch
-    from transformers import AutoConfig, AutoModel
+    import transformers
+    from transformers import AutoConfig
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    folder, model_type, items, out = sys.argv[1:5]
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    folder, model_type, auto_class, inputs, out = sys.argv[1:6]
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    assert config.model_type == model_type, config.model_type
+    if hasattr(transformers, auto_class):  # AutoModel, AutoModelForPreTraining
+        model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True)
+    else:  # an Auto class transformers does not have: the class its auto_map entry names, from the folder
+        model = get_class_from_dynamic_module(config.auto_map[auto_class], folder).from_pretrained(folder)
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    assert AutoConfig.from_pretrained(folder, trust_remote_code=True).model_type == model_type
     with torch.no_grad():
-        torch.save(model(torch.load(items)).scores, out)
+        output = model.eval()(**torch.load(inputs))
+    torch.save({"class": type(model).__name__, **{k: v for k, v in output.items() if torch.is_tensor(v)}}, out)
     """
 )
 
@@ -47,12 +54,15 @@ def fresh_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def scores_without_package(folder: Path, model_type: str, item_seq: torch.Tensor, tmp_path: Path) -> torch.Tensor:
-    """`AutoModel.from_pretrained(folder, trust_remote_code=True)(item_seq).scores` computed in a fresh process."""
-    torch.save(item_seq, tmp_path / "items.pt")
+def run_without_package(
+    folder: Path, model_type: str, inputs: dict[str, torch.Tensor], tmp_path: Path, auto_class: str = "AutoModel"
+) -> dict:
+    """Load `folder` with `auto_class` (`trust_remote_code=True`) in a fresh process and run `model(**inputs)`:
+    the output's tensors by field, and the loaded class's name under `"class"`."""
+    torch.save(inputs, tmp_path / "inputs.pt")
     script = tmp_path / "load.py"
-    script.write_text(SCORE_WITHOUT_PACKAGE)
-    command = [sys.executable, str(script), str(folder), model_type, str(tmp_path / "items.pt")]
+    script.write_text(RUN_WITHOUT_PACKAGE)
+    command = [sys.executable, str(script), str(folder), model_type, auto_class, str(tmp_path / "inputs.pt")]
     # cwd is not the repository: nothing is importable from the working directory.
-    subprocess.run([*command, str(tmp_path / "scores.pt")], check=True, cwd=tmp_path, env=fresh_env(tmp_path))
-    return torch.load(tmp_path / "scores.pt")
+    subprocess.run([*command, str(tmp_path / "output.pt")], check=True, cwd=tmp_path, env=fresh_env(tmp_path))
+    return torch.load(tmp_path / "output.pt")

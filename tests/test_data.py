@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import rec
 from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features, feature_matrix
 from modeling_missrec.pipelines.demo_data import make_demo_domain
 from modeling_missrec.pipelines.domain_data import leave_one_out
@@ -171,7 +172,7 @@ def test_catalogue_features_fit_the_model(tmp_path):
     model.set_catalogue(**features)
     model.discover_interests()
     batch = SequenceCollator(domain.sequences["test"], model.config.max_seq_length)(range(8))
-    assert model(**batch).loss.isfinite()
+    assert rec(model)(**batch).loss.isfinite()
 
 
 # ------------------------------------------------------------------ bad input

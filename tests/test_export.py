@@ -12,7 +12,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import rec, tiny_config
 from fresh_process import fresh_env
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -22,7 +22,8 @@ from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_feat
 from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
 from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
 from modeling_missrec.pipelines.loading import load_domain
-from modeling_missrec.pipelines.recommendation import TASK, load_item_metadata
+from modeling_missrec.pipelines.recommendation import TASK
+from modeling_missrec.pipelines.served_files import load_item_metadata
 from transformers import pipeline
 
 from modeling_missrec import MISSRecModel
@@ -53,7 +54,7 @@ def write_run(folder: Path, model, domain, recipe: dict) -> dict:
         "recipe": {**recipe, "output_dir": str(folder)},
         "num_processes": 1,
         "epochs": [{"epoch": 1, "loss": 4.2, "ndcg@10": 0.05}],
-        **evaluate(model, domain),
+        **evaluate(rec(model), domain),
         **evaluate(PopularityRecommender(train.targets, len(domain.items)), domain, "popularity_"),
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_histories, tiny_model
+from conftest import random_histories, rec, tiny_model
 from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
-from modeling_missrec.pipelines.recommendation import load_missrec_adapter
+from modeling_missrec.pipelines.served_files import load_missrec_adapter
 from peft import PeftModel
 
 from modeling_missrec import MISSRecModel
@@ -20,7 +20,7 @@ def train_steps(model, steps: int = 5, seed: int = 0) -> None:
     for step in range(steps):
         items, lengths = random_histories(16, 8, NUM_ITEMS, seed=seed + step)
         labels = torch.randint(1, NUM_ITEMS + 1, (16,), generator=torch.Generator().manual_seed(step))
-        loss = model(item_seq=items, lengths=lengths, labels=labels).loss
+        loss = rec(model)(item_seq=items, lengths=lengths, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -30,7 +30,7 @@ def train_steps(model, steps: int = 5, seed: int = 0) -> None:
 def grads_after_one_step(model) -> set[str]:
     items, lengths = random_histories(8, 8, NUM_ITEMS)
     model.train()
-    model(item_seq=items, lengths=lengths, labels=torch.arange(1, 9)).loss.backward()
+    rec(model)(item_seq=items, lengths=lengths, labels=torch.arange(1, 9)).loss.backward()
     return {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
@@ -72,11 +72,11 @@ def test_lora_targets_the_projections_and_the_adapter_reloads_to_identical_score
 
     items, lengths = random_histories(8, 10, NUM_ITEMS, seed=7)
     with torch.no_grad():
-        before = model(item_seq=items, lengths=lengths).scores
+        before = rec(model)(item_seq=items, lengths=lengths).scores
     train_steps(model)
     model.base_model.model.discover_interests()  # interests from the final weights, as a trainer ends
     with torch.no_grad():
-        after = model(item_seq=items, lengths=lengths).scores
+        after = rec(model)(item_seq=items, lengths=lengths).scores
     assert not torch.allclose(before, after)
     model.save_pretrained(tmp_path / "adapter")
     adapter_bytes = sum(p.stat().st_size for p in (tmp_path / "adapter").iterdir())
@@ -85,7 +85,7 @@ def test_lora_targets_the_projections_and_the_adapter_reloads_to_identical_score
 
     reloaded = load_missrec_adapter(MISSRecModel.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
     with torch.no_grad():
-        assert torch.equal(reloaded(item_seq=items, lengths=lengths).scores, after)
+        assert torch.equal(rec(reloaded)(item_seq=items, lengths=lengths).scores, after)
     # LoRA-wrapped key/value projections are attended the projected way; merged, they are plain again and the
     # decoder folds them into its queries. Both give the adapted scores.
     attention = reloaded.base_model.model.decoder[-1].cross_attention.block
@@ -93,4 +93,4 @@ def test_lora_targets_the_projections_and_the_adapter_reloads_to_identical_score
     merged = reloaded.merge_and_unload()
     assert merged.decoder[-1].cross_attention.block.folds_keys(1, 100, 1)
     with torch.no_grad():
-        torch.testing.assert_close(merged(item_seq=items, lengths=lengths).scores, after, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(rec(merged)(item_seq=items, lengths=lengths).scores, after, atol=1e-4, rtol=1e-4)

@@ -8,10 +8,15 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FEATURE_DIM, official_transformer, random_histories, tiny_config, tiny_model
+from conftest import FEATURE_DIM, official_transformer, pretraining, random_histories, rec, tiny_config, tiny_model
 from torch.nn.utils import prune
 
-from modeling_missrec import MISSRecModel
+from modeling_missrec import (
+    MISSRecModel,
+    MISSRecModelOutput,
+    MISSRecPreTrainingOutput,
+    MISSRecSequentialRecommendationOutput,
+)
 from modeling_missrec.layers_missrec import MISSRecAttention, MISSRecDropout, MISSRecEncoderLayer, PackedLayout
 
 
@@ -120,8 +125,14 @@ def test_dynamic_instance_fusion_by_hand_with_item_ids():
 
 
 def test_single_modality_model_scores_cosine_over_temperature():
-    config = tiny_config(modalities="image", text_feature_dim=4, image_feature_dim=4, hidden_size=4,
-                         num_attention_heads=1, score_temperature=0.5)
+    config = tiny_config(
+        modalities="image",
+        text_feature_dim=4,
+        image_feature_dim=4,
+        hidden_size=4,
+        num_attention_heads=1,
+        score_temperature=0.5,
+    )
     model = MISSRecModel(config).eval()
     with torch.no_grad():
         model.image_adaptor.weight.copy_(torch.eye(4))
@@ -133,19 +144,37 @@ def test_single_modality_model_scores_cosine_over_temperature():
 
 def test_forward_scores_equal_embed_then_score(model):
     items, lengths = random_histories(9, 8, 40)
-    out = model(items, lengths)
+    out = rec(model)(items, lengths)
     torch.testing.assert_close(out.scores, model.score_items(model.embed_sequences(items, lengths)))
     assert out.scores.shape == (9, 41) and out.loss is None and out.diversity_loss is None
+
+
+def test_each_class_returns_its_own_output():
+    """The base gives sequence representations, each head its objective; all three share one set of weights."""
+    model = tiny_model()
+    items, lengths = random_histories(5, 8, 40)
+    labels = torch.tensor([4, 7, 9, 12, 30])
+    base = model(items, lengths)
+    assert isinstance(base, MISSRecModelOutput) and set(base.keys()) == {"sequence_embeddings", "diversity_loss"}
+    torch.testing.assert_close(base.sequence_embeddings, model.embed_sequences(items, lengths))
+    finetuning = rec(model)(items, lengths, labels=labels)
+    assert isinstance(finetuning, MISSRecSequentialRecommendationOutput) and finetuning.scores.shape == (5, 41)
+    torch.testing.assert_close(finetuning.diversity_loss, base.diversity_loss)
+    pre = pretraining(model)(items, labels, augmented_item_seq=items, lengths=lengths)
+    assert isinstance(pre, MISSRecPreTrainingOutput) and pre.scores.shape == (5, 5)
+    head = rec(model)
+    assert head.base is model and head.config is model.config and not list(head.parameters(recurse=False))
+    assert dict(head.named_parameters()).keys() == {f"missrec.{k}" for k, _ in model.named_parameters()}
 
 
 def test_reusing_weight_tables_gives_the_same_scores(model):
     items, lengths = random_histories(9, 8, 40)
     with torch.no_grad():
-        expected = model(items, lengths).scores
+        expected = rec(model)(items, lengths).scores
     with model.reusing_weight_tables():
-        first = model(items[:4], lengths[:4]).scores
+        first = rec(model)(items[:4], lengths[:4]).scores
         tables = dict(model._weight_tables)
-        second = model(items[4:], lengths[4:]).scores
+        second = rec(model)(items[4:], lengths[4:]).scores
         assert set(tables) == {"catalogue", "projections"}
         assert all(model._weight_tables[k] is v for k, v in tables.items())  # computed once, then reused
     assert model._weight_tables is None
@@ -155,7 +184,7 @@ def test_reusing_weight_tables_gives_the_same_scores(model):
 def test_finetuning_loss_is_full_catalogue_cross_entropy_plus_diversity(model):
     items, lengths = random_histories(6, 8, 40)
     labels = torch.tensor([1, 5, 9, 40, 2, 3])
-    out = model(items, lengths, labels=labels)
+    out = rec(model)(items, lengths, labels=labels)
     expected = F.cross_entropy(out.scores[:, 1:], labels - 1) + model.config.diversity_loss_weight * out.diversity_loss
     torch.testing.assert_close(out.loss, expected)
     assert out.diversity_loss > 0
@@ -166,7 +195,7 @@ def test_pretraining_loss_by_hand(model):
     labels = torch.tensor([4, 7, 4, 12, 30])  # item 4 twice: not its own negative
     augmented = items.clone()
     augmented[:, 0] = torch.where(lengths > 1, augmented[:, 1], augmented[:, 0])
-    out = model(items, lengths, labels=labels, augmented_item_seq=augmented)
+    out = pretraining(model)(items, labels, augmented, lengths)
     seq = model.embed_sequences(items, lengths)
     seq_aug = model.embed_sequences(augmented)
     logits = model.score_items(seq, labels)
@@ -190,12 +219,15 @@ def test_word_drop_view_uses_the_given_text_features(model):
     assert not torch.allclose(other, model.embed_sequences(items))
 
 
-def trained_parameter_names(model: MISSRecModel, **forward_kwargs) -> set[str]:
+def trained_parameter_names(model: MISSRecModel, pre_training: bool = False) -> set[str]:
     model.train()
     model.zero_grad()
     items, lengths = random_histories(16, 8, model.config.num_items)
     labels = torch.arange(1, 17)
-    model(items, lengths, labels=labels, **forward_kwargs).loss.backward()
+    if pre_training:
+        pretraining(model)(items, labels, augmented_item_seq=items, lengths=lengths).loss.backward()
+    else:
+        rec(model)(items, lengths, labels=labels).loss.backward()
     return {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
@@ -220,9 +252,8 @@ def test_gradients_reach_exactly_the_parameters_of_the_mode(overrides, absent):
 
 def test_pretraining_gradients_reach_every_parameter():
     model = tiny_model()
-    items, _ = random_histories(16, 8, 40)
     names = {name for name, _ in model.named_parameters()} - {"item_id_embeddings.weight"}
-    assert trained_parameter_names(model, augmented_item_seq=items) == names
+    assert trained_parameter_names(model, pre_training=True) == names
 
 
 def test_missing_modalities_are_masked_not_zero_vectors():
@@ -233,24 +264,24 @@ def test_missing_modalities_are_masked_not_zero_vectors():
     assert not model.image_present[3] and model.image_present[1]
     model.discover_interests()
     assert model.image_interest_ids[3] == 0 and model.text_interest_ids[3] > 0
-    scores = model(torch.tensor([[3, 1]])).scores
+    scores = rec(model)(torch.tensor([[3, 1]])).scores
     assert torch.isfinite(scores[0, 1:]).all()
 
 
 def test_extend_catalogue_scores_unseen_items_from_features_alone(model):
     items, lengths = random_histories(3, 6, 40)
-    before = model(items, lengths).scores
+    before = rec(model)(items, lengths).scores
     new_text, new_image = torch.randn(2, FEATURE_DIM), torch.randn(2, FEATURE_DIM)
     ids = model.extend_catalogue(new_text, new_image)
     assert ids.tolist() == [41, 42] and model.config.num_items == 42
-    after = model(items, lengths).scores
+    after = rec(model)(items, lengths).scores
     assert after.shape == (3, 43)
     # New items join existing interests (their nearest centroid); old items keep their scores.
     assert (model.text_interest_ids[41:] > 0).all()
     torch.testing.assert_close(after[:, :41], before)
     # A new item identical to item 7 scores exactly like item 7.
     ids = model.extend_catalogue(model.text_features[7:8].clone(), model.image_features[7:8].clone())
-    torch.testing.assert_close(model(items, lengths).scores[:, ids[0]], after[:, 7])
+    torch.testing.assert_close(rec(model)(items, lengths).scores[:, ids[0]], after[:, 7])
 
 
 def test_discovered_interests_follow_the_ratio(model):
@@ -273,7 +304,7 @@ def test_catalogue_methods_follow_the_model_dtype(dtype):
     model.discover_interests()
     model.extend_catalogue(torch.randn(2, FEATURE_DIM), torch.randn(2, FEATURE_DIM))
     assert model.item_id_embeddings.weight.dtype == model.item_fusion.weight.dtype == dtype
-    assert model(torch.tensor([[1, 31, 32]])).scores.dtype == dtype
+    assert rec(model)(torch.tensor([[1, 31, 32]])).scores.dtype == dtype
 
 
 def test_extend_catalogue_keeps_frozen_parameters_frozen():
@@ -295,7 +326,7 @@ def test_training_gradients_are_bitwise_reproducible_on_a_multithreaded_cpu():
         model.set_catalogue(**{f"{m}_features": features[m] for m in ("text", "image")})
         model.discover_interests()
         model.train()
-        model(items, labels=torch.arange(256) % 600 + 1).loss.backward()
+        rec(model)(items, labels=torch.arange(256) % 600 + 1).loss.backward()
         gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
     assert gradients[0].keys() == gradients[1].keys()
     assert all(torch.equal(gradients[0][name], gradients[1][name]) for name in gradients[0])
@@ -478,10 +509,7 @@ def test_sequence_embedding_equals_the_official_forward_through_torch_transforme
         tokens = catalogue["text"][items] + catalogue["image"][items] + model.position_embeddings.weight[:10]
         if id_mode == "transductive":
             tokens = tokens + model.item_id_embeddings(items)
-        interests = [
-            torch.cat([model.text_interest_ids[row], model.image_interest_ids[row]]).unique()
-            for row in items
-        ]
+        interests = [torch.cat([model.text_interest_ids[row], model.image_interest_ids[row]]).unique() for row in items]
         interests = torch.nn.utils.rnn.pad_sequence([i[i != 0] for i in interests], batch_first=True)
         memory = official.encoder(model.interest_centroids[interests], src_key_padding_mask=interests == 0)
         output = official.decoder(

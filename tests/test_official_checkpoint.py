@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import official_transformer, random_histories, tiny_model
+from conftest import official_transformer, random_histories, rec, tiny_model
 from modeling_missrec.pipelines.official_checkpoint import (
     load_official_checkpoint,
     main,
@@ -77,7 +77,7 @@ def save_official_checkpoint(
 def scores_of(model: MISSRecModel) -> torch.Tensor:
     items, lengths = random_histories(16, 10, NUM_ITEMS)
     with torch.no_grad():
-        return model(item_seq=items, lengths=lengths).scores
+        return rec(model)(item_seq=items, lengths=lengths).scores
 
 
 @pytest.mark.parametrize("id_mode", ["inductive", "transductive"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import rec
 from modeling_missrec.hub_cards.dataset_cards import export_domain
 from modeling_missrec.hub_cards.export import export_model
 from modeling_missrec.pipelines.atomic_files import read_atomic_domain
@@ -21,7 +22,7 @@ from modeling_missrec.pipelines.evaluation import evaluate_ranking
 from modeling_missrec.pipelines.finetuning import match_catalogue_modalities
 from modeling_missrec.pipelines.loading import domain_statistics, load_domain
 from modeling_missrec.pipelines.missrec_files import read_missrec_folder, write_missrec_folder
-from modeling_missrec.pipelines.recommendation import load_missrec_adapter
+from modeling_missrec.pipelines.served_files import load_missrec_adapter
 from modeling_missrec.pipelines.text_reencoding import reencode_text_features
 from transformers import pipeline
 
@@ -110,7 +111,7 @@ def test_text_only_folder_trains_evaluates_exports_and_serves(train, tmp_path, f
     served = recommend([history], top_k=5, exclude_history=False)[0]
     model = MISSRecModel.from_pretrained(run).eval()
     with torch.no_grad():
-        scores = model(torch.tensor([history])).scores[0]
+        scores = rec(model)(torch.tensor([history])).scores[0]
     scores[0] = -float("inf")
     assert [r["item_id"] for r in served] == scores.topk(5).indices.tolist()
 
@@ -208,16 +209,16 @@ def test_an_added_modality_leaves_the_model_unchanged_until_items_have_it():
     model.discover_interests()
     history = torch.tensor([[3, 5, 7], [2, 0, 0]])
     with torch.no_grad():
-        before = model(history).scores
+        before = rec(model)(history).scores
     model.add_modality("image", 9)
     assert model.config.modalities == "both" and model.image_adaptor.in_features == 9
     assert model.item_fusion.weight is not None  # two modalities: the fusion weight is learned
     with torch.no_grad():
-        torch.testing.assert_close(model(history).scores, before)  # no item has an image yet
+        torch.testing.assert_close(rec(model)(history).scores, before)  # no item has an image yet
     model.set_catalogue(text_features=text, image_features=torch.randn(20, 9))
     model.discover_interests()
     with torch.no_grad():
-        assert not torch.allclose(model(history).scores, before)
+        assert not torch.allclose(rec(model)(history).scores, before)
     with pytest.raises(ValueError, match="cannot add modality 'image'"):
         model.add_modality("image", 9)
 
@@ -266,7 +267,7 @@ def test_text_only_pretraining_then_text_and_image_finetuning(train, tmp_path, s
     else:
         model = inner = MISSRecModel.from_pretrained(run).eval()
     assert inner.config.modalities == "both" and inner.image_adaptor.in_features == 16
-    reloaded = evaluate_ranking(model, test, ks=[10, 20, 50])["official"]
+    reloaded = evaluate_ranking(rec(model), test, ks=[10, 20, 50])["official"]
     assert reloaded["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"], abs=1e-6)
 
 

@@ -10,23 +10,22 @@ import textwrap
 
 import pytest
 import torch
-from conftest import FEATURE_DIM, random_histories, tiny_model
+from conftest import FEATURE_DIM, random_histories, rec, tiny_model
 from fresh_process import WITHOUT_PACKAGE, fresh_env
 from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
-from modeling_missrec.pipelines.recommendation import (
+from modeling_missrec.pipelines.recommendation import TASK, SequentialRecommendationPipeline
+from modeling_missrec.pipelines.served_files import (
     CATALOGUE_FILE,
     ITEM_METADATA_FILE,
-    TASK,
-    SequentialRecommendationPipeline,
-    catalogue_index,
     load_catalogue,
     load_item_metadata,
     load_missrec_adapter,
     save_catalogue,
     save_item_metadata,
-    serving_state,
 )
 from transformers import pipeline
+
+from modeling_missrec.scoring_missrec import serving_state
 
 NUM_ITEMS = 40
 SOURCE_IDS = [f"B{i:04d}" for i in range(1, NUM_ITEMS + 1)]
@@ -58,7 +57,7 @@ def same(a, b) -> bool:
 
 def assert_matches_model(model, pipe, items, lengths, top_k):
     with torch.no_grad():
-        reference = model(items, lengths).scores[:, 1:]
+        reference = rec(model)(items, lengths).scores[:, 1:]
     outputs = pipe(items, top_k=top_k, exclude_history=False)
     assert len(outputs) == len(items)
     for row, expected in zip(outputs, reference):
@@ -126,13 +125,13 @@ def test_exclude_history_candidates_and_text():
 def test_scoring_in_item_chunks_equals_one_chunk(monkeypatch):
     """Large catalogues are scored chunk by chunk (history items masked per chunk); small ones in one chunk
     (masked at once). Both give the same recommendations."""
-    import modeling_missrec.pipelines.recommendation as recommendation
+    import modeling_missrec.scoring_missrec as scoring
 
     pipe = recommender(tiny_model(NUM_ITEMS))
     histories = [[4, 9, 2, 4], [33, 40, 1], [17]]
     kwargs = [{"top_k": 12}, {"top_k": 5, "candidates": [1, 2, 3, 9, 30, 33, 39, 40]}]
     one_chunk = [pipe(histories, **kw) for kw in kwargs] + [pipe(histories[0], top_k=12)]
-    monkeypatch.setattr(recommendation, "_CHUNK_ELEMENTS", 2 * 7)  # 7 items per chunk for one history
+    monkeypatch.setattr(scoring, "_CHUNK_ELEMENTS", 2 * 7)  # 7 items per chunk for one history
     chunked = [pipe(histories, **kw) for kw in kwargs] + [pipe(histories[0], top_k=12)]
     for a, b in zip(chunked, one_chunk):
         assert same(a, b)
@@ -143,25 +142,25 @@ def test_catalogue_embeddings_are_cached_and_invalidated():
     model = tiny_model(NUM_ITEMS)
     pipe = recommender(model)
     pipe([1, 2], top_k=3)
-    index = catalogue_index(model)
+    index = serving_state(model)[0]
     pipe([3], top_k=3)
-    assert catalogue_index(model) is index  # no change, no rebuild
+    assert serving_state(model)[0] is index  # no change, no rebuild
     with torch.no_grad():
         model.text_adaptor.weight.mul_(2)  # an in-place update, as an optimizer step makes
-    assert catalogue_index(model) is not index
-    index = catalogue_index(model)
+    assert serving_state(model)[0] is not index
+    index = serving_state(model)[0]
     model.discover_interests()  # new interests change the sequence side only: the item index stays valid
-    assert catalogue_index(model) is index
+    assert serving_state(model)[0] is index
     model.set_catalogue(text_features=model.text_features[1:] * 2, image_features=model.image_features[1:])
     model.discover_interests()
-    assert catalogue_index(model) is not index
+    assert serving_state(model)[0] is not index
     items, lengths = random_histories(4, 6, NUM_ITEMS)
     assert_matches_model(model, pipe, items, lengths, top_k=10)
     new_ids = model.extend_catalogue(
         text_features=torch.randn(5, FEATURE_DIM), image_features=torch.randn(5, FEATURE_DIM)
     )
     assert new_ids.tolist() == list(range(41, 46))
-    assert catalogue_index(model).num_items == 45
+    assert serving_state(model)[0].num_items == 45
     pipe.item_metadata = None  # the metadata describes 40 items, the catalogue now has 45
     assert_matches_model(model, pipe, items, lengths, top_k=45)
 
@@ -210,7 +209,7 @@ def test_cold_start_items_are_ranked_from_their_features_alone():
     extended = tiny_model(NUM_ITEMS)
     extended.extend_catalogue(**new)
     with torch.no_grad():
-        reference = extended(torch.tensor([history])).scores[0, 1:]
+        reference = rec(extended)(torch.tensor([history])).scores[0, 1:]
     assert sorted(scores) == list(range(1, NUM_ITEMS + 4))  # items 7 and 43 tie: compare scores per item
     assert [scores[i] for i in range(1, NUM_ITEMS + 4)] == pytest.approx(reference.tolist(), abs=1e-5)
     assert model.config.num_items == NUM_ITEMS
@@ -260,13 +259,13 @@ def test_bad_input_is_refused_with_clear_messages():
     with pytest.raises(ValueError, match="mix item ids and lists"):
         pipe([3, [4]])
     wide = {"text_features": torch.randn(2, FEATURE_DIM + 1), "image_features": torch.randn(2, FEATURE_DIM)}
-    with pytest.raises(ValueError, match=r"text_features has shape \(2, 17\); expected \[n, 16\]"):
+    with pytest.raises(ValueError, match=r"text_features has shape \(2, 17\); expected \[num_items, 16\]"):
         pipe([3], cold_start_items=wide)
     nan = {"text_features": torch.randn(2, FEATURE_DIM), "image_features": torch.randn(2, FEATURE_DIM)}
     nan["image_features"][1, 3] = float("nan")
-    with pytest.raises(ValueError, match=r"image_features has NaN or Inf in rows \[1\]"):
+    with pytest.raises(ValueError, match=r"image_features has NaN or Inf for items \[42\] \(item ids\)"):
         pipe([3], cold_start_items=nan)
-    with pytest.raises(ValueError, match="needs image_features"):
+    with pytest.raises(ValueError, match=r"image_features is required \(config.modalities='both'\)"):
         pipe([3], cold_start_items={"text_features": torch.randn(2, FEATURE_DIM)})
     transductive = recommender(tiny_model(NUM_ITEMS, id_mode="transductive"))
     with pytest.raises(ValueError, match="needs an inductive model"):
@@ -335,7 +334,7 @@ def make_adapter(tmp_path, base_overrides=None, num_items=30):
     for step in range(3):
         items, lengths = random_histories(16, 8, num_items, seed=step)
         labels = torch.randint(1, num_items + 1, (16,), generator=torch.Generator().manual_seed(step))
-        model(item_seq=items, lengths=lengths, labels=labels).loss.backward()
+        rec(model)(item_seq=items, lengths=lengths, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
@@ -354,7 +353,7 @@ def test_adapter_loads_in_one_call_with_its_catalogue_and_refuses_another_base(t
     assert loaded.config.num_items == 30 and loaded.missrec_item_metadata["source_ids"][0] == "D1"
     items, lengths = random_histories(6, 8, 30, seed=9)
     with torch.no_grad():
-        assert torch.equal(loaded(items, lengths).scores, trained(items, lengths).scores)
+        assert torch.equal(rec(loaded)(items, lengths).scores, rec(trained)(items, lengths).scores)
     pipe = pipeline(TASK, model=str(tmp_path / "base"), adapter=str(tmp_path / "adapter"), trust_remote_code=True)
     assert pipe(["D3", "D4"], top_k=3) == recommender_output(trained, [3, 4], 3, prefix="D")
 
@@ -371,7 +370,7 @@ def test_adapter_loads_in_one_call_with_its_catalogue_and_refuses_another_base(t
 
 def recommender_output(model, history, top_k, prefix):
     with torch.no_grad():
-        scores = model(torch.tensor([history])).scores[0, 1:]
+        scores = rec(model)(torch.tensor([history])).scores[0, 1:]
     scores[torch.tensor(history) - 1] = float("-inf")
     best = scores.topk(top_k)
     return [
@@ -394,8 +393,9 @@ FRESH = WITHOUT_PACKAGE + textwrap.dedent(
     result = {"pipeline": pipe(args["histories"], top_k=args["top_k"], **args.get("call", {}))}
     if not args.get("adapter"):
         model = AutoModel.from_pretrained(args["model"], trust_remote_code=True).eval()
+        head = sys.modules[type(model).__module__].MISSRecForSequentialRecommendation.from_base(model)
         with torch.no_grad():
-            result["scores"] = model(torch.tensor(args["padded"])).scores.tolist()
+            result["scores"] = head(torch.tensor(args["padded"])).scores.tolist()
     print(json.dumps(result))
     """
 )
@@ -433,7 +433,7 @@ def test_saved_pipeline_in_a_fresh_process_gives_identical_recommendations(tmp_p
     fresh = run_fresh(tmp_path, model=str(tmp_path / "model"), histories=histories, top_k=8, padded=padded, call=call)
     assert fresh["pipeline"] == pipe(histories, top_k=8, **call)  # same code, same numbers: bit-identical
     with torch.no_grad():
-        assert torch.equal(torch.tensor(fresh["scores"]), model(torch.tensor(padded)).scores)
+        assert torch.equal(torch.tensor(fresh["scores"]), rec(model)(torch.tensor(padded)).scores)
 
 
 def test_adapter_on_an_exported_base_in_a_fresh_process(tmp_path):
@@ -503,6 +503,6 @@ def test_a_catalogue_set_under_inference_mode_is_served_fresh():
     assert not model.interest_centroids.is_inference()
     served = pipe([[1, 2, 3]], top_k=5, exclude_history=False)[0]
     with torch.no_grad():
-        scores = model(torch.tensor([[1, 2, 3]])).scores[0]
+        scores = rec(model)(torch.tensor([[1, 2, 3]])).scores[0]
     scores[0] = -float("inf")
     assert [r["item_id"] for r in served] == scores.topk(5).indices.tolist()

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from modeling_missrec.pipelines.checkpointing import list_checkpoints, read_progress
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
 
@@ -76,7 +75,16 @@ def test_train_stops_early_and_names_a_non_finite_loss(train, tmp_path, monkeypa
     assert [e["epoch"] for e in results["epochs"]] == [1, 2, 3]  # best at epoch 1, then 2 epochs without gain
 
     monkeypatch.setattr(train, "evaluate_ranking", real)
-    monkeypatch.setattr(train.MISSRecModel, "finetuning_loss", lambda self, *a: torch.tensor(float("nan")))
+    head = train.MISSRecForSequentialRecommendation
+    real_forward = head.forward
+
+    def nan_loss(self, *args, **kwargs):
+        output = real_forward(self, *args, **kwargs)
+        if output.loss is not None:
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(head, "forward", nan_loss)
     with pytest.raises(FloatingPointError, match=r"MISSRec: loss is nan at epoch 1, step 0 \(batch of histories"):
         train.main([*tiny, "--epochs", "1"])
 
@@ -160,13 +168,13 @@ def test_the_saved_model_is_the_one_validated(train, tmp_path, fresh_accelerate_
     from modeling_missrec.pipelines.collator import SequenceCollator
     from modeling_missrec.pipelines.evaluation import evaluate_ranking
 
-    from modeling_missrec import MISSRecModel
+    from modeling_missrec import MISSRecForSequentialRecommendation
 
     run = tmp_path / "run"
     tiny = ["--num_users", "80", "--num_items", "50", "--baselines", "[]", "--output_dir", str(run), "--epochs", "3"]
     results = train.main(tiny)
     best = max(results["epochs"], key=lambda e: e["ndcg@10"])
-    model = MISSRecModel.from_pretrained(run).eval()
+    model = MISSRecForSequentialRecommendation.from_pretrained(run).eval()
     domain = train.load_training_data(train.parse_args(tiny))
     valid = SequenceCollator(domain.sequences["validation"], model.config.max_seq_length)
     assert evaluate_ranking(model, valid)["official"]["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-6)

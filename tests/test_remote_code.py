@@ -8,10 +8,17 @@ import sys
 
 import pytest
 import torch
-from conftest import random_histories, tiny_model
-from fresh_process import fresh_env, scores_without_package
+from conftest import pretraining, random_histories, rec, tiny_model
+from fresh_process import fresh_env, run_without_package
 
 from modeling_missrec import MISSRecModel
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_missrec.MISSRecConfig",
+    "AutoModel": "modeling_missrec.MISSRecModel",
+    "AutoModelForPreTraining": "modeling_missrec.MISSRecForPreTraining",
+    "AutoModelForSequentialRecommendation": "modeling_missrec.MISSRecForSequentialRecommendation",
+}
 
 
 @pytest.mark.parametrize(
@@ -19,22 +26,36 @@ from modeling_missrec import MISSRecModel
     [{}, {"id_mode": "transductive", "item_mm_fusion": "dynamic_instance", "seq_mm_fusion": "contextual"}],
 )
 def test_remote_code_round_trip_in_a_fresh_process_is_bit_identical(tmp_path, overrides):
+    """A head's folder (what train.py saves) loads, without the package, as the head and as the base."""
     model = tiny_model(**overrides)
     folder = tmp_path / "model"
-    model.save_pretrained(folder)
-    config = json.loads((folder / "config.json").read_text())
-    assert config["auto_map"] == {
-        "AutoConfig": "configuration_missrec.MISSRecConfig",
-        "AutoModel": "modeling_missrec.MISSRecModel",
-    }
+    rec(model).save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == AUTO_MAP
     saved = {p.name for p in folder.iterdir()}
     assert {"model.safetensors", "modeling_missrec.py", "configuration_missrec.py", "interest_missrec.py"} <= saved
-    assert "layers_missrec.py" in saved
+    assert {"layers_missrec.py", "scoring_missrec.py"} <= saved
 
     items, _ = random_histories(8, 10, 40)
-    scores = scores_without_package(folder, "missrec", items, tmp_path)
+    head = run_without_package(folder, "missrec", {"item_seq": items}, tmp_path, "AutoModelForSequentialRecommendation")
+    base = run_without_package(folder, "missrec", {"item_seq": items}, tmp_path, "AutoModel")
     with torch.no_grad():
-        assert torch.equal(scores, model(items).scores)
+        assert head["class"] == "MISSRecForSequentialRecommendation" and base["class"] == "MISSRecModel"
+        assert torch.equal(head["scores"], rec(model)(items).scores)
+        assert torch.equal(base["sequence_embeddings"], model(items).sequence_embeddings)
+
+
+def test_a_base_folder_loads_as_the_pre_training_head_in_a_fresh_process(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["auto_map"] == AUTO_MAP
+    items, _ = random_histories(8, 10, 40, seed=1)
+    batch = {"item_seq": items, "labels": torch.arange(1, 9), "augmented_item_seq": items.flip(0)}
+    out = run_without_package(tmp_path / "model", "missrec", batch, tmp_path, "AutoModelForPreTraining")
+    with torch.no_grad():
+        expected = pretraining(model).eval()(**batch)
+    assert out["class"] == "MISSRecForPreTraining"
+    for field in ("loss", "seq_item_loss", "seq_seq_loss", "scores"):
+        assert torch.equal(out[field], expected[field]), field
 
 
 def test_installed_package_loads_without_trust_remote_code(tmp_path):
@@ -49,7 +70,11 @@ def test_installed_package_loads_without_trust_remote_code(tmp_path):
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "model")],
-        check=True, capture_output=True, text=True, cwd=tmp_path, env=fresh_env(tmp_path),
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=fresh_env(tmp_path),
     )
     assert result.stdout.split() == [str(model.config.num_items), str(model.config.num_interests)]
 
@@ -62,4 +87,4 @@ def test_in_process_reload_keeps_catalogue_and_interests(tmp_path):
         assert torch.equal(buffer, dict(loaded.named_buffers())[name]), name
     items, lengths = random_histories(5, 6, 40)
     with torch.no_grad():
-        assert torch.equal(loaded(items, lengths).scores, model(items, lengths).scores)
+        assert torch.equal(rec(loaded)(items, lengths).scores, rec(model)(items, lengths).scores)

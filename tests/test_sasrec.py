@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import random_histories
-from fresh_process import scores_without_package
+from fresh_process import run_without_package
 from transformers import AutoConfig, AutoModel
 
 from modeling_missrec import SASRecConfig, SASRecModel, SASRecOutput
@@ -156,8 +156,6 @@ def test_dropout_is_active_in_training_only():
         assert not torch.equal(model(items).scores, model(items).scores)
 
 
-
-
 def test_remote_code_round_trip_in_a_fresh_process_is_bit_identical(tmp_path, model):
     folder = tmp_path / "model"
     model.save_pretrained(folder)
@@ -172,7 +170,7 @@ def test_remote_code_round_trip_in_a_fresh_process_is_bit_identical(tmp_path, mo
     assert not [p for p in folder.iterdir() if p.is_dir()]  # flat
 
     items, _ = random_histories(8, 10, NUM_ITEMS)
-    scores = scores_without_package(folder, "sasrec", items, tmp_path)
+    scores = run_without_package(folder, "sasrec", {"item_seq": items}, tmp_path)["scores"]
     with torch.no_grad():
         assert torch.equal(scores, model(items).scores)
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import rec
 from modeling_missrec.pipelines.checkpointing import checkpoint_root, list_checkpoints, read_progress
 from modeling_missrec.pipelines.collator import SequenceCollator
 from modeling_missrec.pipelines.evaluation import evaluate_ranking
 from modeling_missrec.pipelines.loading import load_domain
-from modeling_missrec.pipelines.recommendation import load_missrec_adapter
+from modeling_missrec.pipelines.served_files import load_missrec_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "configuration" / "recipes"
@@ -92,7 +93,7 @@ def test_the_adapter_reloads_in_another_process_and_reproduces_the_test_metrics(
     )
     test = SequenceCollator(domain.sequences["test"], model.config.max_seq_length)
     with torch.no_grad():
-        metrics = evaluate_ranking(model, test, protocols=("official", "exclude_history"))
+        metrics = evaluate_ranking(rec(model), test, protocols=("official", "exclude_history"))
     saved = pretrain_then_lora["metrics"]
     for key in ("hr@10", "ndcg@10", "ndcg@50", "mrr@20"):
         assert metrics["official"][key] == pytest.approx(saved["test"][key], abs=1e-4)
