@@ -324,8 +324,12 @@ def fit(
         )["official"]
         loss = progress.loss_sum / progress.step
         seconds = {"train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
-        progress.history.append({"epoch": epoch + 1, "loss": loss, **seconds, **metrics})
-        logger.log({f"{name}/train_loss": loss, **{f"{name}/valid_{k}": v for k, v in metrics.items()}}, step=epoch + 1)
+        learning_rate = scheduler.get_last_lr()[0]
+        progress.history.append(
+            {"epoch": epoch + 1, "loss": loss, "learning_rate": learning_rate, **seconds, **metrics}
+        )
+        logged = {f"{name}/train_loss": loss, f"{name}/learning_rate": learning_rate}
+        logger.log({**logged, **{f"{name}/valid_{k}": v for k, v in metrics.items()}}, step=epoch + 1)
         accelerator.print(f"{name} epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {metrics['ndcg@10']:.4f}")
         progress.epoch, progress.step, progress.loss_sum = epoch + 1, 0, 0.0
         if metrics["ndcg@10"] > progress.best:  # the gathered metrics are the same on every rank

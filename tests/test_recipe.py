@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+import math
 import shutil
 from pathlib import Path
 
@@ -178,3 +180,83 @@ def test_the_saved_model_is_the_one_validated(train, tmp_path, fresh_accelerate_
     domain = train.load_training_data(train.parse_args(tiny))
     valid = SequenceCollator(domain.sequences["validation"], model.config.max_seq_length)
     assert evaluate_ranking(model, valid)["official"]["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-6)
+
+
+def test_optimisation_keys_are_validated():
+    with pytest.raises(ValueError, match="lr_scheduler_type='step' is not one of"):
+        load_recipe(None, ["--lr_scheduler_type", "step"])
+    with pytest.raises(ValueError, match="'constant' has no warm-up: use 'constant_with_warmup'"):
+        load_recipe(None, ["--warmup_ratio", "0.1"])
+    with pytest.raises(ValueError, match=r"warmup_ratio=1 must be in \[0, 1\)"):
+        load_recipe(None, ["--lr_scheduler_type", "linear", "--warmup_ratio", "1"])
+    with pytest.raises(ValueError, match="weight_decay=-0.1 must be >= 0"):
+        load_recipe(None, ["--weight_decay", "-0.1"])
+    with pytest.raises(ValueError, match="max_grad_norm=0 must be > 0 or null"):
+        load_recipe(None, ["--max_grad_norm", "0"])
+    with pytest.raises(ValueError, match=r"report_to=\['jsonl', 'stdout'\] must be a non-empty list drawn from"):
+        load_recipe(None, ["--report_to", "[jsonl, stdout]"])
+    assert load_recipe(None, ["--report_to", "tensorboard"]).report_to == ["tensorboard"]
+    # Under a decaying schedule the number of epochs shapes the rates: a resume must keep it.
+    assert "epochs" not in load_recipe().training_settings
+    assert load_recipe(None, ["--lr_scheduler_type", "cosine"]).training_settings["epochs"] == 8
+
+
+def test_weight_decay_spares_biases_and_layernorm_gains(train):
+    from conftest import rec, tiny_model
+
+    head = rec(tiny_model())
+    optimizer = train.build_optimizer(head, load_recipe(None, ["--weight_decay", "0.05"]))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in head.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert any("LayerNorm" in names[id(p)] or "layer_norm" in names[id(p)] for p in no_decay["params"])
+    trained = [p for p in head.parameters() if p.requires_grad]
+    assert len(decay["params"]) + len(no_decay["params"]) == len(trained)
+
+
+def test_schedule_clipping_and_tensorboard_in_a_run(train, tmp_path, fresh_accelerate_state, monkeypatch):
+    """A linear schedule with warm-up over the run's optimiser steps, the gradient norm clipped before each
+    optimiser step, and the per-epoch scalars in TensorBoard beside the JSON lines."""
+    from accelerate import Accelerator
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    clipped = []
+    real_clip = Accelerator.clip_grad_norm_
+
+    def counting_clip(self, parameters, max_norm, *args, **kwargs):
+        clipped.append(max_norm)
+        return real_clip(self, parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", counting_clip)
+    run = tmp_path / "run"
+    tiny = ["--num_users", "60", "--num_items", "40", "--baselines", "[]", "--output_dir", str(run)]
+    options = ["--epochs", "2", "--batch_size", "16", "--gradient_accumulation_steps", "2"]
+    options += ["--lr_scheduler_type", "linear", "--warmup_ratio", "0.25", "--max_grad_norm", "0.5"]
+    results = train.main([*tiny, *options, "--report_to", "[jsonl, tensorboard]"])
+
+    args = train.parse_args([*tiny, *options])
+    batches = -(-len(train.training_collator(args, train.load_training_data(args), 50)) // 16)
+    steps_per_epoch = -(-batches // 2)
+    total = 2 * steps_per_epoch
+    warmup = math.ceil(0.25 * total)
+    assert clipped == [0.5] * total  # once per optimiser step, not per micro-batch
+    first, last = (e["learning_rate"] for e in results["epochs"])
+    assert first == pytest.approx(1e-3 * (total - steps_per_epoch) / (total - warmup)) and last == 0.0
+
+    events = EventAccumulator(str(next(run.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    ndcg = [e.value for e in events.Scalars("MISSRec/valid_ndcg@10")]
+    assert ndcg == pytest.approx([e["ndcg@10"] for e in results["epochs"]])
+    logged = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [row["MISSRec/learning_rate"] for row in logged[1:]] == pytest.approx([first, last])
+
+
+def test_a_tracker_that_is_not_installed_is_named():
+    from accelerate.tracking import get_available_trackers
+    from modeling_missrec.pipelines.tracking import run_trackers
+
+    if "wandb" in {str(t) for t in get_available_trackers()}:
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ValueError, match=r"report_to names \['wandb'\], which are not installed.*pip install wandb"):
+        run_trackers(["jsonl", "wandb"], "runs/x")
