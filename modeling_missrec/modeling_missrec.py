@@ -958,7 +958,8 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
                 with exact `lengths`: the serving pipeline).
 
         Returns:
-            [`MISSRecRecommendationOutput`] (`scores` `[B, top_k]`, `item_ids` `[B, top_k]`, best first).
+            [`MISSRecRecommendationOutput`] (`scores` `[B, top_k]`, `item_ids` `[B, top_k]`, best first). A row with
+            fewer than `top_k` candidates outside its history ends in item id 0 (padding) with score `-inf`.
         """
         base = self.base
         num_items = self.config.num_items
@@ -998,6 +999,8 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
         if len(parts) > 1:
             best = values.topk(top_k, dim=1)
             values, found = best.values, found.gather(1, best.indices)
+        # Where the history leaves fewer than top_k candidates, the row ends in padding, not in excluded items.
+        found = found.masked_fill(values == float("-inf"), 0)
         return MISSRecRecommendationOutput(scores=values, item_ids=found)
 
 

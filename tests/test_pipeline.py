@@ -122,6 +122,57 @@ def test_exclude_history_candidates_and_text():
     assert "text" not in pipe(history, top_k=3)[0]
 
 
+@pytest.mark.parametrize("overrides", [{}, {"id_mode": "transductive"}])
+def test_recommend_ranks_like_forward_and_serves_what_the_pipeline_serves(overrides):
+    """`MISSRecForSequentialRecommendation.recommend` is the ranking: forward's scores with the whole history
+    (longer than `max_seq_length` here) masked and the candidates kept; the pipeline returns exactly its lists."""
+    model = with_missing_modalities(tiny_model(NUM_ITEMS, **overrides))
+    head = rec(model).eval()
+    length = model.config.max_seq_length + 4
+    items, lengths = random_histories(6, length, NUM_ITEMS, seed=3)
+    items[0, :length] = torch.arange(1, length + 1)  # a full history whose oldest items the encoder does not read
+    lengths[0] = length
+    candidates = torch.tensor([1, 2, 3, 5, 8, 13, 21, 34, 40])
+
+    with torch.no_grad():
+        scores = head(items, lengths).scores[:, 1:]
+    history = torch.zeros(len(items), NUM_ITEMS + 1, dtype=torch.bool).scatter_(1, items, True)[:, 1:]
+    outside = torch.ones(NUM_ITEMS, dtype=torch.bool)
+    outside[candidates - 1] = False
+    reference = scores.masked_fill(history | outside, float("-inf")).topk(4)
+
+    top = head.recommend(items, lengths, top_k=4, exclude_history=True, candidates=candidates)
+    torch.testing.assert_close(top.scores, reference.values, rtol=1e-5, atol=1e-5)
+    # The first history holds all but three candidates: its row ends in padding, never in a history item.
+    assert torch.equal(top.item_ids, (reference.indices + 1).masked_fill(reference.values == float("-inf"), 0))
+    assert top.item_ids[0, -1] == 0 and (top.item_ids[1:] > 0).all()
+
+    served = recommender(model)([row[:n].tolist() for row, n in zip(items, lengths)], top_k=4, candidates=candidates)
+    assert [[r["item_id"] for r in rows] for rows in served] == [[i for i in row if i] for row in top.item_ids.tolist()]
+    finite = [[v for v in row if v > float("-inf")] for row in top.scores.tolist()]
+    assert [[r["score"] for r in rows] for rows in served] == [pytest.approx(row, abs=1e-6) for row in finite]
+
+    everything = head.recommend(items, lengths, top_k=NUM_ITEMS, exclude_history=False)
+    torch.testing.assert_close(everything.scores, scores.sort(descending=True).values, rtol=1e-5, atol=1e-5)
+
+
+def test_recommend_ranks_new_items_beside_the_catalogue():
+    model = tiny_model(NUM_ITEMS)
+    generator = torch.Generator().manual_seed(9)
+    new = {name: torch.randn(2, FEATURE_DIM, generator=generator) for name in ("text_features", "image_features")}
+    items, lengths = random_histories(3, 5, NUM_ITEMS, seed=4)
+    top = rec(model).recommend(items, lengths, top_k=NUM_ITEMS + 2, exclude_history=False, new_items=new)
+    extended = tiny_model(NUM_ITEMS)
+    extended.extend_catalogue(**new)
+    with torch.no_grad():
+        reference = rec(extended)(items, lengths).scores[:, 1:]
+    torch.testing.assert_close(top.scores, reference.gather(1, top.item_ids - 1), rtol=1e-5, atol=1e-5)
+    assert sorted(top.item_ids[0].tolist()) == list(range(1, NUM_ITEMS + 3))
+    cold = {**new, "source_ids": ["N1", "N2"], "texts": ["x", "y"]}
+    served = recommender(model)(items[0, : lengths[0]].tolist(), top_k=6, exclude_history=False, cold_start_items=cold)
+    assert [r["item_id"] for r in served] == top.item_ids[0, :6].tolist()
+
+
 def test_scoring_in_item_chunks_equals_one_chunk(monkeypatch):
     """Large catalogues are scored chunk by chunk (history items masked per chunk); small ones in one chunk
     (masked at once). Both give the same recommendations."""
