@@ -284,7 +284,8 @@ _ADAPTED_CATALOGUE_BYTES = 64 << 20
 
 def _dependency_key(tensors: list[torch.Tensor], modules: list[nn.Module], extra: tuple) -> tuple:
     """What a cached value computed from `tensors` and `modules` depends on: every tensor and module parameter
-    (identity and in-place version, so optimizer steps count), the active / disabled state of PEFT wrappers (a
+    (identity, storage and in-place version, so optimizer steps, in-place ops and `p.data = other` count; a write
+    *into* `p.data` bypasses all three: see [`clear_serving_cache`]), the active / disabled state of PEFT wrappers (a
     `ModulesToSaveWrapper` or LoRA layer switches adapters without touching any tensor) and `extra`. The tensors
     themselves are kept in the key, so a replaced buffer cannot be mistaken for a new one that reuses its id. Cheap
     (a few dozen attribute reads): it runs on every request."""
@@ -298,7 +299,7 @@ def _dependency_key(tensors: list[torch.Tensor], modules: list[nn.Module], extra
         # A class lookup: `getattr` on a plain torch module would raise and catch an AttributeError (slow).
         if hasattr(type(module), "active_adapters"):
             states.append((tuple(module.active_adapters or ()), module.disable_adapters))
-    return tuple((t, t._version) for t in tensors), extra, tuple(states)
+    return tuple((t, (t._version, t.data_ptr())) for t in tensors), extra, tuple(states)
 
 
 def _item_side_key(model: nn.Module) -> tuple:
@@ -338,8 +339,10 @@ def _cached(model: nn.Module, name: str, key: tuple, build: Callable[[], Any]) -
 
 
 def clear_serving_cache(model: nn.Module) -> None:
-    """Forget what [`serving_state`] keeps for `model`. Needed only after an edit the cache cannot see: a write
-    through `tensor.data` (it bypasses the version counter that optimizer steps and in-place ops advance)."""
+    """Forget what [`serving_state`] keeps for `model`. Needed only after an edit the cache cannot see: an in-place
+    write into `tensor.data` (`p.data.mul_(2)`, `p.data[0] = 1`), which changes neither the tensor's version counter
+    nor its storage. Checking the weights' contents instead would cost about a tenth of a request (0.47 ms of 4.1 ms,
+    `missrec-base` on 1.6k items), so the cache trusts versions and this is the escape hatch."""
     _SERVING_CACHE.pop(model, None)
 
 

@@ -25,7 +25,7 @@ from modeling_missrec.pipelines.served_files import (
 )
 from transformers import pipeline
 
-from modeling_missrec.scoring_missrec import serving_state
+from modeling_missrec.scoring_missrec import clear_serving_cache, serving_state
 
 NUM_ITEMS = 40
 SOURCE_IDS = [f"B{i:04d}" for i in range(1, NUM_ITEMS + 1)]
@@ -214,6 +214,23 @@ def test_catalogue_embeddings_are_cached_and_invalidated():
     assert serving_state(model)[0].num_items == 45
     pipe.item_metadata = None  # the metadata describes 40 items, the catalogue now has 45
     assert_matches_model(model, pipe, items, lengths, top_k=45)
+
+
+def test_weights_replaced_through_data_are_served_fresh_and_data_writes_need_clear_serving_cache():
+    """`p.data = other` (a new storage, same version) is seen; a write into `p.data` is invisible to any version
+    check, and `clear_serving_cache` is the documented way to serve it."""
+    model = tiny_model(NUM_ITEMS)
+    pipe = recommender(model)
+    items, lengths = random_histories(4, 6, NUM_ITEMS)
+    pipe([1, 2], top_k=3)
+    model.text_adaptor.weight.data = model.text_adaptor.weight.data * -3
+    model.encoder[0].self_attention.block.q_proj.weight.data = torch.randn_like(
+        model.encoder[0].self_attention.block.q_proj.weight
+    )
+    assert_matches_model(model, pipe, items, lengths, top_k=10)
+    model.image_adaptor.weight.data.mul_(-2)
+    clear_serving_cache(model)
+    assert_matches_model(model, pipe, items, lengths, top_k=10)
 
 
 def test_sequence_side_tables_are_cached_and_invalidated():
