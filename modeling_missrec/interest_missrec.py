@@ -142,6 +142,12 @@ def seeding_trials(sample_size: int, num_clusters: int) -> int:
     return 2 + int(math.log(num_clusters)) if sample_size >= 4 * num_clusters else 2
 
 
+def warm_start_size(num_clusters: int) -> int:
+    """Vectors of [`kmeans`]'s warm-start phase: `max(16K, 32768)`, used only when it is at most N / 3 (below that
+    the sample saves less than its own iterations cost)."""
+    return max(16 * num_clusters, 32768)
+
+
 def _kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Generator) -> torch.Tensor:
     """Greedy k-means++ seeding on `x` `[S, d]`: `[K]` indices of the chosen seeds.
 
@@ -273,27 +279,21 @@ def kmeans(
     max_iter: int = 30,
     tol: float = 1e-4,
     seed: int = 0,
-    init_sample_size: int | None = None,
-    warm_start_size: int | None = None,
 ) -> ClusteringResult:
     """k-means (Lloyd, chunked, with distance bounds), seeded and deterministic.
 
     For large N the early iterations, where centroids move most and bounds prune nothing, run on a random
-    sample of `warm_start_size` vectors; Lloyd then continues on all vectors from those centroids.
+    sample of [`warm_start_size`] vectors; Lloyd then continues on all vectors from those centroids.
 
     Args:
         x: `[N, d]` float vectors (any device).
         num_clusters: K, `1 <= K <= N`.
-        init: `"k-means++"` (greedy seeding on a sample of `init_sample_size` vectors) or `"random"`
+        init: `"k-means++"` (greedy seeding on a sample of [`seeding_sample_size`] vectors) or `"random"`
             (K distinct vectors drawn uniformly).
         max_iter: maximum Lloyd iterations per phase. With 1 there is no warm start: the vectors are
             assigned to the initial centroids and the centroids updated once (the official code's one step).
         tol: stop when the inertia decreases by less than `tol` relative to the previous iteration.
         seed: seed of the initialisation and of the samples.
-        init_sample_size: vectors the seeding looks at; defaults to [`seeding_sample_size`]
-            (`min(N, max(2K, 8192))`).
-        warm_start_size: vectors of the warm-start phase; defaults to `max(16K, 32768)`. No warm start unless
-            it is at most N / 3 (below that the sample saves less than its own iterations cost).
 
     Returns:
         A [`ClusteringResult`] with `labels` `[N]` (each vector's nearest centroid), `centroids` `[K, d]`
@@ -309,12 +309,11 @@ def kmeans(
     if init == "random":
         seeds = torch.randperm(n, generator=generator)[:num_clusters]
     else:
-        sample_size = seeding_sample_size(n, num_clusters) if init_sample_size is None else init_sample_size
-        sample_size = max(min(sample_size, n), num_clusters)
+        sample_size = seeding_sample_size(n, num_clusters)
         sample = torch.randperm(n, generator=generator)[:sample_size].to(x.device)
         seeds = sample[_kmeans_plus_plus(x[sample], num_clusters, generator)]
     centroids = x[seeds.to(x.device)].clone()
-    warm_size = max(16 * num_clusters, 32768) if warm_start_size is None else warm_start_size
+    warm_size = warm_start_size(num_clusters)
     if max_iter > 1 and 3 * warm_size <= n:
         sample = torch.randperm(n, generator=generator)[: max(warm_size, num_clusters)].to(x.device)
         centroids = _lloyd(x[sample], centroids, max_iter, tol).centroids
