@@ -202,6 +202,89 @@ class PackedLayout:
         return padded if flat is None else padded.index_select(0, flat)
 
 
+# ------------------------------------------------------------------ the token layouts of a batch of histories
+def longest_first(lengths: torch.Tensor) -> torch.Tensor | None:
+    """`[B]` the row order that puts the longest histories first (stable), so attention buckets of consecutive
+    rows hold histories of similar lengths and little padding; None for a single row (nothing to order)."""
+    return lengths.argsort(descending=True, stable=True) if len(lengths) > 1 else None
+
+
+def row_buckets(batch: int, rows_per_bucket: int = 64) -> list[int]:
+    """Bucket boundaries `[0, b1, ..., B]` of a batch for [`PackedLayout`]: up to 8 buckets of about
+    `rows_per_bucket` rows (each padded to its own widest row)."""
+    num_buckets = max(1, min(8, batch // rows_per_bucket))
+    return [round(i * batch / num_buckets) for i in range(num_buckets + 1)]
+
+
+def modality_tokens(
+    per_modality: list[torch.Tensor], present: torch.Tensor, item_layout: PackedLayout, row_splits: list[int]
+) -> tuple[torch.Tensor, PackedLayout, torch.Tensor]:
+    """The tokens of contextual sequence fusion: one per (history item, present modality), row `b` holding
+    `(m, l)` in modality-major order, packed.
+
+    Args:
+        per_modality: `M` tensors `[Tv, d]`: modality `m`'s token of every packed history item of `item_layout`.
+        present: `[B, M, L]` bool, modality `m` of item `(b, l)` is present (False at padding).
+        item_layout: the packed layout of the history items (`[B, L]`).
+        row_splits: bucket boundaries (see [`row_buckets`]).
+
+    Returns:
+        `(tokens [T, d], layout over [B, M * L], token_mask [B, M * L])`. A history item with no modality keeps
+        its first modality's (position-only) token, so it still counts.
+    """
+    token_mask = present.clone()
+    token_mask[:, 0] |= item_layout.mask & ~present.any(1)
+    token_mask = token_mask.flatten(1)
+    layout = PackedLayout(token_mask, row_splits)
+    # Token (b, m, l) is row m * Tv + (packed row of item (b, l)) of the stacked per-modality tokens.
+    offsets = len(per_modality[0]) * torch.arange(len(per_modality), device=token_mask.device)
+    source = (item_layout.positions()[:, None] + offsets[:, None]).flatten(1)  # [B, M * L]
+    return F.embedding(layout.pack(source), torch.cat(per_modality)), layout, token_mask
+
+
+def interest_memory_layout(
+    interest_ids: torch.Tensor, counts: list[int], row_splits: list[int]
+) -> tuple[PackedLayout, torch.Tensor]:
+    """The layout of every history's interest tokens and their centroid ids, packed.
+
+    Args:
+        interest_ids: `[B, S]` left-aligned interest ids of each history, 0 = padding (from `interest_tokens`).
+        counts: the number of interest tokens of each history.
+        row_splits: bucket boundaries (see [`row_buckets`]).
+
+    Returns:
+        `(layout over [B, S], rows [Tm])`. A history with no interest token reads the all-zero padding centroid
+        (row 0) instead of nothing.
+    """
+    mask = interest_ids != 0
+    mask[:, 0] |= ~mask.any(1)
+    layout = PackedLayout(mask, row_splits, [max(count, 1) for count in counts])
+    return layout, layout.pack(interest_ids)
+
+
+def last_item_queries(
+    hidden: torch.Tensor,
+    layout: PackedLayout,
+    token_mask: torch.Tensor,
+    output_index: torch.Tensor,
+    row_splits: list[int],
+    query_lengths: list[int] | None,
+) -> tuple[torch.Tensor, PackedLayout]:
+    """The tokens of every history's last item, as the queries of the last decoder layer (only they form the
+    output, so that layer computes just them).
+
+    Args:
+        hidden: packed `[T, d]` tokens of `layout`; token_mask: `[B, S]` its mask.
+        output_index: `[B, Q]` the columns of the last item's tokens (one per modality for contextual fusion).
+        row_splits: bucket boundaries; query_lengths: `[B]` queries per row when every row's are all real.
+
+    Returns:
+        `(queries [Tq, d], their layout over [B, Q])`.
+    """
+    query_layout = PackedLayout(token_mask.gather(1, output_index), row_splits, query_lengths)
+    return hidden[query_layout.pack(layout.positions().gather(1, output_index))], query_layout
+
+
 class MISSRecDropout(nn.Module):
     """Inverted dropout whose keep mask is drawn 16 bits per element: one 64-bit random number serves four
     elements. On CPUs random numbers are the cost of dropout (the model's dropout, 0.5 on every sublayer, was a

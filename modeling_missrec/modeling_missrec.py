@@ -27,7 +27,12 @@ from .layers_missrec import (
     MISSRecItemFusion,
     PackedLayout,
     init_standard_weights,
+    interest_memory_layout,
     keep_most_recent,
+    last_item_queries,
+    longest_first,
+    modality_tokens,
+    row_buckets,
     validate_history,
 )
 from .layers_missrec import first_values as _first
@@ -576,60 +581,48 @@ class MISSRecModel(MISSRecPreTrainedModel):
         [`interest_projections`]) saves the first encoder layer's projections.
         """
         item_seq, lengths, text_features = self._prepare_history(item_seq, lengths, text_features, check_inputs)
-        # Longest histories first, so attention buckets of consecutive rows have similar lengths.
-        order = lengths.argsort(descending=True, stable=True) if len(lengths) > 1 else None
+        order = longest_first(lengths)
         if order is not None:
             item_seq, lengths = item_seq[order], lengths[order]
             text_features = None if text_features is None else text_features[order]
-        # Positions past the longest history are padding in every row: drop them.
         length_list = lengths.tolist()
-        seq_len = length_list[0]
+        seq_len = length_list[0]  # positions past the longest history are padding in every row: dropped
         item_seq = item_seq[:, :seq_len]
         text_features = None if text_features is None else text_features[:, :seq_len]
-        batch, num_modalities = item_seq.shape[0], len(self.modality_names)
+        batch = item_seq.shape[0]
         positions = torch.arange(seq_len, device=item_seq.device)
         valid = positions < lengths[:, None]
-        row_splits = self._row_splits(batch)
-        # Token embeddings are built for the real history items only (packed, [Tv, d]): a padded [B, L, d] grid
-        # would be several times larger, since batches mix short and long histories.
+        row_splits = row_buckets(batch)
+        # Tokens are built for the real history items only (packed, [Tv, d]), not a padded [B, L, d] grid.
         item_layout = PackedLayout(valid, row_splits, length_list)
         item_ids = item_layout.pack(item_seq)  # [Tv]
         text_rows = None if text_features is None else item_layout.pack(text_features)
+
+        # E^m: the adapted embedding of each history item's modality m (0 where absent), and its interest id.
         present, embeddings, interests = [], [], []
         for m in self.modality_names:
             mask = getattr(self, f"{m}_present")[item_seq] & valid  # [B, L]
             embeddings.append(self._history_embeddings(m, item_ids, item_layout.pack(mask), text_rows, catalogue))
             present.append(mask)
             interests.append(getattr(self, f"{m}_interest_ids")[item_seq] * mask)
-
+        # P (+ ID): the position embedding (and, transductive, the item-id embedding) of every history item.
         position = self.position_embeddings(item_layout.pack(positions.expand(batch, -1)))  # [Tv, d]
         if self.item_id_embeddings is not None:
             position = position + self.item_id_embeddings(item_ids)
         last = lengths - 1
-        if self.config.seq_mm_fusion == "add":
+        if self.config.seq_mm_fusion == "add":  # one token per item: sum_m E^m + P
             tokens, layout, token_mask = sum(embeddings, position), item_layout, valid
             output_index, query_lengths = last[:, None], [1] * batch  # [B, 1], every row's query is real
-        else:
-            # A history item with no modality keeps one (position-only) token so it still counts.
-            token_mask = torch.stack(present, 1)  # [B, M, L]
-            token_mask[:, 0] |= valid & ~token_mask.any(1)
-            token_mask = token_mask.flatten(1)
-            layout = PackedLayout(token_mask, row_splits)
-            # Token (b, m, l) is modality m's embedding of packed item (b, l) plus its position.
-            per_modality = torch.cat([e + position for e in embeddings])  # [M * Tv, d]
-            offsets = len(item_ids) * torch.arange(num_modalities, device=item_seq.device)
-            source = (item_layout.positions()[:, None] + offsets[:, None]).flatten(1)  # [B, M * L]
-            tokens = F.embedding(layout.pack(source), per_modality)
-            output_index = last[:, None] + seq_len * torch.arange(num_modalities, device=last.device)  # [B, M]
+        else:  # contextual: one token per item and present modality, E^m + P
+            per_modality = [e + position for e in embeddings]
+            tokens, layout, token_mask = modality_tokens(per_modality, torch.stack(present, 1), item_layout, row_splits)
+            output_index = last[:, None] + seq_len * torch.arange(len(embeddings), device=last.device)  # [B, M]
             query_lengths = None  # (the last item's modality tokens: not left-aligned)
         hidden = self.dropout(self.LayerNorm(tokens))  # packed [T, d]
 
+        # The interest memory: the encoder over the centroids of the history's interest tokens.
         interest_ids, counts = interest_tokens(torch.cat(interests, 1), return_counts=True)
-        memory_mask = interest_ids != 0
-        # A history with no interest token attends to the all-zero padding centroid instead of nothing.
-        memory_mask[:, 0] |= ~memory_mask.any(1)
-        memory_layout = PackedLayout(memory_mask, row_splits, [max(count, 1) for count in counts])
-        memory_rows = memory_layout.pack(interest_ids)  # packed [Tm] centroid ids
+        memory_layout, memory_rows = interest_memory_layout(interest_ids, counts, row_splits)
         centroids = self.interest_centroids.to(hidden.dtype)
         if interest_projections is not None or len(centroids) < len(memory_rows):
             # The first layer projects the K + 1 centroids (or reads their projections), not the Tm tokens.
@@ -640,23 +633,17 @@ class MISSRecModel(MISSRecPreTrainedModel):
             memory = layer(memory, memory_layout)
         memory = self.encoder_norm(memory)
         diversity = None
-        if with_diversity:
+        if with_diversity:  # the squared norm, per dimension, of each history's mean-pooled interest memory
             pooled = memory_layout.row_means(memory)
             diversity = pooled.square().sum() / pooled.shape[-1]
 
+        # The decoder reads the item tokens against the memory; the sequence is the mean of its last item's tokens.
         for layer in self.decoder[:-1]:
             hidden = layer(hidden, layout, memory, memory_layout)
-        # Only the last item's token(s) form the output, so the last layer computes just those queries.
-        query_layout = PackedLayout(token_mask.gather(1, output_index), row_splits, query_lengths)  # [B, Q]
-        queries = hidden[query_layout.pack(layout.positions().gather(1, output_index))]
-        output = self.decoder[-1](hidden, layout, memory, memory_layout, queries=(queries, query_layout))
-        output = F.normalize(query_layout.row_means(self.decoder_norm(output)), dim=-1)
+        queries = last_item_queries(hidden, layout, token_mask, output_index, row_splits, query_lengths)
+        output = self.decoder[-1](hidden, layout, memory, memory_layout, queries=queries)
+        output = F.normalize(queries[1].row_means(self.decoder_norm(output)), dim=-1)
         return (output if order is None else output[order.argsort()]), diversity
-
-    @staticmethod
-    def _row_splits(batch: int, rows_per_bucket: int = 64) -> list[int]:
-        num_buckets = max(1, min(8, batch // rows_per_bucket))
-        return [round(i * batch / num_buckets) for i in range(num_buckets + 1)]
 
     def embed_sequences(
         self,

@@ -17,7 +17,17 @@ from modeling_missrec import (
     MISSRecPreTrainingOutput,
     MISSRecSequentialRecommendationOutput,
 )
-from modeling_missrec.layers_missrec import MISSRecAttention, MISSRecDropout, MISSRecEncoderLayer, PackedLayout
+from modeling_missrec.layers_missrec import (
+    MISSRecAttention,
+    MISSRecDropout,
+    MISSRecEncoderLayer,
+    PackedLayout,
+    interest_memory_layout,
+    last_item_queries,
+    longest_first,
+    modality_tokens,
+    row_buckets,
+)
 
 
 @pytest.mark.parametrize("seq_mm_fusion", ["add", "contextual"])
@@ -491,6 +501,45 @@ def test_packed_layout_buckets_without_padding_are_views_of_the_packed_tokens():
     tokens.requires_grad_(True)
     sum(bucket.sum() for bucket, _ in layout.padded(tokens)).backward()
     torch.testing.assert_close(tokens.grad, torch.ones_like(tokens), rtol=0, atol=0)
+
+
+def test_modality_tokens_equal_the_padded_grid_of_present_item_modalities():
+    """Contextual fusion's packed tokens are the `[B, M, L, d]` grid of per-modality tokens read at the present
+    (item, modality) pairs, modality-major per row; an item with no modality keeps its first modality's token."""
+    valid = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    present = torch.tensor(
+        [[[1, 0, 1], [1, 1, 0]], [[0, 0, 0], [1, 0, 0]]], dtype=torch.bool
+    )  # [B = 2, M = 2, L = 3]: item (0, 1) is image-only, item (1, 1) has no modality
+    item_layout = PackedLayout(valid, [0, 2])
+    per_modality = [torch.randn(int(valid.sum()), 4) for _ in range(2)]  # [Tv, d] each
+    tokens, layout, token_mask = modality_tokens(per_modality, present, item_layout, [0, 2])
+    grid = torch.stack([torch.zeros(2, 3, 4).index_put((valid,), t) for t in per_modality], 1)  # [B, M, L, d]
+    expected_mask = present.clone()
+    expected_mask[1, 0, 1] = True  # the item with no modality: a token from its first modality's row
+    assert torch.equal(token_mask, expected_mask.flatten(1))
+    torch.testing.assert_close(tokens, grid.flatten(1, 2)[token_mask], rtol=0, atol=0)
+    torch.testing.assert_close(layout.pack(grid.flatten(1, 2)), tokens, rtol=0, atol=0)
+
+
+def test_interest_memory_and_last_item_query_layouts_by_hand():
+    interest_ids = torch.tensor([[3, 1, 0], [0, 0, 0], [2, 0, 0]])
+    layout, rows = interest_memory_layout(interest_ids, [2, 0, 1], [0, 3])
+    assert rows.tolist() == [3, 1, 0, 2]  # the history with no interest reads the padding centroid
+    assert layout.mask.tolist() == [[True, True, False], [True, False, False], [True, False, False]]
+
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    hidden = torch.arange(5.0)[:, None].expand(-1, 2)  # packed token t holds t
+    queries, query_layout = last_item_queries(
+        hidden, PackedLayout(mask, [0, 2]), mask, torch.tensor([[2], [1]]), [0, 2], [1, 1]
+    )
+    assert queries[:, 0].tolist() == [2.0, 4.0] and query_layout.mask.shape == (2, 1)
+
+
+def test_rows_are_ordered_longest_first_and_bucketed():
+    assert longest_first(torch.tensor([2, 5, 2, 7])).tolist() == [3, 1, 0, 2]  # stable among equal lengths
+    assert longest_first(torch.tensor([4])) is None
+    assert row_buckets(10) == [0, 10] and row_buckets(256) == [0, 64, 128, 192, 256]
+    assert row_buckets(4096) == [round(i * 4096 / 8) for i in range(9)]  # at most 8 buckets
 
 
 @pytest.mark.parametrize("id_mode", ["inductive", "transductive"])
