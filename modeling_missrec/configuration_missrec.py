@@ -51,9 +51,16 @@ class MISSRecConfig(PretrainedConfig):
             id logit to the item score.
         num_items (`int`, *optional*, defaults to 0):
             Size of the item catalogue held in the model (item ids are `1..num_items`, 0 is padding).
-            Set by [`MISSRecModel.set_catalogue`]; it fixes the shapes of the catalogue buffers.
+            Set by [`MISSRecModel.set_catalogue`] / `extend_catalogue`; it fixes the shapes of the catalogue
+            buffers.
         num_interests (`int`, *optional*, defaults to 0):
-            Number of interest clusters currently held (0 until [`MISSRecModel.discover_interests`] runs).
+            Number of interest clusters currently held (0 until [`MISSRecModel.discover_interests`] runs; set by
+            it and by `set_interest_tables`).
+
+        `num_items`, `num_interests`, `id_mode` (`add_item_id_embeddings`), `modalities` and the feature widths
+        (`add_modality`) describe the catalogue a model holds: after construction only those `MISSRecModel`
+        methods change them (through one writer, `_describe_catalogue`), so a saved config always describes the
+        buffers saved beside it. Do not edit them on a model's config by hand.
         seq_mm_fusion (`str`, *optional*, defaults to `"add"`):
             How a history item's modalities enter the decoder: `"add"` sums them into one token,
             `"contextual"` keeps one token per modality.

@@ -130,6 +130,10 @@ class MISSRecRecommendationOutput(ModelOutput):
 # version and refuse in-place updates outside it. So the methods that write them run outside inference mode.
 writes_catalogue_state = torch.inference_mode(False)
 
+# The config fields that describe the catalogue a model holds (set by its catalogue methods alone, through
+# `MISSRecModel._describe_catalogue`); every other field describes the architecture.
+CATALOGUE_FIELDS = ("num_items", "num_interests", "id_mode", "modalities", "text_feature_dim", "image_feature_dim")
+
 
 class MISSRecPreTrainedModel(PreTrainedModel):
     """Weight initialisation and loading conventions shared by MISSRec models."""
@@ -244,6 +248,16 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self.post_init()
 
     # ------------------------------------------------------------------ catalogue
+    def _describe_catalogue(self, **fields) -> None:
+        """The one writer of the config fields that describe the catalogue the model holds rather than its
+        architecture ([`CATALOGUE_FIELDS`]); only the catalogue methods call it, so the config saved with the
+        weights always describes the buffers beside it."""
+        unknown = sorted(set(fields) - set(CATALOGUE_FIELDS))
+        if unknown:
+            raise ValueError(f"{unknown} are not catalogue fields {list(CATALOGUE_FIELDS)}")
+        for name, value in fields.items():
+            setattr(self.config, name, value)
+
     def _register_catalogue_buffers(self, num_items: int, num_interests: int) -> None:
         for m in self.modality_names:
             self.register_buffer(f"{m}_features", torch.zeros(num_items + 1, self.config.feature_dim(m)))
@@ -317,8 +331,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         num_items = next(iter(tables.values()))[0].shape[0]
         device = self.position_embeddings.weight.device
         resized = num_items != self.config.num_items
-        self.config.num_items = num_items
-        self.config.num_interests = 0
+        self._describe_catalogue(num_items=num_items, num_interests=0)
         self._register_catalogue_buffers(num_items, 0)
         for m, (table, mask) in tables.items():
             getattr(self, f"{m}_features")[1:] = table
@@ -348,7 +361,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         """
         if self.item_id_embeddings is not None:
             raise ValueError("the model is already transductive (it has item-id embeddings)")
-        self.config.id_mode = "transductive"
+        self._describe_catalogue(id_mode="transductive")
         self.item_id_embeddings = self._fresh_item_id_embeddings()
 
     @writes_catalogue_state
@@ -370,8 +383,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
             raise ValueError(f"feature_dim={feature_dim!r} must be an integer >= 1")
         device = self.position_embeddings.weight.device
-        self.config.modalities = "both"
-        setattr(self.config, f"{modality}_feature_dim", feature_dim)
+        self._describe_catalogue(modalities="both", **{f"{modality}_feature_dim": feature_dim})
         self.modality_names = self.config.modality_names
         adaptor = nn.Linear(feature_dim, self.config.hidden_size)  # nn.Linear's own init, as in `_init_weights`
         setattr(self, f"{modality}_adaptor", adaptor.to(device, self.dtype))
@@ -434,7 +446,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
             self.item_fusion.weight = nn.Parameter(
                 torch.cat([weight, weight.new_zeros(num_new)]), requires_grad=weight.requires_grad
             )
-        self.config.num_items = old + num_new
+        self._describe_catalogue(num_items=old + num_new)
         return torch.arange(old + 1, old + num_new + 1, device=device)
 
     def _adapt(self, modality: str, features: torch.Tensor) -> torch.Tensor:
@@ -475,17 +487,35 @@ class MISSRecModel(MISSRecPreTrainedModel):
         else:
             local = max(1, math.ceil(cfg.knn_local_ratio * len(vectors)))
             result = dpc_knn(vectors, num_interests, local_size=local)
-        start = 0
+        start, interest_ids = 0, {}
         for m in self.modality_names:
-            table = torch.zeros_like(getattr(self, f"{m}_interest_ids"))
-            table[rows[m]] = result.labels[start : start + len(rows[m])] + 1
-            setattr(self, f"{m}_interest_ids", table)
+            interest_ids[m] = torch.zeros_like(getattr(self, f"{m}_interest_ids"))
+            interest_ids[m][rows[m]] = result.labels[start : start + len(rows[m])] + 1
             start += len(rows[m])
-        self.interest_centroids = torch.cat([result.centroids.new_zeros(1, cfg.hidden_size), result.centroids]).to(
-            self.interest_centroids.dtype
+        self.set_interest_tables(
+            torch.cat([result.centroids.new_zeros(1, cfg.hidden_size), result.centroids]), interest_ids
         )
-        self.config.num_interests = num_interests
         return result
+
+    @writes_catalogue_state
+    def set_interest_tables(self, centroids: torch.Tensor, interest_ids: dict[str, torch.Tensor] | None = None) -> None:
+        """Hold the interests `centroids` `[K + 1, hidden_size]` (row 0: the all-zero padding interest) and, per
+        modality, `interest_ids` `[num_items + 1]` (each item-modality's interest, 0 for padding and absent ones;
+        None keeps the current tables), and set `config.num_interests = K`. What [`discover_interests`] writes;
+        also how saved interests are restored (a checkpoint, an adapter's catalogue).
+        """
+        if centroids.ndim != 2 or centroids.shape[1] != self.config.hidden_size or len(centroids) < 1:
+            raise ValueError(f"centroids {tuple(centroids.shape)} must be [K + 1, {self.config.hidden_size}]")
+        device = self.interest_centroids.device
+        for m, ids in (interest_ids or {}).items():
+            if ids.shape != getattr(self, f"{m}_interest_ids").shape or (len(ids) and int(ids.max()) >= len(centroids)):
+                raise ValueError(
+                    f"{m} interest ids {tuple(ids.shape)} do not fit {self.config.num_items} items and "
+                    f"{len(centroids) - 1} interests"
+                )
+            setattr(self, f"{m}_interest_ids", ids.to(device=device, dtype=torch.long))
+        self.interest_centroids = centroids.to(device=device, dtype=self.interest_centroids.dtype)
+        self._describe_catalogue(num_interests=len(centroids) - 1)
 
     def _check_catalogue(self) -> None:
         if self.config.num_items == 0:

@@ -137,8 +137,7 @@ def match_interest_table(model: torch.nn.Module | None, shape: tuple[int, ...] |
     """
     if model is None or shape is None:
         return
-    model.config.num_interests = shape[0] - 1
-    model.interest_centroids = model.interest_centroids.new_zeros(shape)
+    model.set_interest_tables(model.interest_centroids.new_zeros(shape))
 
 
 def load_best_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:

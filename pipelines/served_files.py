@@ -374,21 +374,10 @@ def _add_adapter_modalities(base: nn.Module, signature: dict) -> None:
 
 def _restore_interests(model: nn.Module, interests: dict[str, torch.Tensor]) -> None:
     """Put the interests saved with an adapter's catalogue back into the MISSRec `model` (ids of items `1..N`)."""
-    centroids = interests["interest_centroids"]
-    if centroids.ndim != 2 or centroids.shape[1] != model.config.hidden_size:
-        raise ValueError(
-            f"saved interest centroids {tuple(centroids.shape)} do not fit hidden_size {model.config.hidden_size}"
-        )
-    device = model.interest_centroids.device
-    for m in model.modality_names:
-        ids = interests[f"{m}_interest_ids"]
-        if len(ids) != model.config.num_items or (len(ids) and int(ids.max()) >= len(centroids)):
-            raise ValueError(
-                f"saved {m} interest ids do not fit {model.config.num_items} items and {len(centroids) - 1} interests"
-            )
-        setattr(model, f"{m}_interest_ids", torch.cat([ids.new_zeros(1), ids]).to(device))
-    model.interest_centroids = centroids.to(device=device, dtype=model.interest_centroids.dtype)
-    model.config.num_interests = len(centroids) - 1
+    ids = {m: interests[f"{m}_interest_ids"] for m in model.modality_names}
+    model.set_interest_tables(
+        interests["interest_centroids"], {m: torch.cat([t.new_zeros(1), t]) for m, t in ids.items()}
+    )
 
 
 def _check_adapter_base(base: nn.Module, metadata: dict, adapter, check_weights: bool) -> None:

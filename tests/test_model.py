@@ -590,3 +590,21 @@ def test_initialisation_follows_the_official_model():
     assert model.decoder[0].feed_forward.block.fc1.weight.std().item() == pytest.approx(0.02, rel=0.1)
     for norm in (model.encoder_norm, model.decoder_norm):
         assert (norm.weight == 1).all() and (norm.bias == 0).all()
+
+
+def test_interest_tables_are_set_in_one_checked_place(model):
+    """`set_interest_tables` is what discovery writes and what restores saved interests: it sets the tables and
+    `config.num_interests` together, and refuses tables that do not fit the catalogue."""
+    discovered = {m: getattr(model, f"{m}_interest_ids").clone() for m in model.modality_names}
+    centroids = model.interest_centroids.clone()
+    fresh = tiny_model()
+    fresh.set_interest_tables(centroids[:3], {m: ids.clamp_max(2) for m, ids in discovered.items()})
+    assert fresh.config.num_interests == 2 and fresh.interest_centroids.shape == (3, model.config.hidden_size)
+    fresh.set_interest_tables(centroids, discovered)
+    items, lengths = random_histories(4, 6, 40)
+    with torch.no_grad():
+        assert torch.equal(rec(fresh)(items, lengths).scores, rec(model)(items, lengths).scores)
+    with pytest.raises(ValueError, match=r"centroids \(3, 5\) must be \[K \+ 1,"):
+        fresh.set_interest_tables(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="text interest ids .* do not fit 40 items and 2 interests"):
+        fresh.set_interest_tables(centroids[:3], {"text": discovered["text"]})
