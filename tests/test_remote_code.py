@@ -88,3 +88,27 @@ def test_in_process_reload_keeps_catalogue_and_interests(tmp_path):
     items, lengths = random_histories(5, 6, 40)
     with torch.no_grad():
         assert torch.equal(rec(loaded)(items, lengths).scores, rec(model)(items, lengths).scores)
+
+
+def test_a_folder_saved_before_the_heads_loads_into_every_class(tmp_path):
+    """Folders written before the heads existed (a `MISSRecModel` whose `auto_map` names only AutoConfig and
+    AutoModel) load as the base, as either head and in the pipeline, with the same scores."""
+    from transformers import AutoModelForPreTraining, pipeline
+
+    from modeling_missrec import AutoModelForSequentialRecommendation, MISSRecForPreTraining
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = {k: v for k, v in config["auto_map"].items() if k in ("AutoConfig", "AutoModel")}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    items, lengths = random_histories(5, 6, 40)
+    head = AutoModelForSequentialRecommendation.from_pretrained(tmp_path).eval()
+    assert type(AutoModelForPreTraining.from_pretrained(tmp_path)) is MISSRecForPreTraining
+    with torch.no_grad():
+        expected = rec(model)(items, lengths).scores
+        assert torch.equal(head(items, lengths).scores, expected)
+        assert torch.equal(rec(MISSRecModel.from_pretrained(tmp_path).eval())(items, lengths).scores, expected)
+    served = pipeline("sequential-recommendation", model=str(tmp_path))(items[0, : lengths[0]].tolist(), top_k=3)
+    top = head.recommend(items[:1], lengths[:1], top_k=3)
+    assert [r["item_id"] for r in served] == top.item_ids[0].tolist()
