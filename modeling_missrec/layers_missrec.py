@@ -17,7 +17,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 
 from .configuration_missrec import MISSRecConfig
-from .scoring_missrec import pair_fusion, present_mean, stand_in_for_absent
+from .scoring_missrec import pair_fusion, present_mean, stand_in_for_absent, text_share
 
 
 def init_standard_weights(module: nn.Module, std: float) -> None:
@@ -585,3 +585,19 @@ class MISSRecItemFusion(nn.Module):
         text, image = stand_in_for_absent(*modality_logits, *present[:, None])
         # An item with no modality at all scores 0 (there is nothing to fuse).
         return pair_fusion(text, image, w).masked_fill(~present.any(0), 0.0)
+
+    def modality_weights(
+        self, modality_logits: torch.Tensor, present: torch.Tensor, item_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """How much each modality counts in each fused logit: `[M, B, C]`, summing to 1 over the present
+        modalities (0 for absent ones and for items with none), so that `forward` is `(weights * logits).sum(0)`.
+        Arguments as [`forward`]; for explaining a ranking, not on the scoring path."""
+        present = present[:, None].expand_as(modality_logits)
+        if self.mode == "static":
+            weights = present.to(modality_logits.dtype)
+            return weights / weights.sum(0).clamp_min(1)
+        w = self.weight if self.mode == "dynamic_shared" or item_ids is None else self.weight[item_ids]
+        text = text_share(modality_logits[0] - modality_logits[1], w)
+        text = torch.where(present[1], text, present[0].to(text.dtype))  # one modality: all its weight
+        text = text.masked_fill(~present[0], 0.0)
+        return torch.stack([text, (1 - text).masked_fill(~present[1], 0.0)])

@@ -78,7 +78,7 @@ def pair_fusion(
     """
     if out is None:
         difference = text - image
-        return image + difference * torch.sigmoid(weight * difference)
+        return image + difference * text_share(difference, weight)
     difference, fused = (buffer[: text.numel()].view(text.shape) for buffer in out)
     torch.sub(text, image, out=difference)
     if weight.numel() > 1:
@@ -89,6 +89,12 @@ def pair_fusion(
     # d * sigmoid(w d) = silu(w d) / w: one fused op instead of three
     F.silu(torch.mul(difference, w, out=fused), inplace=True)
     return torch.add(image, fused, alpha=1.0 / w, out=fused)
+
+
+def text_share(difference: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The text modality's weight in [`pair_fusion`] (the image's is one minus it): `softmax([w s_t, w s_i])_t =
+    sigmoid(w (s_t - s_i))`, from `difference = s_t - s_i`."""
+    return torch.sigmoid(weight * difference)
 
 
 def join_id_scores(id_scores: torch.Tensor, fused: torch.Tensor, *, in_place: bool = False) -> torch.Tensor:

@@ -51,3 +51,24 @@ def test_join_id_scores_by_hand_and_in_place():
     buffer = fused.clone()
     assert join_id_scores(ids, buffer, in_place=True) is buffer
     torch.testing.assert_close(buffer, expected)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic_shared", "dynamic_instance"])
+def test_item_fusion_weights_recompose_its_logits(mode):
+    """`MISSRecItemFusion.modality_weights` are the weights `forward` applies: `forward = (weights * logits).sum(0)`,
+    summing to 1 over present modalities, 0 for absent ones (and for an item with none)."""
+    from conftest import tiny_config
+
+    from modeling_missrec.layers_missrec import MISSRecItemFusion
+
+    fusion = MISSRecItemFusion(tiny_config(item_mm_fusion=mode, num_items=6))
+    if fusion.weight is not None:
+        torch.nn.init.normal_(fusion.weight, std=2.0, generator=torch.Generator().manual_seed(3))
+    logits = torch.randn(2, 3, 7, generator=torch.Generator().manual_seed(4))  # [M, B, C = all 0..6]
+    present = torch.tensor([[1, 1, 0, 1, 0, 1, 1], [1, 0, 1, 1, 0, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        weights = fusion.modality_weights(logits, present)
+        torch.testing.assert_close((weights * logits).sum(0), fusion(logits, present), rtol=1e-5, atol=1e-6)
+    totals = weights.sum(0)
+    torch.testing.assert_close(totals[:, present.any(0)], torch.ones(3, 6))
+    assert (weights[:, :, 4] == 0).all() and (weights[1, :, 1] == 0).all() and (weights[0, :, 2] == 0).all()
