@@ -48,6 +48,7 @@ from ..pipelines.served_files import (
 from .dataset_cards import SOURCE_DESCRIPTIONS, export_domain
 from .model_cards import adapter_card, domain_name, model_card
 from .push import HubPushError, push_folder
+from .space import write_space_files
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -271,6 +272,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--base_model_id", help="adapters: the base's Hub id for the adapter config and card")
     model.add_argument("--data_dir", help="the run's domain files, when not where the recipe says")
     model.add_argument("--dataset_id", help="Hub dataset of the training data, for the card")
+    model.add_argument(
+        "--space",
+        action="store_true",
+        help="also write the demo page as the folder's app (app.py, requirements.txt): a Hub Space",
+    )
     dataset = commands.add_parser("dataset", help="a built domain as parquet + dataset card")
     dataset.add_argument("--domain", required=True, help="'demo', an Amazon domain name or one's own prefix")
     dataset.add_argument("--data_dir", help="the domain's MISSRec-format files")
@@ -299,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
             dataset_id=args.dataset_id,
         )
         repo_type = "model"
+        if args.space:
+            try:
+                write_space_files(out)
+            except ValueError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 1
+            repo_type = "space"
     else:
         out = export_dataset(
             args.domain,

@@ -14,6 +14,14 @@ encoder (`--text_encoder`), adds a new item by typing its text and sees where it
 pipeline's message on the page.
 
 Needs the `demo` extra: `pip install -e ".[demo]"` (Gradio).
+
+What drove a recommendation, as far as the model can say (`explain_recommendations`), for each recommended item:
+its modality weights in the item fusion (`MISSRecItemFusion.modality_weights`), the history item whose removal
+changes its score most (leave-one-out over the items the encoder reads, one batch), and the interests it shares
+with the history (the interest tokens the encoder reads), all from the model's own scores (`score_items`).
+
+This module imports nothing of the package at load time: `export --space` copies it next to an exported model
+as the Space's app, where the model's code comes from the folder (remote code).
 """
 
 from __future__ import annotations
@@ -22,10 +30,14 @@ import argparse
 import html
 import json
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 DEFAULT_MODEL = "runs/demo-finetune"  # the main job's fine-tuned adapter (its base: runs/demo-pretrain)
 MAIN_JOB = (
@@ -56,12 +68,16 @@ def load_recommender(model: str, adapter: str | None = None):
     computes and caches the catalogue's fused embeddings). Prints what it does and how long it takes."""
     from transformers import pipeline
 
-    import modeling_missrec  # noqa: F401  (registers the task and the model classes)
+    try:
+        import modeling_missrec  # noqa: F401  (registers the task and the model classes)
 
+        remote = {}
+    except ImportError:  # a Space or a transformers-only user: the code comes from the model folder
+        remote = {"trust_remote_code": True}
     base, adapter = resolve_model(model, adapter)
     started = time.perf_counter()
     print(f"loading {base}" + (f" with adapter {adapter}" if adapter else "") + " ...", flush=True)
-    pipe = pipeline("sequential-recommendation", model=base, adapter=adapter)
+    pipe = pipeline("sequential-recommendation", model=base, adapter=adapter, **remote)
     print(f"loaded in {time.perf_counter() - started:.1f} s; building the item index ...", flush=True)
     started = time.perf_counter()
     pipe([1], top_k=1, exclude_history=False)
@@ -101,6 +117,67 @@ class Catalogue:
     def label(self, item_id: int) -> str:
         text = self.texts[item_id - 1]
         return f"{self.source_ids[item_id - 1]} · {text[:90]}" if text else self.source_ids[item_id - 1]
+
+
+@torch.no_grad()
+def explain_recommendations(base: Any, history: Sequence[int], item_ids: Sequence[int]) -> list[dict]:
+    """Explain the scores of catalogue items `item_ids` for one `history` (item ids, most recent last).
+
+    Args:
+        base: a `MISSRecModel` (a head's `.base`; a `PeftModel`'s base model, adapted in place).
+        history: the history's catalogue item ids, most recent last.
+        item_ids: catalogue item ids to explain (e.g. the top-k `recommend` returned).
+
+    Returns:
+        One dict per item of `item_ids`: `{"item_id", "score", "modality_weights": {modality: weight},
+        "driven_by": {"item_id", "score_drop"} or None (a one-item history), "shared_interests": [{"interest",
+        "history_tokens"}, ...]}`.
+    """
+    if not history:
+        raise ValueError("the history is empty: there is nothing to explain")
+    num_items = base.config.num_items
+    bad = [i for i in [*history, *item_ids] if not 1 <= int(i) <= num_items]
+    if bad:
+        raise ValueError(f"items {bad[:5]} are not catalogue item ids [1, {num_items}]")
+    device = base.device
+    read = list(history)[-base.config.max_seq_length :]  # what the encoder reads
+    ids = torch.tensor(list(item_ids), dtype=torch.long, device=device)
+    seq = base.embed_sequences(torch.tensor([read], device=device))
+    scores = base.score_items(seq, ids)[0]
+
+    items = base.embed_items(ids)
+    logits = torch.stack([seq @ items[m].T for m in base.modality_names])  # [M, 1, C]
+    weights = base.item_fusion.modality_weights(logits, base.item_presence(ids), ids)[:, 0]  # [M, C]
+
+    drivers = None
+    if len(read) > 1:
+        # Row i: the history without its i-th item (left-aligned, padded with 0).
+        without = torch.tensor([read[:i] + read[i + 1 :] + [0] for i in range(len(read))], device=device)
+        lengths = torch.full((len(read),), len(read) - 1, device=device)
+        drops = scores - base.score_items(base.embed_sequences(without, lengths), ids)  # [L, C]
+        drivers = drops.max(0)
+
+    history_interests = Counter()
+    item_interests = []
+    for m in base.modality_names:
+        table = getattr(base, f"{m}_interest_ids")
+        history_interests.update(i for i in table[torch.tensor(read, device=device)].tolist() if i)
+        item_interests.append(table[ids].tolist())
+    explained = []
+    for c, item in enumerate(ids.tolist()):
+        shared = sorted({row[c] for row in item_interests if row[c] in history_interests})
+        explained.append(
+            {
+                "item_id": item,
+                "score": float(scores[c]),
+                "modality_weights": {m: float(weights[j, c]) for j, m in enumerate(base.modality_names)},
+                "driven_by": None
+                if drivers is None
+                else {"item_id": read[int(drivers.indices[c])], "score_drop": float(drivers.values[c])},
+                "shared_interests": [{"interest": i, "history_tokens": history_interests[i]} for i in shared],
+            }
+        )
+    return explained
 
 
 def parse_entries(entries: str) -> list[str | int]:
@@ -157,11 +234,9 @@ def build_app(pipe, image_dir: str | None = None, text_encoder: str | None = Non
     """The Gradio `Blocks` page over `pipe` (a `sequential-recommendation` pipeline)."""
     import gradio as gr
 
-    from .pipelines.explanation import explain_recommendations
-    from .pipelines.served_files import _unwrap
-
     catalogue = Catalogue.of(pipe)
-    config = _unwrap(pipe.model).config
+    base = pipe.recommender.base  # the MISSRecModel the pipeline's recommendation head serves
+    config = base.config
     can_add_new = config.id_mode == "inductive" and text_encoder is not None and "text" in config.modality_names
     images = Path(image_dir) if image_dir else None
 
@@ -195,7 +270,7 @@ def build_app(pipe, image_dir: str | None = None, text_encoder: str | None = Non
                 options["cold_start_items"] = cold
             ranked = pipe(list(history), **options)
             known = [r["item_id"] for r in ranked if r["item_id"] <= pipe.num_items]
-            explained = {e["item_id"]: e for e in explain_recommendations(pipe.model, history, known)}
+            explained = {e["item_id"]: e for e in explain_recommendations(base, history, known)}
             new_ranks = ""
             if cold is not None:  # where each new item ranks among every candidate, in the top-k or not
                 pool = len(set(options["candidates"])) if "candidates" in options else pipe.num_items
@@ -235,8 +310,10 @@ def build_app(pipe, image_dir: str | None = None, text_encoder: str | None = Non
             )
         if not text or not text.strip():
             return new_items, message("type the new item's text first")
-        from .pipelines.feature_extraction import extract_text_features
-
+        try:
+            from modeling_missrec.pipelines.feature_extraction import extract_text_features
+        except ImportError:  # a Space: the package (and its encoders) is not installed
+            return new_items, message("typing new items needs the missrec-hf package (its text encoders)")
         features = np.asarray(extract_text_features([text.strip()], kind=text_encoder))[0]
         if features.shape[-1] != config.text_feature_dim:
             return new_items, message(

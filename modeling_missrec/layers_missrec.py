@@ -91,6 +91,20 @@ def validate_history(
     return item_seq, lengths
 
 
+def validate_labels(labels: torch.Tensor, batch: int, num_items: int) -> torch.Tensor:
+    """Check next-item `labels`: an integer tensor `[batch]` of catalogue ids `1..num_items` (`ValueError` naming
+    the first bad ones). Returns them as long."""
+    labels = torch.as_tensor(labels)
+    if labels.shape != (batch,) or labels.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"labels must be an integer tensor of shape ({batch},), got {labels.dtype} {tuple(labels.shape)}"
+        )
+    bad = labels[(labels < 1) | (labels > num_items)]
+    if bad.numel():
+        raise ValueError(f"labels {first_values(bad)} are outside the catalogue [1, {num_items}]")
+    return labels.long()
+
+
 def keep_most_recent(
     item_seq: torch.Tensor, lengths: torch.Tensor, max_len: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

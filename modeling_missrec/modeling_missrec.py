@@ -34,6 +34,7 @@ from .layers_missrec import (
     modality_tokens,
     row_buckets,
     validate_history,
+    validate_labels,
 )
 from .layers_missrec import first_values as _first
 from .scoring_missrec import ItemIndex, join_id_scores, serving_state
@@ -938,9 +939,7 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
         scores = base.score_items(seq, catalogue=catalogue)
         loss = None
         if labels is not None:
-            bad = labels[(labels < 1) | (labels > self.config.num_items)]
-            if bad.numel():
-                raise ValueError(f"labels {_first(bad)} are outside the catalogue [1, {self.config.num_items}]")
+            labels = validate_labels(labels, len(item_seq), self.config.num_items)
             loss = F.cross_entropy(scores, labels) + self.config.diversity_loss_weight * diversity
         output = MISSRecSequentialRecommendationOutput(
             loss=loss, scores=scores, sequence_embeddings=seq, diversity_loss=diversity
@@ -1054,9 +1053,8 @@ class MISSRecForPreTraining(_MISSRecHead):
         base, cfg = self.base, self.config
         seq, diversity = base._encode(item_seq, lengths)
         seq_aug, diversity_aug = base._encode(augmented_item_seq, augmented_lengths, augmented_text_features)
+        labels = validate_labels(labels, len(item_seq), cfg.num_items)
         targets = torch.arange(len(labels), device=labels.device)
-        if labels.shape != targets.shape or ((labels < 1) | (labels > cfg.num_items)).any():
-            raise ValueError(f"labels must be [B] item ids in [1, {cfg.num_items}], got {_first(labels)}")
         scores = base.score_items(seq, labels)
         duplicate = (labels[:, None] == labels[None]) & (targets[:, None] != targets[None])
         scores = scores.masked_fill(duplicate, torch.finfo(scores.dtype).min)

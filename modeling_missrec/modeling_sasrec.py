@@ -22,10 +22,10 @@ from .layers_missrec import (
     MISSRecAttention,
     MISSRecFeedForward,
     MISSRecSublayer,
-    first_values,
     init_standard_weights,
     keep_most_recent,
     validate_history,
+    validate_labels,
 )
 
 
@@ -208,16 +208,8 @@ class SASRecModel(SASRecPreTrainedModel):
         Returns:
             `()` loss.
         """
-        labels = torch.as_tensor(labels, device=scores.device)
-        if labels.shape != scores.shape[:1] or labels.dtype not in (torch.int32, torch.int64):
-            raise ValueError(
-                f"labels must be an integer tensor of shape ({scores.shape[0]},), got {labels.dtype} "
-                f"{tuple(labels.shape)}"
-            )
-        bad = labels[(labels < 1) | (labels > self.config.num_items)]
-        if bad.numel():
-            raise ValueError(f"labels {first_values(bad)} are outside the catalogue [1, {self.config.num_items}]")
-        return F.cross_entropy(scores, labels.long())
+        labels = validate_labels(torch.as_tensor(labels, device=scores.device), len(scores), self.config.num_items)
+        return F.cross_entropy(scores, labels)
 
     def forward(
         self,

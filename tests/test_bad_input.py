@@ -33,8 +33,10 @@ def test_bad_histories(model, item_seq, lengths, message):
 def test_bad_labels(model):
     with pytest.raises(ValueError, match=r"labels \[0\] are outside the catalogue"):
         rec(model)(torch.tensor([[1, 2]]), labels=torch.tensor([0]))
-    with pytest.raises(ValueError, match="labels must be"):
+    with pytest.raises(ValueError, match=r"labels \[99\] are outside the catalogue \[1, 40\]"):
         pretraining(model)(torch.tensor([[1, 2]]), torch.tensor([99]), augmented_item_seq=torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match=r"labels must be an integer tensor of shape \(1,\)"):
+        pretraining(model)(torch.tensor([[1, 2]]), torch.tensor([1, 2]), augmented_item_seq=torch.tensor([[1, 2]]))
 
 
 def test_model_without_catalogue_or_interests():

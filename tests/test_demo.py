@@ -68,7 +68,7 @@ def test_the_default_model_is_the_main_jobs_and_an_adapter_folder_finds_its_base
 
 
 def test_explanations_follow_the_model(served_folder):
-    from modeling_missrec.pipelines.explanation import explain_recommendations
+    from modeling_missrec.demo import explain_recommendations
 
     model = MISSRecModel.from_pretrained(served_folder).eval()
     history, items = [1, 7, 13], [2, 8, 30]

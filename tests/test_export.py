@@ -269,3 +269,28 @@ def test_cli_exports_a_dataset_and_reports_an_offline_push_clearly(tmp_path, cap
     assert main([*small_demo, "--output_dir", str(tmp_path / "data2")]) == 0
     with pytest.raises(ValueError, match="not empty"):
         main(["dataset", "--domain", "demo", "--output_dir", str(tmp_path / "data2")])
+
+
+def test_export_space_serves_the_demo_page_without_the_package(demo_run, tmp_path):
+    """`export model --space` adds the demo page as the folder's app: its files, the card's Space settings, and in a
+    fresh process that cannot import this package, the app builds over the folder's own code and recommends what
+    the pipeline recommends."""
+    run, model, _, _ = demo_run
+    out = tmp_path / "space"
+    assert main(["model", "--run_dir", str(run), "--output_dir", str(out), "--space"]) == 0
+    assert {"app.py", "missrec_demo.py", "requirements.txt"} <= {p.name for p in out.iterdir()}
+    requirements = (out / "requirements.txt").read_text().split()
+    assert any(r.startswith("gradio") for r in requirements) and any(r.startswith("transformers") for r in requirements)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(out)!r})\n"
+        "from missrec_demo import build_app, load_recommender\n"
+        f"pipe = load_recommender({str(out)!r})\n"
+        "app = build_app(pipe)\n"
+        "print([r['item_id'] for r in pipe([3, 9, 4], top_k=5)])\n"
+    )
+    stdout = run_without_package(code, tmp_path)
+    expected = [r["item_id"] for r in pipeline(TASK, model=model)([3, 9, 4], top_k=5)]
+    assert ast.literal_eval(stdout.strip().splitlines()[-1]) == expected
