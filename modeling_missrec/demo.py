@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -92,10 +93,10 @@ class Catalogue:
     source_ids: list[str]
     texts: list[str]
     popularity: np.ndarray
-    lowered: list[str] = field(init=False)
+    words: list[list[str]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.lowered = [f"{s} {t}".lower() for s, t in zip(self.source_ids, self.texts)]
+        self.words = [re.findall(r"\w+", f"{s} {t}".lower()) for s, t in zip(self.source_ids, self.texts)]
 
     @classmethod
     def of(cls, pipe) -> Catalogue:
@@ -107,10 +108,15 @@ class Catalogue:
         return cls([str(s) for s in source_ids], [t or "" for t in texts], popularity)
 
     def search(self, query: str, limit: int = SEARCH_RESULTS) -> list[int]:
-        """Item ids whose source id or text holds every word of `query` (case-insensitive), most popular first;
-        the most popular items for an empty query."""
-        words = query.lower().split()
-        hits = [i for i, text in enumerate(self.lowered) if all(w in text for w in words)]
+        """Item ids whose source id or text holds every word of `query` (case-insensitive; a query word of three
+        or more characters also matches the start of a word), most popular first; the most popular items for an
+        empty query."""
+
+        def matches(word: str, words: list[str]) -> bool:
+            return any(w == word or (len(word) >= 3 and w.startswith(word)) for w in words)
+
+        query_words = re.findall(r"\w+", query.lower())
+        hits = [i for i, words in enumerate(self.words) if all(matches(q, words) for q in query_words)]
         hits.sort(key=lambda i: (-self.popularity[i], i))
         return [i + 1 for i in hits[:limit]]
 

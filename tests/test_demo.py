@@ -52,6 +52,7 @@ def test_catalogue_search_and_entries():
     assert catalogue.search("shoe") == [2, 1]  # most popular first
     assert catalogue.search("RED") == [3, 1]
     assert catalogue.search("red shoe") == [1]
+    assert catalogue.search("sho") == [2, 1] and catalogue.search("P1") == [1]  # not P1x: short words match whole
     assert catalogue.search("") == [2, 3, 1, 4]
     assert catalogue.label(1) == "P1 · red shoe" and catalogue.label(4) == "P4"
     assert parse_entries("12, demo-000007  3") == [12, "demo-000007", 3]
