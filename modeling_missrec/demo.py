@@ -271,6 +271,8 @@ def build_app(pipe, image_dir: str | None = None, text_encoder: str | None = Non
             options = {"top_k": int(top_k), "exclude_history": bool(exclude), "return_text": True}
             if candidates and candidates.strip():
                 options["candidates"] = parse_entries(candidates)
+                # A short allow-list ranks all it holds rather than asking for more items than there are.
+                options["top_k"] = min(options["top_k"], len(set(options["candidates"])) + len(new_items))
             cold = cold_items(new_items)
             if cold is not None:
                 options["cold_start_items"] = cold
@@ -360,7 +362,9 @@ def build_app(pipe, image_dir: str | None = None, text_encoder: str | None = Non
                     new_button = gr.Button("Add new item", elem_id="add-new", interactive=can_add_new)
                 error = gr.HTML(message(), elem_id="message-view")
                 table = gr.HTML(render_recommendations(catalogue, [], {}), elem_id="recommendations-view")
-                gallery = gr.Gallery(label="images", visible=images is not None, columns=5, height="auto")
+                gallery = gr.Gallery(
+                    label="images", visible=images is not None, columns=5, height="auto", elem_id="gallery"
+                )
 
         ranking = [history, top_k, exclude, candidates, new_items]
         shown = [table, error, gallery]

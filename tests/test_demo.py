@@ -96,17 +96,24 @@ def free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="no Chromium installed (apt-get install chromium; .ci/run does)")
-def test_the_page_in_a_real_browser_recommends_what_the_pipeline_does(served_folder):
+def test_the_page_in_a_real_browser_recommends_what_the_pipeline_does(served_folder, tmp_path):
     pytest.importorskip("gradio", reason="the demo extra is not installed (pip install -e '.[demo]')")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
     from modeling_missrec.pipelines.feature_extraction import extract_text_features
+    from PIL import Image
 
     from modeling_missrec.demo import build_app, load_recommender
 
     pipe = load_recommender(str(served_folder))
-    app = build_app(pipe, text_encoder="sentence")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(1, len(TEXTS) + 1):  # an image per item, <source_id>.jpg
+        Image.new("RGB", (32, 32), (8 * i, 100, 200)).save(images / f"P{i:03d}.jpg")
+    app = build_app(pipe, image_dir=str(images), text_encoder="sentence")
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=[str(images)]
+    )
     try:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
@@ -161,6 +168,20 @@ def test_the_page_in_a_real_browser_recommends_what_the_pipeline_does(served_fol
             )
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "demo_page.png"), full_page=True)
+            sync_api.expect(page.locator("#gallery img")).to_have_count(10, timeout=20_000)  # the items' images
+
+            # The candidate filter: only these items are ranked (the new item too, as a new candidate).
+            allowed = ["P002", "P003", "P010", "P020", "P025"]
+            page.locator("#candidates textarea, #candidates input").first.fill(" ".join(allowed))
+            page.locator("#candidates textarea, #candidates input").first.press("Enter")
+            # (top_k 10 asks for more than the 5 + 1 candidates: the page ranks them all)
+            only = pipe(history, top_k=6, exclude_history=False, candidates=allowed, cold_start_items=cold)
+            page.wait_for_function(
+                "ids => [...document.querySelectorAll('#recommendations tr[data-item-id]')]"
+                ".map(r => +r.dataset.itemId).join() === ids.join()",
+                arg=[r["item_id"] for r in only],
+                timeout=20_000,
+            )
 
             # A bad entry shows the pipeline's message, not a traceback.
             with pytest.raises(ValueError) as unknown:
