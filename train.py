@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ from modeling_missrec import (
     SASRecModel,
     unwrap_missrec,
 )
-from modeling_missrec.presets import available_presets, load_preset
+from modeling_missrec.presets import available_presets, check_config_overrides, load_preset
 
 PRETRAINING_INTEREST_RATIO, FINETUNING_INTEREST_RATIO = 0.02, 0.5  # the paper's
 
@@ -156,19 +157,23 @@ def load_training_data(args: TrainingRecipe) -> MultiModalDomain:
 
 
 def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_scratch: bool = False) -> MISSRecModel:
-    """MISSRec from the recipe's preset (or, unless `from_scratch`, its pre-trained folder) on the catalogue.
+    """MISSRec from the recipe's preset (or, unless `from_scratch`, its pre-trained folder) on the catalogue, with
+    the recipe's `config_overrides` set on its config.
 
     A model from a preset reads the modalities the catalogue has, at their widths. A pre-trained model whose
     modalities differ from the catalogue's is fitted to it by `match_catalogue_modalities` (a new adaptor for
     a modality it lacks, with a warning).
     """
     dims = {f"{name.removesuffix('_features')}_feature_dim": table.shape[1] for name, table in features.items()}
+    overrides = args.config_overrides or {}
+    check_config_overrides(overrides)
     if args.pretrained is None or from_scratch:
-        config = load_preset(args.preset, id_mode=args.id_mode, modalities=catalogue_modalities(features), **dims)
+        modalities = catalogue_modalities(features)
+        config = load_preset(args.preset, id_mode=args.id_mode, modalities=modalities, **dims, **overrides)
         model = MISSRecModel(config)
     else:
         try:
-            model = MISSRecModel.from_pretrained(args.pretrained)
+            model = MISSRecModel.from_pretrained(args.pretrained, **overrides)
         except OSError as error:
             raise OSError(
                 f"pretrained={args.pretrained!r} is neither a MISSRec folder here nor a reachable Hub model "
@@ -228,6 +233,7 @@ def fit(
     collator: SequenceCollator,
     valid: SequenceCollator,
     args: TrainingRecipe,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> tuple[torch.nn.Module, Accelerator, list[dict]]:
     """Train `model` with AdamW for `args.epochs`, keeping the weights of the best validation NDCG@10.
 
@@ -239,6 +245,8 @@ def fit(
     (its checkpoints then hold only its state); `logger` is the run's Accelerator, which holds the trackers.
     With `args.checkpointing_steps`, checkpoints go to `output_dir/checkpoints/<name>/`, and a run resuming
     (`args.resume_from_checkpoint`) continues from the newest one: same batches, same random draws.
+    `on_epoch_end` is called with each epoch's history row (loss, validation metrics); an exception it raises
+    stops the training (`tune.py` prunes a trial so).
 
     Returns:
         The prepared (possibly DDP-wrapped) model with the best weights loaded, its Accelerator, and the
@@ -331,6 +339,8 @@ def fit(
         logged = {f"{name}/train_loss": loss, f"{name}/learning_rate": learning_rate}
         logger.log({**logged, **{f"{name}/valid_{k}": v for k, v in metrics.items()}}, step=epoch + 1)
         accelerator.print(f"{name} epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {metrics['ndcg@10']:.4f}")
+        if on_epoch_end is not None:
+            on_epoch_end(progress.history[-1])
         progress.epoch, progress.step, progress.loss_sum = epoch + 1, 0, 0.0
         if metrics["ndcg@10"] > progress.best:  # the gathered metrics are the same on every rank
             progress.best, progress.best_epoch = metrics["ndcg@10"], epoch

@@ -11,9 +11,14 @@ MODALITIES = ("text", "image", "both")
 ID_MODES = ("inductive", "transductive")
 SEQ_MM_FUSIONS = ("add", "contextual")
 ITEM_MM_FUSIONS = ("static", "dynamic_shared", "dynamic_instance")
-INTEREST_METHODS = ("kmeans", "dpc_knn")
+INTEREST_METHODS = ("kmeans", "dpc_knn", "none")
 KMEANS_INITS = ("k-means++", "random")
 ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
+
+
+# The config fields that describe the catalogue a model holds (set by its catalogue methods alone, through
+# `MISSRecModel._describe_catalogue`); every other field describes the architecture.
+CATALOGUE_FIELDS = ("num_items", "num_interests", "id_mode", "modalities", "text_feature_dim", "image_feature_dim")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -68,7 +73,10 @@ class MISSRecConfig(PretrainedConfig):
             How per-modality candidate logits are fused: `"static"` (mean), `"dynamic_shared"` (softmax
             weights with one learned temperature) or `"dynamic_instance"` (one learned temperature per item).
         interest_method (`str`, *optional*, defaults to `"kmeans"`):
-            Clustering used for interest discovery: `"kmeans"` or `"dpc_knn"`.
+            Clustering used for interest discovery: `"kmeans"` or `"dpc_knn"`; `"none"` switches the interest
+            tokens off: discovery clusters nothing (`num_interests` 0), every history's encoder reads the one
+            all-zero padding token, so the decoder's cross-attention adds the same vector to every history and
+            the sequence representation comes from the history's items alone.
         interest_ratio (`float`, *optional*, defaults to 0.5):
             Number of interests as a fraction of the number of item-modality vectors (paper: 0.02 for
             pre-training, 0.5 for fine-tuning).

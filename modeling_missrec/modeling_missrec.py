@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_missrec import MISSRecConfig
+from .configuration_missrec import CATALOGUE_FIELDS, MISSRecConfig
 from .interest_missrec import ClusteringResult, assign_to_nearest, dpc_knn, interest_tokens, kmeans
 from .layers_missrec import (
     MISSRecAttention,
@@ -130,10 +130,6 @@ class MISSRecRecommendationOutput(ModelOutput):
 # may update in place: created under `torch.inference_mode()` they would be inference tensors, which track no
 # version and refuse in-place updates outside it. So the methods that write them run outside inference mode.
 writes_catalogue_state = torch.inference_mode(False)
-
-# The config fields that describe the catalogue a model holds (set by its catalogue methods alone, through
-# `MISSRecModel._describe_catalogue`); every other field describes the architecture.
-CATALOGUE_FIELDS = ("num_items", "num_interests", "id_mode", "modalities", "text_feature_dim", "image_feature_dim")
 
 
 class MISSRecPreTrainedModel(PreTrainedModel):
@@ -460,12 +456,19 @@ class MISSRecModel(MISSRecPreTrainedModel):
 
         K = `ceil(interest_ratio * number of present item-modality vectors)`. Writes the interest lookup
         tables (ids `1..K`, 0 for padding and missing modalities) and the centroid table, and sets
-        `config.num_interests = K`. Run it before every training epoch, as the paper does.
+        `config.num_interests = K`. Run it before every training epoch, as the paper does. With
+        `interest_method="none"` it writes empty tables (K = 0: every id 0, only the padding centroid).
 
         Returns:
             The [`ClusteringResult`] (labels of the vectors in modality order, centroids `[K, d]`).
         """
         self._check_catalogue()
+        cfg = self.config
+        if cfg.interest_method == "none":
+            no_interests = {m: torch.zeros_like(getattr(self, f"{m}_interest_ids")) for m in self.modality_names}
+            self.set_interest_tables(self.interest_centroids.new_zeros(1, cfg.hidden_size), no_interests)
+            empty = self.interest_centroids.new_zeros(0, cfg.hidden_size)
+            return ClusteringResult(labels=empty.new_zeros(0, dtype=torch.long), centroids=empty, inertia=0.0, n_iter=0)
         vectors, rows = [], {}
         for m in self.modality_names:
             present = getattr(self, f"{m}_present")
@@ -475,7 +478,6 @@ class MISSRecModel(MISSRecPreTrainedModel):
         if not len(vectors):
             raise ValueError("no item in the catalogue has any modality present: nothing to cluster")
         num_interests = max(1, math.ceil(self.config.interest_ratio * len(vectors)))
-        cfg = self.config
         if cfg.interest_method == "kmeans":
             result = kmeans(
                 vectors,
@@ -522,6 +524,11 @@ class MISSRecModel(MISSRecPreTrainedModel):
         if self.config.num_items == 0:
             raise ValueError("the model has no item catalogue: call set_catalogue(...) first")
 
+    def _check_interests(self) -> None:
+        # A model with interests switched off has its (empty) tables from the start.
+        if self.config.num_interests == 0 and self.config.interest_method != "none":
+            raise ValueError("interests have not been discovered: call discover_interests() first")
+
     # ------------------------------------------------------------------ inputs
     def _prepare_history(
         self,
@@ -533,8 +540,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         """Validate a left-aligned history (unless `check_inputs` is False: the caller built it from checked ids,
         with exact `lengths`) and keep its `max_seq_length` most recent items."""
         self._check_catalogue()
-        if self.config.num_interests == 0:
-            raise ValueError("interests have not been discovered: call discover_interests() first")
+        self._check_interests()
         if check_inputs or lengths is None:
             item_seq, lengths = validate_history(item_seq, lengths, self.config.num_items)
         else:
@@ -733,8 +739,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         Returns:
             `(q, k, v)`, each `[num_interests + 1, hidden_size]`; pass them to [`embed_sequences`].
         """
-        if self.config.num_interests == 0:
-            raise ValueError("interests have not been discovered: call discover_interests() first")
+        self._check_interests()
         return self.encoder[0].self_attention.block.project_table(self.interest_centroids.to(self.dtype))
 
     # ------------------------------------------------------------------ item side

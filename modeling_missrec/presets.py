@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from importlib import resources
 
-from .configuration_missrec import MISSRecConfig
+from .configuration_missrec import CATALOGUE_FIELDS, MISSRecConfig
 
 
 def available_presets() -> list[str]:
@@ -24,3 +25,17 @@ def load_preset(name: str, **overrides) -> MISSRecConfig:
     values = json.loads(text)
     values.pop("model_type", None)
     return MISSRecConfig(**{**values, **overrides})
+
+
+def check_config_overrides(overrides: dict) -> None:
+    """Raise a `ValueError` unless every key of `overrides` is a MISSRec config argument that describes the
+    architecture or training: the catalogue's fields are set by the data a model holds, and `interest_ratio` is
+    the recipe's own key (its default depends on the stage)."""
+    arguments = set(inspect.signature(MISSRecConfig.__init__).parameters) - {"self", "kwargs"}
+    settable = arguments - set(CATALOGUE_FIELDS) - {"interest_ratio"}
+    wrong = sorted(set(overrides) - settable)
+    if wrong:
+        raise ValueError(
+            f"config_overrides {wrong} cannot be set: the catalogue's fields come from the data, interest_ratio "
+            f"is a recipe key of its own; the settable MISSRec config attributes are {sorted(settable)}"
+        )

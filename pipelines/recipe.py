@@ -51,6 +51,12 @@ class TrainingRecipe:
         num_users, num_items: size of the demo domains.
         preset: a model preset of `configuration/models/` (a model trained from scratch).
         pretrained: instead of a preset, a folder (or Hub id) of a pre-trained MISSRec to fine-tune.
+        config_overrides: MISSRec config attributes to set on the model (dropout, `score_temperature`, the
+            interest settings, ...), as a mapping (`{hidden_dropout_prob: 0.3}` in YAML) or the `transformers`
+            examples' string form (`--config_overrides hidden_dropout_prob=0.3,score_temperature=0.05`). They
+            change the preset's config, or the config a `pretrained` model loads with (there, attributes that
+            shape the weights fail to load); the catalogue's fields (`num_items`, `id_mode`, ...) are set by the
+            data and cannot be overridden. SASRec is not affected.
         strategy: what trains: `"full"`, `"frozen"` (the paper's fine-tuning) or `"lora"` (a PEFT adapter, saved
             as the output); `frozen` and `lora` need `pretrained`.
         id_mode: `"inductive"` or `"transductive"` (a pre-trained inductive model gets a new item-id embedding).
@@ -107,6 +113,7 @@ class TrainingRecipe:
     num_items: int = 600
     preset: str = "missrec-tiny"
     pretrained: str | None = None
+    config_overrides: dict | None = None
     strategy: str = "full"
     id_mode: str = "inductive"
     interest_ratio: float | None = None
@@ -148,6 +155,7 @@ class TrainingRecipe:
             not isinstance(self.text_fields, list) or not all(isinstance(f, str) and f for f in self.text_fields)
         ):
             raise ValueError(f"text_fields={self.text_fields!r} must be a list of .item column names or null")
+        self.config_overrides = parse_config_overrides(self.config_overrides)
         if self.stage == "pretrain" and (self.strategy != "full" or self.id_mode != "inductive"):
             raise ValueError(
                 "stage='pretrain' trains every parameter without item ids: strategy full, id_mode inductive"
@@ -238,6 +246,21 @@ class TrainingRecipe:
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+
+def parse_config_overrides(overrides: dict | str | None) -> dict | None:
+    """`config_overrides` as a mapping: a mapping is kept, `"a=1,b=0.5"` (the `transformers` examples' form) is
+    split into `{"a": 1, "b": 0.5}` (values read as on the command line), `None` and `""` are `None`."""
+    if overrides is None or overrides == "":
+        return None
+    if isinstance(overrides, str):
+        pairs = [pair.partition("=") for pair in overrides.split(",")]
+        if not all(key.strip() and sep for key, sep, _ in pairs):
+            raise ValueError(f"config_overrides={overrides!r} must read name=value,name=value")
+        overrides = {key.strip(): _parse_value(value.strip()) for key, _, value in pairs}
+    if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+        raise ValueError(f"config_overrides={overrides!r} must be a mapping of config attributes to values")
+    return dict(overrides)
 
 
 def _parse_value(raw: str):

@@ -1,0 +1,147 @@
+"""What issue 21's search needs: `config_overrides`, the interest switch (`interest_method="none"`) and `tune.py`."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import random_histories, rec, tiny_model
+from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
+from modeling_missrec.pipelines.recipe import load_recipe
+from modeling_missrec.pipelines.served_files import load_missrec_adapter, save_catalogue
+
+from modeling_missrec import MISSRecModel
+from modeling_missrec import modeling_missrec as modeling_missrec
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_ITEMS = 30
+TINY_RUN = ["--num_users", "80", "--num_items", "50", "--baselines", "[]", "--epochs", "2"]
+
+
+@pytest.fixture
+def scripts(monkeypatch):
+    """The repository's `train.py` and `tune.py` as modules."""
+    monkeypatch.syspath_prepend(str(REPO))
+    return importlib.import_module("train"), importlib.import_module("tune")
+
+
+def test_config_overrides_read_as_a_mapping_or_the_transformers_string_form():
+    as_string = load_recipe(None, ["--config_overrides", "hidden_dropout_prob=0.3,score_temperature=0.05"])
+    as_yaml = load_recipe(None, ["--config_overrides", "{hidden_dropout_prob: 0.3, score_temperature: 0.05}"])
+    assert (
+        as_string.config_overrides
+        == as_yaml.config_overrides
+        == {"hidden_dropout_prob": 0.3, "score_temperature": 0.05}
+    )
+    assert load_recipe(None, ["--config_overrides", ""]).config_overrides is None
+    with pytest.raises(ValueError, match="must read name=value,name=value"):
+        load_recipe(None, ["--config_overrides", "hidden_dropout_prob"])
+
+
+def test_config_overrides_set_the_model_config_and_refuse_catalogue_fields(scripts, tmp_path):
+    train, _ = scripts
+    args = train.parse_args([*TINY_RUN, "--config_overrides", "hidden_dropout_prob=0.25,interest_method=none"])
+    features = {"text_features": torch.randn(NUM_ITEMS, 8), "image_features": torch.randn(NUM_ITEMS, 8)}
+    model = train.build_missrec(args, features)
+    assert model.config.hidden_dropout_prob == 0.25 and model.config.interest_method == "none"
+    assert model.dropout.p == 0.25  # the modules are built from the overridden config
+    model.save_pretrained(tmp_path / "base")
+    loaded = train.build_missrec(
+        train.parse_args(
+            [*TINY_RUN, "--pretrained", str(tmp_path / "base"), "--config_overrides", "score_temperature=0.2"]
+        ),
+        features,
+    )
+    assert loaded.config.score_temperature == 0.2 and loaded.config.interest_method == "none"
+    assert torch.equal(loaded.position_embeddings.weight, model.position_embeddings.weight)
+    for bad, message in (("num_items=3", r"\['num_items'\] cannot be set"), ("dropout=0.1", r"\['dropout'\] cannot")):
+        with pytest.raises(ValueError, match=message):
+            train.build_missrec(train.parse_args([*TINY_RUN, "--config_overrides", bad]), features)
+    with pytest.raises(ValueError, match="hidden_dropout_prob"):  # the preset's own validation
+        train.build_missrec(train.parse_args([*TINY_RUN, "--config_overrides", "hidden_dropout_prob=1.5"]), features)
+
+
+def test_interests_off_clusters_nothing_and_reads_one_constant_memory_token(monkeypatch):
+    on = tiny_model(NUM_ITEMS)
+    monkeypatch.setattr(modeling_missrec, "kmeans", lambda *a, **k: pytest.fail("clustered with interests off"))
+    off = tiny_model(NUM_ITEMS, interest_method="none")  # same seed: the same weights and catalogue
+    assert off.config.num_interests == 0 and off.interest_centroids.abs().sum() == 0
+    assert all(int(getattr(off, f"{m}_interest_ids").abs().sum()) == 0 for m in off.modality_names)
+    # The definition: the interest-on model with every item's interest id set to the padding interest 0.
+    zeroed = {m: torch.zeros_like(getattr(on, f"{m}_interest_ids")) for m in on.modality_names}
+    on.set_interest_tables(on.interest_centroids, zeroed)
+    items, lengths = random_histories(8, 10, NUM_ITEMS, seed=3)
+    with torch.no_grad():
+        assert torch.allclose(off.embed_sequences(items, lengths), on.embed_sequences(items, lengths), atol=1e-6)
+    fresh = MISSRecModel(off.config)  # never discovered: usable at once
+    fresh.set_catalogue(text_features=off.text_features[1:], image_features=off.image_features[1:])
+    fresh.eval().embed_sequences(items, lengths)
+
+
+def test_interests_off_is_saved_and_honoured_by_adapters_and_serving(tmp_path):
+    from transformers import pipeline
+
+    base = tiny_model(NUM_ITEMS, id_mode="transductive", interest_method="none")
+    base.save_pretrained(tmp_path / "base")
+    adapted = apply_finetuning_strategy(MISSRecModel.from_pretrained(tmp_path / "base"), "lora", lora_rank=4)
+    adapted.train()
+    optimizer = torch.optim.Adam([p for p in adapted.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(3):
+        items, lengths = random_histories(16, 8, NUM_ITEMS, seed=step)
+        rec(adapted)(item_seq=items, lengths=lengths, labels=torch.arange(1, 17)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    adapted.eval()
+    adapted.save_pretrained(tmp_path / "adapter")
+    save_catalogue(tmp_path / "adapter", adapted)
+    loaded = load_missrec_adapter(str(tmp_path / "base"), tmp_path / "adapter")
+    inner = loaded.get_base_model()
+    assert inner.config.interest_method == "none" and inner.config.num_interests == 0
+    items, lengths = random_histories(6, 8, NUM_ITEMS, seed=9)
+    with torch.no_grad():
+        assert torch.equal(rec(loaded)(items, lengths).scores, rec(adapted)(items, lengths).scores)
+    pipe = pipeline("sequential-recommendation", model=str(tmp_path / "base"), trust_remote_code=True)
+    with torch.no_grad():
+        expected = rec(base).recommend(torch.tensor([[3, 4]]), top_k=3).item_ids[0].tolist()
+    assert [r["item_id"] for r in pipe([3, 4], top_k=3)] == expected
+
+
+class SplitsWithoutTest(dict):
+    """A domain's splits whose test split may be dropped but not read."""
+
+    def __getitem__(self, split):
+        if split == "test":
+            raise AssertionError("the search read the test split")
+        return super().__getitem__(split)
+
+
+def test_tune_scores_fixed_and_sampled_trials_on_validation_without_reading_test(
+    scripts, tmp_path, monkeypatch, fresh_accelerate_state
+):
+    pytest.importorskip("optuna")
+    train, tune = scripts
+    run = [*TINY_RUN, "--output_dir", str(tmp_path / "run")]
+    trained = train.main(run)  # the plain recipe, as train.py runs it
+    load = train.load_training_data
+
+    def guarded(args):
+        domain = load(args)
+        domain.sequences = SplitsWithoutTest(domain.sequences)
+        return domain
+
+    monkeypatch.setattr(tune, "load_training_data", guarded)
+    (tmp_path / "trials.yaml").write_text("- {}\n- {config_overrides.interest_method: none, learning_rate: 0.003}\n")
+    (tmp_path / "space.yaml").write_text("learning_rate: {float: [0.0005, 0.005], log: true}\n")
+    options = ["--trials", str(tmp_path / "trials.yaml"), "--space", str(tmp_path / "space.yaml"), "--n_trials", "2"]
+    records = tune.main([*options, *TINY_RUN, "--output_dir", str(tmp_path / "tune")])
+    assert [r["trial"] for r in records] == ["fixed-0", "fixed-1", "optuna-0", "optuna-1"]
+    assert json.loads((tmp_path / "tune" / "trials.json").read_text()) == records
+    # The unchanged recipe scores what train.py's run validated: the same training.
+    assert records[0]["mean_valid_ndcg@10"] == pytest.approx(max(e["ndcg@10"] for e in trained["epochs"]), abs=1e-6)
+    assert records[1]["mean_valid_ndcg@10"] != records[0]["mean_valid_ndcg@10"]
+    assert all(0.0005 <= r["settings"]["learning_rate"] <= 0.005 for r in records[2:])
+    with pytest.raises(ValueError, match="unknown setting 'lr'"):
+        tune.apply_settings(load_recipe(None, TINY_RUN), {"lr": 0.1})
