@@ -44,6 +44,9 @@ except ImportError:  # reported by main(), with the command that installs it
     optuna = None
 
 OVERRIDE_PREFIX = "config_overrides."
+# The recipe keys that decide the data a run trains and validates on (`train.load_training_data`).
+DATA_KEYS = ("domain", "data_dir", "source", "text_encoder", "text_fields", "num_users", "num_items")
+DATA_KEYS += ("max_train_examples", "max_eval_examples", "seed")
 
 
 def apply_settings(args: TrainingRecipe, settings: dict) -> TrainingRecipe:
@@ -94,16 +97,27 @@ class TrialRunner:
     """Runs trials (a recipe changed by a trial's settings, trained on each of `seeds`) and logs each one to
     `log` as it finishes."""
 
-    def __init__(self, args: TrainingRecipe, domain: MultiModalDomain, seeds: list[int], log: Path):
-        self.args, self.domain, self.seeds, self.log = args, domain, seeds, log
+    def __init__(self, args: TrainingRecipe, seeds: list[int], log: Path):
+        self.args, self.seeds, self.log = args, seeds, log
         self.records: list[dict] = json.loads(log.read_text()) if log.is_file() else []
+        self.domains: dict[tuple, MultiModalDomain] = {}
+
+    def domain(self, args: TrainingRecipe) -> MultiModalDomain:
+        """The data `args` train on, without the test split (loaded once per distinct data settings: a trial may
+        change the data, and the seed draws the samples of `max_*_examples` and the demo domain)."""
+        key = tuple(json.dumps(getattr(args, name)) for name in DATA_KEYS)
+        if key not in self.domains:
+            domain = load_training_data(args)
+            del domain.sequences["test"]  # selection must not see it
+            self.domains = {key: domain}  # one held at a time
+        return self.domains[key]
 
     def run(self, name: str, settings: dict, on_epoch_end=None) -> float:
         """Mean best validation NDCG@10 of `settings` over the seeds."""
         started, scores, epochs = time.perf_counter(), [], []
         for seed in self.seeds:
             args = apply_settings(self.args, {**settings, "seed": seed})
-            score, history = best_validation_ndcg(args, self.domain, on_epoch_end=on_epoch_end)
+            score, history = best_validation_ndcg(args, self.domain(args), on_epoch_end=on_epoch_end)
             scores.append(score)
             epochs.append(max(history, key=lambda row: row["ndcg@10"])["epoch"])
         value = statistics.fmean(scores)
@@ -172,11 +186,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError("--space is a mapping of keys to distributions, --trials a list of settings")
     for settings in fixed:  # fail before training, not at the trial
         apply_settings(args, settings or {})
-    domain = load_training_data(args)
-    del domain.sequences["test"]  # selection must not see it
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    runner = TrialRunner(args, domain, options.seeds, output / "trials.json")
+    runner = TrialRunner(args, options.seeds, output / "trials.json")
     for number, settings in enumerate(fixed):
         runner.run(f"fixed-{number}", settings or {})
     if options.n_trials:

@@ -6,7 +6,7 @@ It prints a markdown table and writes every number, with the machine's descripti
 resident memory is its own); trained models go to `bench/results/runs/<case>/`.
 
 Cases:
-- `transductive`, `inductive`: `configuration/recipes/scientific.yaml` on `../shared/data/amazon-scientific-mm`,
+- `transductive`, `inductive`: `configuration/recipes/scientific-paper.yaml` on `../shared/data/amazon-scientific-mm`,
   from scratch with the paper's hyper-parameters (missrec-base, batch 512, lr 1e-3, up to 30 epochs, early stop
   after 10 without a valid NDCG@10 gain) in that id mode, beside popularity; SASRec (ID-only, the same in both
   modes) is trained in the transductive case. With `--seeds 0 1 2`, MISSRec is also trained with the further seeds
@@ -18,6 +18,12 @@ Cases:
 - `real-transfer`: pre-training on real text domains (Beauty + Games + Yelp), then fine-tuning on Scientific and
   MovieLens100K (held out of the mix) against MISSRec from scratch: `frozen`, `lora`, `full`, both id modes, every
   seed of `--seeds`, paired (see `transfer_case.py`; it is not among the default cases: it takes about an hour here).
+- `accuracy`, `ablation`, `text-domains` (issue 21; see `accuracy_case.py`, not among the default cases): the tuned
+  defaults (`scientific.yaml`, preset `missrec-tuned`) against the official code's means, the issue's +10% target
+  and SASRec, every seed of `--seeds`, mean ± standard error; the lever-by-lever ablation from the paper's
+  settings, paired over seeds, on validation and test; the real text domains (`--text_domains`) against SASRec.
+  Runs are recorded one by one and a re-run resumes. E.g. `python bench/bench_train.py --cases accuracy ablation
+  text-domains --seeds 0 1 2 3 4 --output bench/results/bench_accuracy.json`.
 
 Per model: test HR@10 / NDCG@10 / HR@50 / NDCG@50 (official protocol: history items not masked), the median
 seconds of a training epoch (interest discovery + batches) and of a full validation pass, the epoch of the best
@@ -37,6 +43,7 @@ import sys
 import time
 from pathlib import Path
 
+from accuracy_case import TEXT_DOMAIN_NAMES, ablation_markdown, accuracy_markdown, run_accuracy_case
 from common import machine_info, memory_status
 from transfer_case import markdown as transfer_markdown
 from transfer_case import run_real_transfer
@@ -45,7 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific-mm"
 RECIPES = REPO / "configuration" / "recipes"
 RUNS = REPO / "bench" / "results" / "runs"
-CASES = ("transductive", "inductive", "transfer", "real-transfer")
+ACCURACY_CASES = ("accuracy", "ablation", "text-domains")  # issue 21: see accuracy_case.py
+CASES = ("transductive", "inductive", "transfer", "real-transfer", *ACCURACY_CASES)
 DEFAULT_CASES = ("transductive", "inductive", "transfer")
 TABLE_METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50")  # the test metrics of the table
 # The official code (gimpong/MM23-MISSRec, unchanged) on this machine, same data, from scratch, capped at 27 epochs
@@ -113,7 +121,7 @@ def case_runs(case: str, epochs: int | None, seeds: list[int]) -> list[list[str]
         baselines = "[sasrec]" if case == "transductive" and i == 0 else "[]"
         output = seed_run_folder(case, i, seed)
         runs.append([
-            "--config", str(RECIPES / "scientific.yaml"), "--data_dir", str(SCIENTIFIC), "--id_mode", case,
+            "--config", str(RECIPES / "scientific-paper.yaml"), "--data_dir", str(SCIENTIFIC), "--id_mode", case,
             "--seed", str(seed), "--baselines", baselines, "--output_dir", str(output), *limit,
         ])  # fmt: skip
     return runs
@@ -195,13 +203,15 @@ def _peak_gib() -> float:
     return memory_status()["VmHWM"] / 2**20
 
 
-def run_case(case: str, epochs: int | None, seeds: list[int]) -> dict:
+def run_case(case: str, epochs: int | None, seeds: list[int], text_domains: list[str] | None = None) -> dict:
     """Worker: the case's `train.main` runs in this process; its rows and the process's peak memory."""
     sys.path.insert(0, str(REPO))
     import train
 
     if case == "real-transfer":
         return run_real_transfer(seeds)
+    if case in ACCURACY_CASES:
+        return run_accuracy_case(case, seeds, text_domains)
     started = time.perf_counter()
     runs = case_runs(case, epochs, seeds)
     if case == "transfer":  # pre-training then fine-tuning: one job, whose peak counts both
@@ -230,8 +240,10 @@ def markdown(results: list[dict]) -> str:
         "| peak GiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    transfers = [transfer_markdown(result) for result in results if result["case"] == "real-transfer"]
-    results = [result for result in results if result["case"] != "real-transfer"]
+    others = {"real-transfer": transfer_markdown, "accuracy": accuracy_markdown, "text-domains": accuracy_markdown}
+    others["ablation"] = ablation_markdown
+    transfers = [others[result["case"]](result) for result in results if result["case"] in others]
+    results = [result for result in results if result["case"] not in others]
     for result in results:
         case = result["case"]
         for row in result["rows"]:
@@ -273,7 +285,7 @@ def verdicts(results: list[dict]) -> list[str]:
     """The issue's targets, each with the measured value and pass / MISS."""
     out = []
     for result in results:
-        if result["case"] == "real-transfer":  # reported as measured, either way: no target
+        if result["case"] in ("real-transfer", *ACCURACY_CASES):  # their tables carry their own verdicts
             continue
         case, rows = result["case"], {row["model"]: row for row in result["rows"]}
         if case in REFERENCE and "MISSRec" in rows:
@@ -342,6 +354,13 @@ def parse_args() -> argparse.Namespace:
         help="seeds of the Scientific cases (default: 0); with several, MISSRec is trained once per seed and the "
         "table adds its mean test metrics (the transfer case runs seed 0 only)",
     )
+    parser.add_argument(
+        "--text_domains",
+        nargs="+",
+        choices=TEXT_DOMAIN_NAMES,
+        default=list(TEXT_DOMAIN_NAMES),
+        help="the text domains of the text-domains case (default: all five)",
+    )
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "bench_train.json"))
     parser.add_argument(
         "--report",
@@ -364,7 +383,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.worker:
-        print(json.dumps(run_case(args.worker, args.epochs, args.seeds)))
+        print(json.dumps(run_case(args.worker, args.epochs, args.seeds, args.text_domains)))
         return
     if args.report:
         report = json.loads(Path(args.report).read_text())
@@ -380,6 +399,7 @@ def main() -> None:
     results = []
     for case in args.cases:
         command = [sys.executable, __file__, "--worker", case, "--seeds", *map(str, args.seeds)]
+        command += ["--text_domains", *args.text_domains]
         command += [] if args.epochs is None else ["--epochs", str(args.epochs)]
         done = subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.PIPE, text=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))

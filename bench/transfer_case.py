@@ -63,7 +63,7 @@ def run_folder(target: str, variant: str, mode: str, seed: int) -> Path:
 
 def run_arguments(target: str, variant: str, mode: str, seed: int, pretrained: Path) -> list[str]:
     """The `train.py` arguments of one run (the fine-tuning recipe of Scientific, the target's data, the budget)."""
-    argv = ["--config", str(RECIPES / "scientific.yaml"), *flags(TARGETS[target]), *flags(BUDGET)]
+    argv = ["--config", str(RECIPES / "scientific-paper.yaml"), *flags(TARGETS[target]), *flags(BUDGET)]
     argv += ["--id_mode", mode, "--seed", str(seed), "--baselines", "[]"]
     argv += ["--output_dir", str(run_folder(target, variant, mode, seed))]
     if variant != "scratch":

@@ -120,6 +120,9 @@ class MISSRecConfig(PretrainedConfig):
             λ, the weight of the sequence-sequence contrastive term in pre-training.
         diversity_loss_weight (`float`, *optional*, defaults to 1e-4):
             γ, the weight of the interest diversity regulariser.
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Label smoothing of the fine-tuning cross-entropy over the catalogue, in [0, 1) (the paper: 0). The
+            smoothed mass is spread over the real items only, not the padding column.
     """
 
     model_type = "missrec"
@@ -155,6 +158,7 @@ class MISSRecConfig(PretrainedConfig):
         score_temperature: float = 0.07,
         seq_seq_loss_weight: float = 1e-3,
         diversity_loss_weight: float = 1e-4,
+        label_smoothing: float = 0.0,
         **kwargs,
     ):
         _check_int("text_feature_dim", text_feature_dim, 1)
@@ -194,6 +198,8 @@ class MISSRecConfig(PretrainedConfig):
         _check_positive("score_temperature", score_temperature)
         _check_positive("seq_seq_loss_weight", seq_seq_loss_weight, allow_zero=True)
         _check_positive("diversity_loss_weight", diversity_loss_weight, allow_zero=True)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
 
         self.text_feature_dim = text_feature_dim
         self.image_feature_dim = image_feature_dim
@@ -223,6 +229,7 @@ class MISSRecConfig(PretrainedConfig):
         self.max_seq_length = max_seq_length
         self.score_temperature = score_temperature
         self.seq_seq_loss_weight = seq_seq_loss_weight
+        self.label_smoothing = label_smoothing
         self.diversity_loss_weight = diversity_loss_weight
         super().__init__(**kwargs)
 

@@ -945,7 +945,9 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
         loss = None
         if labels is not None:
             labels = validate_labels(labels, len(item_seq), self.config.num_items)
-            loss = F.cross_entropy(scores, labels) + self.config.diversity_loss_weight * diversity
+            # Column 0 (padding, at the dtype's minimum) is left out, so smoothing spreads over real items only.
+            ranking = F.cross_entropy(scores[:, 1:], labels - 1, label_smoothing=self.config.label_smoothing)
+            loss = ranking + self.config.diversity_loss_weight * diversity
         output = MISSRecSequentialRecommendationOutput(
             loss=loss, scores=scores, sequence_embeddings=seq, diversity_loss=diversity
         )

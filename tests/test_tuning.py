@@ -145,3 +145,54 @@ def test_tune_scores_fixed_and_sampled_trials_on_validation_without_reading_test
     assert all(0.0005 <= r["settings"]["learning_rate"] <= 0.005 for r in records[2:])
     with pytest.raises(ValueError, match="unknown setting 'lr'"):
         tune.apply_settings(load_recipe(None, TINY_RUN), {"lr": 0.1})
+
+
+def test_label_smoothing_spreads_over_real_items_only():
+    model = tiny_model(NUM_ITEMS)
+    items, lengths = random_histories(8, 10, NUM_ITEMS, seed=5)
+    labels = torch.arange(1, 9)
+    with torch.no_grad():
+        plain = rec(model)(items, lengths, labels=labels)
+        assert torch.allclose(
+            plain.loss, torch.nn.functional.cross_entropy(plain.scores, labels) + 1e-4 * plain.diversity_loss
+        )
+        model.config.label_smoothing = 0.2
+        smoothed = rec(model)(items, lengths, labels=labels)
+    log_p = plain.scores[:, 1:].log_softmax(-1)  # column 0 is padding: no probability mass
+    by_hand = -(0.8 * log_p[torch.arange(8), labels - 1] + 0.2 * log_p.mean(-1)).mean()
+    assert torch.isfinite(smoothed.loss)
+    assert torch.allclose(smoothed.loss, by_hand + 1e-4 * plain.diversity_loss, atol=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing=1.0 must be in"):
+        tiny_model(NUM_ITEMS, label_smoothing=1.0)
+
+
+def test_the_ablation_levers_lead_from_the_paper_recipe_to_the_tuned_defaults(scripts, monkeypatch):
+    """bench/accuracy_case.py's LEVERS, applied to `scientific-paper.yaml`, give exactly `scientific.yaml`: the
+    model config and every training key, so the ablation's last row measures the defaults a user gets."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    accuracy_case = importlib.import_module("accuracy_case")
+    train, _ = scripts
+    recipes = REPO / "configuration" / "recipes"
+    paper_words = ["--config", str(recipes / "scientific-paper.yaml")]
+    chained = train.parse_args(
+        [*paper_words, *accuracy_case.flags(accuracy_case.merged_levers(len(accuracy_case.LEVERS) - 1))]
+    )
+    tuned = train.parse_args(["--config", str(recipes / "scientific.yaml")])
+    features = {"text_features": torch.randn(NUM_ITEMS, 8), "image_features": torch.randn(NUM_ITEMS, 8)}
+    assert (
+        train.build_missrec(chained, features).config.to_dict() == train.build_missrec(tuned, features).config.to_dict()
+    )
+    ignore = {"preset", "config_overrides", "output_dir"}
+    assert {k: v for k, v in chained.training_settings.items() if k not in ignore} == {
+        k: v for k, v in tuned.training_settings.items() if k not in ignore
+    }
+    assert train.build_missrec(train.parse_args(paper_words), features).config.score_temperature == 0.07
+
+
+def test_a_trial_that_changes_the_data_trains_on_that_data(scripts, tmp_path):
+    _, tune = scripts
+    runner = tune.TrialRunner(load_recipe(None, TINY_RUN), [0], tmp_path / "trials.json")
+    first = runner.domain(tune.apply_settings(runner.args, {}))
+    assert runner.domain(tune.apply_settings(runner.args, {"learning_rate": 0.01})) is first  # same data: reused
+    other = runner.domain(tune.apply_settings(runner.args, {"num_items": 40}))
+    assert (first.num_items, other.num_items) == (50, 40) and "test" not in other.sequences

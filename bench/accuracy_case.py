@@ -1,0 +1,232 @@
+"""The accuracy cases of `bench_train.py` (issue 21): the tuned defaults against the paper's settings, the official
+code and SASRec, per seed, with the mean and its standard error.
+
+- `accuracy`: Scientific from scratch in both id modes with `configuration/recipes/scientific.yaml` (the tuned
+  defaults: preset `missrec-tuned`), SASRec beside every transductive seed.
+- `ablation`: Scientific, one row per lever of `LEVERS`, cumulative: the paper's settings
+  (`scientific-paper.yaml`), then each lever added to the row above; the last row's settings are the tuned
+  defaults (`tests/test_tuning.py` checks the chain ends exactly at `scientific.yaml`), so its runs are the
+  `accuracy` case's. Validation (best epoch) and test NDCG@10 per seed; differences paired over seeds.
+- `text-domains`: each real text domain of `../shared/data/text-domains/` (none was used to choose the settings)
+  in both id modes, `text-domain.yaml` (the tuned defaults, MiniLM text) under `TEXT_BUDGET` (the same caps for
+  MISSRec and SASRec: the CPU bound), SASRec beside every transductive seed.
+
+Every run is one `train.main` into `bench/results/runs/accuracy/<domain>/<mode>/<variant>/seed<N>/`; its numbers go
+to `bench_run.json` there, and a run whose file exists is not trained again (a killed case resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SCIENTIFIC = SHARED / "amazon-scientific-mm"
+TEXT_DOMAINS = SHARED / "text-domains"
+TEXT_DOMAIN_NAMES = ("MovieLens100K", "LastFM", "Beauty", "Yelp", "Games")  # smallest catalogue first
+RECIPES = REPO / "configuration" / "recipes"
+RUNS = REPO / "bench" / "results" / "runs" / "accuracy"
+ID_MODES = ("transductive", "inductive")
+METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50")
+# The official code's five transductive runs and its inductive run at the true cut-offs (bench_train.py's
+# OFFICIAL_RUNS); the issue's target is 10% above their means.
+OFFICIAL_MEAN_NDCG10 = {"transductive": 0.0838, "inductive": 0.0802}
+TARGET_GAIN = 0.10
+# Cumulative levers from the paper's settings to the tuned defaults: (row label, recipe keys added to the row
+# above). Each was chosen on validation NDCG@10 (seed 0, `tune.py`); see the README's issue 21 section.
+LEVERS = (
+    ("paper settings (missrec-base)", {}),
+    ("+ score temperature 0.07 → 0.15", {"config_overrides": {"score_temperature": 0.15}}),
+    ("+ AdamW weight decay 0.1", {"weight_decay": 0.1}),
+)
+ABLATION_MODES = ("transductive",)  # the CPU bound: every lever row costs a run per seed
+TUNED = "tuned"  # the variant name of the tuned defaults' runs (the last lever row)
+# The CPU bound of the text-domain runs, the same for MISSRec and SASRec: a seeded sample of the training
+# examples, of the validation and test users, and a short schedule (full epochs of Games or Yelp take many minutes
+# here).
+TEXT_BUDGET = {"max_train_examples": 10000, "max_eval_examples": 3000, "epochs": 8, "early_stopping_patience": 3}
+
+
+def flags(values: dict) -> list[str]:
+    """`{"epochs": 3, "config_overrides": {...}}` as `train.py` words."""
+    words = []
+    for key, value in values.items():
+        words += [f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+    return words
+
+
+def merged_levers(upto: int) -> dict:
+    """The recipe keys of `LEVERS[: upto + 1]` merged (later levers win; `config_overrides` merged by key)."""
+    merged: dict = {}
+    for _, keys in LEVERS[: upto + 1]:
+        for key, value in keys.items():
+            merged[key] = {**merged.get(key, {}), **value} if key == "config_overrides" else value
+    return merged
+
+
+def scientific_runs(case: str) -> list[tuple[str, str, list[str]]]:
+    """(mode, variant, train.py words without seed/output) of a Scientific case."""
+    tuned = ["--config", str(RECIPES / "scientific.yaml"), "--data_dir", str(SCIENTIFIC)]
+    if case == "accuracy":
+        return [(mode, TUNED, [*tuned, "--id_mode", mode]) for mode in ID_MODES]
+    runs = []
+    for index in range(len(LEVERS)):
+        for mode in ABLATION_MODES:
+            if index == len(LEVERS) - 1:
+                runs.append((mode, TUNED, [*tuned, "--id_mode", mode]))
+            else:
+                paper = ["--config", str(RECIPES / "scientific-paper.yaml"), "--data_dir", str(SCIENTIFIC)]
+                runs.append((mode, f"lever{index}", [*paper, *flags(merged_levers(index)), "--id_mode", mode]))
+    return runs
+
+
+def text_domain_runs(domains: list[str]) -> list[tuple[str, str, str, list[str]]]:
+    """(domain, mode, variant, words) of the text-domain case."""
+    runs = []
+    for domain in domains:
+        base = ["--config", str(RECIPES / "text-domain.yaml"), "--domain", domain, *flags(TEXT_BUDGET)]
+        base += ["--data_dir", str(TEXT_DOMAINS / domain)]
+        runs += [(domain, mode, TUNED, [*base, "--id_mode", mode]) for mode in ID_MODES]
+    return runs
+
+
+def run_once(train, domain: str, mode: str, variant: str, words: list[str], seed: int) -> dict:
+    """One seed of one run (SASRec beside it in transductive mode), or its record when it ran before."""
+    folder = RUNS / domain / mode / variant / f"seed{seed}"
+    record_file = folder / "bench_run.json"
+    if record_file.is_file():
+        return json.loads(record_file.read_text())
+    baselines = "[sasrec]" if mode == "transductive" else "[]"
+    argv = [*words, "--seed", str(seed), "--baselines", baselines, "--output_dir", str(folder)]
+    print(f"accuracy: {domain} {mode} {variant} seed {seed}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    results = train.main([*argv, "--overwrite_output_dir=true"])
+    record = {"domain": domain, "mode": mode, "variant": variant, "seed": seed, "argv": argv}
+    record["wall_seconds"] = time.perf_counter() - started
+    for name, prefix, history in (("missrec", "", "epochs"), ("sasrec", "sasrec_", "sasrec_epochs")):
+        if history in results:
+            best = max(results[history], key=lambda e: e["ndcg@10"])
+            record[name] = {
+                "valid_ndcg@10": best["ndcg@10"],
+                "best_epoch": best["epoch"],
+                "epochs_run": len(results[history]),
+                "train_seconds": statistics.median(e["train_seconds"] for e in results[history]),
+                "test": {k: results[f"{prefix}test"][k] for k in METRICS},
+            }
+    record["popularity_test"] = {k: results["popularity_test"][k] for k in METRICS}
+    folder.mkdir(parents=True, exist_ok=True)
+    record_file.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def run_accuracy_case(case: str, seeds: list[int], domains: list[str] | None = None) -> dict:
+    """Worker: every run of `case` and seed (resuming from recorded ones)."""
+    sys.path.insert(0, str(REPO))
+    import train
+
+    started = time.perf_counter()
+    if case == "text-domains":
+        plan = text_domain_runs(list(domains or TEXT_DOMAIN_NAMES))
+    else:
+        plan = [("Scientific", mode, variant, words) for mode, variant, words in scientific_runs(case)]
+    records = [run_once(train, *run, seed) for run in plan for seed in seeds]
+    return {"case": case, "wall_seconds": time.perf_counter() - started, "runs": records, "text_budget": TEXT_BUDGET}
+
+
+def mean_and_error(values: list[float]) -> tuple[float, float]:
+    """The mean and its standard error (NaN for one value)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan"))
+
+
+def _pm(value: tuple[float, float], signed: bool = False, percent: bool = False) -> str:
+    mean, error = value
+    if percent:
+        return f"{100 * mean:+.1f}% ± {100 * error:.1f}%"
+    return f"{mean:+.4f} ± {error:.4f}" if signed else f"{mean:.4f} ± {error:.4f}"
+
+
+def _grouped(runs: list[dict]) -> dict[tuple[str, str, str], dict[int, dict]]:
+    groups: dict = {}
+    for run in runs:
+        groups.setdefault((run["domain"], run["mode"], run["variant"]), {})[run["seed"]] = run
+    return groups
+
+
+def sasrec_by_seed(runs: list[dict]) -> dict[tuple[str, int], dict]:
+    """SASRec's record per (domain, seed): trained beside the transductive run (it reads ids only: one model
+    serves both modes' comparison)."""
+    return {(r["domain"], r["seed"]): r["sasrec"] for r in runs if "sasrec" in r and r["variant"] == TUNED}
+
+
+def accuracy_markdown(result: dict) -> str:
+    """Per domain and mode: MISSRec and SASRec test NDCG@10 (mean ± SE), MISSRec's gain over SASRec paired over
+    seeds, and on Scientific the official mean and the target."""
+    sasrec = sasrec_by_seed(result["runs"])
+    lines = [
+        "| domain | id mode | seeds | MISSRec test NDCG@10 | MISSRec test HR@10 | MISSRec valid NDCG@10 | SASRec test "
+        "NDCG@10 | MISSRec vs SASRec (paired) | vs official mean | target |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (domain, mode, variant), per_seed in _grouped(result["runs"]).items():
+        if variant != TUNED:
+            continue
+        seeds = sorted(per_seed)
+        ours = [per_seed[s]["missrec"]["test"]["ndcg@10"] for s in seeds]
+        theirs = [sasrec[(domain, s)]["test"]["ndcg@10"] for s in seeds if (domain, s) in sasrec]
+        gains = [o / t - 1 for o, t in zip(ours, theirs)] if len(theirs) == len(ours) else []
+        official = OFFICIAL_MEAN_NDCG10.get(mode) if domain == "Scientific" else None
+        mean = statistics.fmean(ours)
+        if official is not None:
+            versus = f"{100 * (mean / official - 1):+.1f}% ({official:.4f})"
+            target = official * (1 + TARGET_GAIN)
+            verdict = f"≥ {target:.4f}: {'pass' if mean >= target else 'MISS'}"
+        else:
+            versus = "—"
+            verdict = "≥ +10% vs SASRec: " + ("pass" if gains and statistics.fmean(gains) >= TARGET_GAIN else "MISS")
+        lines.append(
+            f"| {domain} | {mode} | {len(seeds)} | {_pm(mean_and_error(ours))} | "
+            f"{_pm(mean_and_error([per_seed[s]['missrec']['test']['hr@10'] for s in seeds]))} | "
+            f"{_pm(mean_and_error([per_seed[s]['missrec']['valid_ndcg@10'] for s in seeds]))} | "
+            f"{_pm(mean_and_error(theirs)) if theirs else '—'} | "
+            f"{_pm(mean_and_error(gains), percent=True) if gains else '—'} | {versus} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def ablation_markdown(result: dict) -> str:
+    """One row per lever: validation and test NDCG@10 (mean ± SE), and the change each lever made, paired over
+    seeds, against the row above and against the paper's settings."""
+    groups = _grouped(result["runs"])
+    lines = [
+        "| id mode | row | seeds | valid NDCG@10 | test NDCG@10 | Δ valid vs row above | Δ test vs row above "
+        "| Δ test vs paper |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    variants = [f"lever{i}" for i in range(len(LEVERS) - 1)] + [TUNED]
+    for mode in ABLATION_MODES:
+        previous = paper = None
+        for (label, _), variant in zip(LEVERS, variants):
+            per_seed = groups.get(("Scientific", mode, variant))
+            if not per_seed:
+                continue
+            seeds = sorted(per_seed)
+            valid = {s: per_seed[s]["missrec"]["valid_ndcg@10"] for s in seeds}
+            test = {s: per_seed[s]["missrec"]["test"]["ndcg@10"] for s in seeds}
+            paper = paper or test
+            cells = []
+            for split, other in ((valid, previous and previous[0]), (test, previous and previous[1]), (test, paper)):
+                shared = [s for s in seeds if other and s in other]
+                cells.append(_pm(mean_and_error([split[s] - other[s] for s in shared]), True) if shared else "—")
+            if paper is test:
+                cells[2] = "—"
+            lines.append(
+                f"| {mode} | {label} | {len(seeds)} | {_pm(mean_and_error(list(valid.values())))} | "
+                f"{_pm(mean_and_error(list(test.values())))} | {' | '.join(cells)} |"
+            )
+            previous = (valid, test)
+    return "\n".join(lines)
