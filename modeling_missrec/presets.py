@@ -16,8 +16,9 @@ def available_presets() -> list[str]:
 
 
 def load_preset(name: str, **overrides) -> MISSRecConfig:
-    """The config of preset `name` (`missrec-base` = the paper's hyper-parameters, `missrec-tiny` for tests
-    and the demo), with keyword `overrides` applied and validated."""
+    """The config of preset `name` (`missrec-base` = the paper's hyper-parameters, `missrec-tuned` = the paper's
+    model tuned on validation, `missrec-tiny` for tests and the demo), with keyword `overrides` applied and
+    validated."""
     names = available_presets()
     if name not in names:
         raise ValueError(f"unknown preset {name!r}; available: {names}")

@@ -196,3 +196,17 @@ def test_a_trial_that_changes_the_data_trains_on_that_data(scripts, tmp_path):
     assert runner.domain(tune.apply_settings(runner.args, {"learning_rate": 0.01})) is first  # same data: reused
     other = runner.domain(tune.apply_settings(runner.args, {"num_items": 40}))
     assert (first.num_items, other.num_items) == (50, 40) and "test" not in other.sequences
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configuration" / "search").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_search_spaces_give_valid_recipes(scripts, path):
+    optuna = pytest.importorskip("optuna")
+    import yaml
+
+    _, tune = scripts
+    space = yaml.safe_load(path.read_text())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        settings = tune.suggest(study.ask(), space)
+        assert set(settings) == set(space)
+        tune.apply_settings(load_recipe(REPO / "configuration" / "recipes" / "scientific.yaml"), settings)
