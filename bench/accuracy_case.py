@@ -94,13 +94,16 @@ def text_domain_runs(domains: list[str]) -> list[tuple[str, str, str, list[str]]
     return runs
 
 
-def run_once(train, domain: str, mode: str, variant: str, words: list[str], seed: int) -> dict:
-    """One seed of one run (SASRec beside it in transductive mode), or its record when it ran before."""
+def run_once(train, domain: str, mode: str, variant: str, words: list[str], seed: int) -> dict | None:
+    """One seed of one run (SASRec beside the tuned defaults' transductive run), or its record when it ran before; with
+    `train` None, only the record (None when the run has not been made)."""
     folder = RUNS / domain / mode / variant / f"seed{seed}"
     record_file = folder / "bench_run.json"
     if record_file.is_file():
         return json.loads(record_file.read_text())
-    baselines = "[sasrec]" if mode == "transductive" else "[]"
+    if train is None:
+        return None
+    baselines = "[sasrec]" if mode == "transductive" and variant == TUNED else "[]"  # one SASRec per seed
     argv = [*words, "--seed", str(seed), "--baselines", baselines, "--output_dir", str(folder)]
     print(f"accuracy: {domain} {mode} {variant} seed {seed}", file=sys.stderr, flush=True)
     started = time.perf_counter()
@@ -123,17 +126,22 @@ def run_once(train, domain: str, mode: str, variant: str, words: list[str], seed
     return record
 
 
-def run_accuracy_case(case: str, seeds: list[int], domains: list[str] | None = None) -> dict:
-    """Worker: every run of `case` and seed (resuming from recorded ones)."""
+def run_accuracy_case(
+    case: str, seeds: list[int], domains: list[str] | None = None, recorded_only: bool = False
+) -> dict:
+    """Worker: every run of `case` and seed (resuming from recorded ones); with `recorded_only`, train nothing
+    and report the runs recorded so far."""
     sys.path.insert(0, str(REPO))
     import train
+
+    train = None if recorded_only else train
 
     started = time.perf_counter()
     if case == "text-domains":
         plan = text_domain_runs(list(domains or TEXT_DOMAIN_NAMES))
     else:
         plan = [("Scientific", mode, variant, words) for mode, variant, words in scientific_runs(case)]
-    records = [run_once(train, *run, seed) for run in plan for seed in seeds]
+    records = [r for run in plan for seed in seeds if (r := run_once(train, *run, seed)) is not None]
     return {"case": case, "wall_seconds": time.perf_counter() - started, "runs": records, "text_budget": TEXT_BUDGET}
 
 
@@ -145,6 +153,8 @@ def mean_and_error(values: list[float]) -> tuple[float, float]:
 
 def _pm(value: tuple[float, float], signed: bool = False, percent: bool = False) -> str:
     mean, error = value
+    if error != error:  # one seed: no standard error
+        return f"{100 * mean:+.1f}%" if percent else (f"{mean:+.4f}" if signed else f"{mean:.4f}")
     if percent:
         return f"{100 * mean:+.1f}% ± {100 * error:.1f}%"
     return f"{mean:+.4f} ± {error:.4f}" if signed else f"{mean:.4f} ± {error:.4f}"

@@ -203,7 +203,9 @@ def _peak_gib() -> float:
     return memory_status()["VmHWM"] / 2**20
 
 
-def run_case(case: str, epochs: int | None, seeds: list[int], text_domains: list[str] | None = None) -> dict:
+def run_case(
+    case: str, epochs: int | None, seeds: list[int], text_domains: list[str] | None = None, recorded: bool = False
+) -> dict:
     """Worker: the case's `train.main` runs in this process; its rows and the process's peak memory."""
     sys.path.insert(0, str(REPO))
     import train
@@ -211,7 +213,7 @@ def run_case(case: str, epochs: int | None, seeds: list[int], text_domains: list
     if case == "real-transfer":
         return run_real_transfer(seeds)
     if case in ACCURACY_CASES:
-        return run_accuracy_case(case, seeds, text_domains)
+        return run_accuracy_case(case, seeds, text_domains, recorded_only=recorded)
     started = time.perf_counter()
     runs = case_runs(case, epochs, seeds)
     if case == "transfer":  # pre-training then fine-tuning: one job, whose peak counts both
@@ -373,6 +375,11 @@ def parse_args() -> argparse.Namespace:
         help="with --report: recompute the test metrics of the models that run saved (see reevaluate) and write "
         "them back into the JSON",
     )
+    parser.add_argument(
+        "--recorded",
+        action="store_true",
+        help="accuracy, ablation, text-domains: train nothing, print the tables of the runs recorded so far",
+    )
     parser.add_argument("--worker", choices=CASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reevaluate and not args.report:
@@ -383,7 +390,13 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.worker:
-        print(json.dumps(run_case(args.worker, args.epochs, args.seeds, args.text_domains)))
+        print(json.dumps(run_case(args.worker, args.epochs, args.seeds, args.text_domains, args.recorded)))
+        return
+    if args.recorded:
+        if set(args.cases) - set(ACCURACY_CASES):
+            sys.exit(f"--recorded reports the cases {list(ACCURACY_CASES)} only")
+        results = [run_case(case, None, args.seeds, args.text_domains, recorded=True) for case in args.cases]
+        print(markdown(results))
         return
     if args.report:
         report = json.loads(Path(args.report).read_text())

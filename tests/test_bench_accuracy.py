@@ -1,0 +1,66 @@
+"""bench/accuracy_case.py's tables: means, standard errors and paired differences against hand-computed values."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def case(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    return importlib.import_module("accuracy_case")
+
+
+def record(domain, mode, variant, seed, valid, test, sasrec=None):
+    out = {"domain": domain, "mode": mode, "variant": variant, "seed": seed}
+    out["missrec"] = {"valid_ndcg@10": valid, "test": {"ndcg@10": test, "hr@10": 2 * test}}
+    if sasrec is not None:
+        out["sasrec"] = {"valid_ndcg@10": sasrec, "test": {"ndcg@10": sasrec, "hr@10": 2 * sasrec}}
+    return out
+
+
+def test_mean_and_standard_error(case):
+    mean, error = case.mean_and_error([1.0, 2.0, 3.0])
+    assert mean == 2.0 and error == pytest.approx(1 / math.sqrt(3))
+    assert math.isnan(case.mean_and_error([1.0])[1])
+
+
+def test_accuracy_table_pairs_missrec_with_sasrec_per_seed_and_checks_the_target(case):
+    runs = [
+        record("Scientific", "transductive", "tuned", 0, 0.10, 0.0950, sasrec=0.0800),
+        record("Scientific", "transductive", "tuned", 1, 0.10, 0.0930, sasrec=0.0600),
+        record("Beauty", "transductive", "tuned", 0, 0.05, 0.0300, sasrec=0.0300),
+    ]
+    table = case.accuracy_markdown({"runs": runs}).splitlines()
+    scientific = next(line for line in table if line.startswith("| Scientific"))
+    assert "0.0940 ± 0.0010" in scientific  # mean and SE of 0.0950, 0.0930
+    gains = [0.0950 / 0.08 - 1, 0.0930 / 0.06 - 1]  # paired per seed
+    mean, error = case.mean_and_error(gains)
+    assert f"{100 * mean:+.1f}% ± {100 * error:.1f}%" in scientific
+    assert "pass" in scientific  # 0.0940 >= 0.0838 * 1.1 = 0.0922
+    beauty = next(line for line in table if line.startswith("| Beauty"))
+    assert "| +0.0% |" in beauty and "MISS" in beauty  # one seed, level with SASRec: not +10%
+
+
+def test_ablation_rows_are_paired_against_the_row_above_and_the_paper(case, monkeypatch):
+    levers = (("paper", {}), ("+ a", {"weight_decay": 0.1}), ("+ b", {"learning_rate": 0.002}))
+    monkeypatch.setattr(case, "LEVERS", levers)
+    tests = {"lever0": (0.080, 0.082), "lever1": (0.086, 0.085), "tuned": (0.087, 0.089)}
+    runs = [
+        record("Scientific", "transductive", variant, seed, valid=values[seed] + 0.01, test=values[seed])
+        for variant, values in tests.items()
+        for seed in (0, 1)
+    ]
+    rows = [line for line in case.ablation_markdown({"runs": runs}).splitlines() if line.startswith("| transductive")]
+    assert len(rows) == 3 and rows[0].endswith("| — | — | — |")
+    # lever1 vs lever0: differences 0.006 and 0.003 (valid and test alike here): mean 0.0045, SE 0.0015
+    assert rows[1].count("+0.0045 ± 0.0015") == 3
+    # tuned vs lever1: 0.001, 0.004 -> 0.0025 ± 0.0015; vs paper: 0.007, 0.007 -> 0.0070 ± 0.0000
+    assert rows[2].endswith("| +0.0025 ± 0.0015 | +0.0025 ± 0.0015 | +0.0070 ± 0.0000 |")
+    assert case.merged_levers(2) == {"weight_decay": 0.1, "learning_rate": 0.002}
