@@ -190,6 +190,15 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
     return model
 
 
+def missrec_to_train(
+    args: TrainingRecipe, features: dict[str, torch.Tensor]
+) -> MISSRecForPreTraining | MISSRecForSequentialRecommendation:
+    """The MISSRec that `args` trains, in its stage's head: seeded, built on the catalogue `features` (`[N, d]`
+    per modality) and prepared by the recipe's fine-tuning strategy (used by `train.py` and `tune.py`)."""
+    set_seed(args.seed)
+    return training_head(args, apply_finetuning_strategy(build_missrec(args, features), args.strategy))
+
+
 def training_collator(args: TrainingRecipe, domain: MultiModalDomain, max_seq_length: int) -> SequenceCollator:
     """Training batches; with the augmented views of pre-training for `stage: pretrain`."""
     if args.stage == "finetune":
@@ -416,8 +425,7 @@ def train_and_evaluate(
         The results written to `metrics.json`, and the test metrics (official protocol) of each model by name.
     """
     features = catalogue_features(domain.items)
-    set_seed(args.seed)
-    model = training_head(args, apply_finetuning_strategy(build_missrec(args, features), args.strategy))
+    model = missrec_to_train(args, features)
     max_seq_length = model.config.max_seq_length
     train = training_collator(args, domain, max_seq_length)
     loaders = {split: SequenceCollator(domain.sequences[split], max_seq_length) for split in ("validation", "test")}

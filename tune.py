@@ -31,13 +31,11 @@ from pathlib import Path
 
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features
-from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
 from modeling_missrec.pipelines.loading import MultiModalDomain
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
 
-from train import build_missrec, fit, load_training_data, training_collator, training_head
+from train import fit, load_training_data, missrec_to_train, training_collator
 
 try:
     import optuna
@@ -86,8 +84,7 @@ def best_validation_ndcg(args: TrainingRecipe, domain: MultiModalDomain, on_epoc
     """Train MISSRec on `domain` (train and validation splits only) under `args`; the best validation NDCG@10 of
     its epochs and the per-epoch history."""
     features = catalogue_features(domain.items)
-    set_seed(args.seed)
-    model = training_head(args, apply_finetuning_strategy(build_missrec(args, features), args.strategy))
+    model = missrec_to_train(args, features)
     train = training_collator(args, domain, model.config.max_seq_length)
     valid = SequenceCollator(domain.sequences["validation"], model.config.max_seq_length)
     _, _, history = fit(Accelerator(), "MISSRec", model, train, valid, args, on_epoch_end=on_epoch_end)

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import mean_and_error, plus_minus, recipe_flags
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 SCIENTIFIC = SHARED / "amazon-scientific-mm"
@@ -51,14 +53,6 @@ TUNED = "tuned"  # the variant name of the tuned defaults' runs (the last lever 
 TEXT_BUDGET = {"max_train_examples": 10000, "max_eval_examples": 3000, "epochs": 8, "early_stopping_patience": 3}
 
 
-def flags(values: dict) -> list[str]:
-    """`{"epochs": 3, "config_overrides": {...}}` as `train.py` words."""
-    words = []
-    for key, value in values.items():
-        words += [f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
-    return words
-
-
 def merged_levers(upto: int) -> dict:
     """The recipe keys of `LEVERS[: upto + 1]` merged (later levers win; `config_overrides` merged by key)."""
     merged: dict = {}
@@ -80,7 +74,7 @@ def scientific_runs(case: str) -> list[tuple[str, str, list[str]]]:
                 runs.append((mode, TUNED, [*tuned, "--id_mode", mode]))
             else:
                 paper = ["--config", str(RECIPES / "scientific-paper.yaml"), "--data_dir", str(SCIENTIFIC)]
-                runs.append((mode, f"lever{index}", [*paper, *flags(merged_levers(index)), "--id_mode", mode]))
+                runs.append((mode, f"lever{index}", [*paper, *recipe_flags(merged_levers(index)), "--id_mode", mode]))
     return runs
 
 
@@ -88,7 +82,7 @@ def text_domain_runs(domains: list[str]) -> list[tuple[str, str, str, list[str]]
     """(domain, mode, variant, words) of the text-domain case."""
     runs = []
     for domain in domains:
-        base = ["--config", str(RECIPES / "text-domain.yaml"), "--domain", domain, *flags(TEXT_BUDGET)]
+        base = ["--config", str(RECIPES / "text-domain.yaml"), "--domain", domain, *recipe_flags(TEXT_BUDGET)]
         base += ["--data_dir", str(TEXT_DOMAINS / domain)]
         runs += [(domain, mode, TUNED, [*base, "--id_mode", mode]) for mode in ID_MODES]
     return runs
@@ -145,21 +139,6 @@ def run_accuracy_case(
     return {"case": case, "wall_seconds": time.perf_counter() - started, "runs": records, "text_budget": TEXT_BUDGET}
 
 
-def mean_and_error(values: list[float]) -> tuple[float, float]:
-    """The mean and its standard error (NaN for one value)."""
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan"))
-
-
-def _pm(value: tuple[float, float], signed: bool = False, percent: bool = False) -> str:
-    mean, error = value
-    if error != error:  # one seed: no standard error
-        return f"{100 * mean:+.1f}%" if percent else (f"{mean:+.4f}" if signed else f"{mean:.4f}")
-    if percent:
-        return f"{100 * mean:+.1f}% ± {100 * error:.1f}%"
-    return f"{mean:+.4f} ± {error:.4f}" if signed else f"{mean:.4f} ± {error:.4f}"
-
-
 def _grouped(runs: list[dict]) -> dict[tuple[str, str, str], dict[int, dict]]:
     groups: dict = {}
     for run in runs:
@@ -199,11 +178,11 @@ def accuracy_markdown(result: dict) -> str:
             versus = "—"
             verdict = "≥ +10% vs SASRec: " + ("pass" if gains and statistics.fmean(gains) >= TARGET_GAIN else "MISS")
         lines.append(
-            f"| {domain} | {mode} | {len(seeds)} | {_pm(mean_and_error(ours))} | "
-            f"{_pm(mean_and_error([per_seed[s]['missrec']['test']['hr@10'] for s in seeds]))} | "
-            f"{_pm(mean_and_error([per_seed[s]['missrec']['valid_ndcg@10'] for s in seeds]))} | "
-            f"{_pm(mean_and_error(theirs)) if theirs else '—'} | "
-            f"{_pm(mean_and_error(gains), percent=True) if gains else '—'} | {versus} | {verdict} |"
+            f"| {domain} | {mode} | {len(seeds)} | {plus_minus(mean_and_error(ours))} | "
+            f"{plus_minus(mean_and_error([per_seed[s]['missrec']['test']['hr@10'] for s in seeds]))} | "
+            f"{plus_minus(mean_and_error([per_seed[s]['missrec']['valid_ndcg@10'] for s in seeds]))} | "
+            f"{plus_minus(mean_and_error(theirs)) if theirs else '—'} | "
+            f"{plus_minus(mean_and_error(gains), percent=True) if gains else '—'} | {versus} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -231,12 +210,12 @@ def ablation_markdown(result: dict) -> str:
             cells = []
             for split, other in ((valid, previous and previous[0]), (test, previous and previous[1]), (test, paper)):
                 shared = [s for s in seeds if other and s in other]
-                cells.append(_pm(mean_and_error([split[s] - other[s] for s in shared]), True) if shared else "—")
+                cells.append(plus_minus(mean_and_error([split[s] - other[s] for s in shared]), True) if shared else "—")
             if paper is test:
                 cells[2] = "—"
             lines.append(
-                f"| {mode} | {label} | {len(seeds)} | {_pm(mean_and_error(list(valid.values())))} | "
-                f"{_pm(mean_and_error(list(test.values())))} | {' | '.join(cells)} |"
+                f"| {mode} | {label} | {len(seeds)} | {plus_minus(mean_and_error(list(valid.values())))} | "
+                f"{plus_minus(mean_and_error(list(test.values())))} | {' | '.join(cells)} |"
             )
             previous = (valid, test)
     return "\n".join(lines)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 
@@ -64,3 +66,31 @@ def reset_peak_memory() -> bool:
     except OSError:
         return False
     return True
+
+
+def recipe_flags(values: dict) -> list[str]:
+    """Recipe keys as `train.py` words: `{"epochs": 3, "config_overrides": {...}}` -> `["--epochs", "3",
+    "--config_overrides", "{...}"]` (mappings and lists as JSON, which the recipe parser reads as YAML)."""
+    words = []
+    for key, value in values.items():
+        words += [f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+    return words
+
+
+def mean_and_error(values: list[float]) -> tuple[float, float]:
+    """The mean of `values` and its standard error (NaN for one value)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan"))
+
+
+def plus_minus(value: tuple[float, float] | None, signed: bool = False, percent: bool = False) -> str:
+    """`(mean, standard error)` as a table cell: `0.0840 ± 0.0008`, signed `+0.0010 ± 0.0003`, or as a percentage
+    `+11.6% ± 1.2%`; the mean alone for one seed (no standard error), `—` for None."""
+    if value is None:
+        return "—"
+    mean, error = value
+    if error != error:
+        return f"{100 * mean:+.1f}%" if percent else (f"{mean:+.4f}" if signed else f"{mean:.4f}")
+    if percent:
+        return f"{100 * mean:+.1f}% ± {100 * error:.1f}%"
+    return f"{mean:+.4f} ± {error:.4f}" if signed else f"{mean:.4f} ± {error:.4f}"

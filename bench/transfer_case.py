@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import mean_and_error, plus_minus, recipe_flags
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -53,17 +54,13 @@ COLD_MAX_TRAIN_TARGETS = 4
 METRICS = ("hr@10", "ndcg@10", "ndcg@50")
 
 
-def flags(values: dict) -> list[str]:
-    return [part for key, value in values.items() for part in (f"--{key}", str(value))]
-
-
 def run_folder(target: str, variant: str, mode: str, seed: int) -> Path:
     return RUNS / "real-transfer" / target / f"{variant}-{mode}-seed{seed}"
 
 
 def run_arguments(target: str, variant: str, mode: str, seed: int, pretrained: Path) -> list[str]:
     """The `train.py` arguments of one run (the fine-tuning recipe of Scientific, the target's data, the budget)."""
-    argv = ["--config", str(RECIPES / "scientific-paper.yaml"), *flags(TARGETS[target]), *flags(BUDGET)]
+    argv = ["--config", str(RECIPES / "scientific-paper.yaml"), *recipe_flags(TARGETS[target]), *recipe_flags(BUDGET)]
     argv += ["--id_mode", mode, "--seed", str(seed), "--baselines", "[]"]
     argv += ["--output_dir", str(run_folder(target, variant, mode, seed))]
     if variant != "scratch":
@@ -152,11 +149,6 @@ def run_real_transfer(seeds: list[int], pretrained: Path = PRETRAINED) -> dict:
                   "summary": summarise(runs), "budget": BUDGET, "targets": TARGETS}  # fmt: skip
 
 
-def _mean_and_error(values: list[float]) -> tuple[float, float]:
-    mean = statistics.mean(values)
-    return mean, (statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan"))
-
-
 def summarise(runs: list[dict]) -> list[dict]:
     """Per target, mode and variant: mean ± standard error over seeds, and the paired difference to scratch."""
     by_key = {}
@@ -169,25 +161,18 @@ def summarise(runs: list[dict]) -> list[dict]:
         row = {"target": target, "mode": mode, "variant": variant, "seeds": seeds}
         for split in ("test", "cold_test"):
             for metric in METRICS:
-                row[f"{split}/{metric}"] = _mean_and_error([per_seed[s][split][metric] for s in seeds])
+                row[f"{split}/{metric}"] = mean_and_error([per_seed[s][split][metric] for s in seeds])
         paired = [s for s in seeds if s in scratch]
         if variant != "scratch" and paired:
             for split in ("test", "cold_test"):
                 differences = [per_seed[s][split]["ndcg@10"] - scratch[s][split]["ndcg@10"] for s in paired]
-                row[f"{split}/ndcg@10 vs scratch"] = _mean_and_error(differences)
+                row[f"{split}/ndcg@10 vs scratch"] = mean_and_error(differences)
         row["cold_users"] = per_seed[seeds[0]]["cold_test"]["users"]
         row["popularity/ndcg@10"] = statistics.mean(per_seed[s]["popularity_test"]["ndcg@10"] for s in seeds)
         row["best_epoch"] = statistics.mean(per_seed[s]["best_epoch"] for s in seeds)
         row["train_seconds"] = statistics.median(per_seed[s]["train_seconds"] for s in seeds)
         rows.append(row)
     return rows
-
-
-def _pm(value: tuple[float, float] | None, signed: bool = False) -> str:
-    if value is None:
-        return "—"
-    mean, error = value
-    return f"{mean:+.4f} ± {error:.4f}" if signed else f"{mean:.4f} ± {error:.4f}"
 
 
 def markdown(result: dict) -> str:
@@ -202,9 +187,9 @@ def markdown(result: dict) -> str:
     summary = summarise(result["runs"])  # from the runs, so `--report` renders an earlier JSON with this code
     for row in summary:
         lines.append(
-            f"| {row['target']} | {row['mode']} | {names[row['variant']]} | {_pm(row['test/ndcg@10'])} | "
-            f"{_pm(row['test/hr@10'])} | {_pm(row.get('test/ndcg@10 vs scratch'), True)} | "
-            f"{_pm(row['cold_test/ndcg@10'])} | {_pm(row.get('cold_test/ndcg@10 vs scratch'), True)} | "
+            f"| {row['target']} | {row['mode']} | {names[row['variant']]} | {plus_minus(row['test/ndcg@10'])} | "
+            f"{plus_minus(row['test/hr@10'])} | {plus_minus(row.get('test/ndcg@10 vs scratch'), True)} | "
+            f"{plus_minus(row['cold_test/ndcg@10'])} | {plus_minus(row.get('cold_test/ndcg@10 vs scratch'), True)} | "
             f"{row['best_epoch']:.1f} | {row['train_seconds']:.1f} |"
         )
     populars = {row["target"]: (row["popularity/ndcg@10"], row["cold_users"]) for row in summary}

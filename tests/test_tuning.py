@@ -175,7 +175,7 @@ def test_the_ablation_levers_lead_from_the_paper_recipe_to_the_tuned_defaults(sc
     recipes = REPO / "configuration" / "recipes"
     paper_words = ["--config", str(recipes / "scientific-paper.yaml")]
     chained = train.parse_args(
-        [*paper_words, *accuracy_case.flags(accuracy_case.merged_levers(len(accuracy_case.LEVERS) - 1))]
+        [*paper_words, *accuracy_case.recipe_flags(accuracy_case.merged_levers(len(accuracy_case.LEVERS) - 1))]
     )
     tuned = train.parse_args(["--config", str(recipes / "scientific.yaml")])
     features = {"text_features": torch.randn(NUM_ITEMS, 8), "image_features": torch.randn(NUM_ITEMS, 8)}
