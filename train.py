@@ -72,6 +72,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from modeling_missrec import (
+    MISSRecConfig,
     MISSRecForPreTraining,
     MISSRecForSequentialRecommendation,
     MISSRecModel,
@@ -173,7 +174,10 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
         model = MISSRecModel(config)
     else:
         try:
-            model = MISSRecModel.from_pretrained(args.pretrained, **overrides)
+            config = MISSRecConfig.from_pretrained(args.pretrained)
+            # Rebuilt rather than set attribute by attribute, so that the overrides meet the config's checks.
+            config = MISSRecConfig(**{**config.to_dict(), **overrides})
+            model = MISSRecModel.from_pretrained(args.pretrained, config=config)
         except OSError as error:
             raise OSError(
                 f"pretrained={args.pretrained!r} is neither a MISSRec folder here nor a reachable Hub model "

@@ -60,8 +60,10 @@ def test_config_overrides_set_the_model_config_and_refuse_catalogue_fields(scrip
     for bad, message in (("num_items=3", r"\['num_items'\] cannot be set"), ("dropout=0.1", r"\['dropout'\] cannot")):
         with pytest.raises(ValueError, match=message):
             train.build_missrec(train.parse_args([*TINY_RUN, "--config_overrides", bad]), features)
-    with pytest.raises(ValueError, match="hidden_dropout_prob"):  # the preset's own validation
-        train.build_missrec(train.parse_args([*TINY_RUN, "--config_overrides", "hidden_dropout_prob=1.5"]), features)
+    for pretrained in ([], ["--pretrained", str(tmp_path / "base")]):  # the config's own checks, either way
+        with pytest.raises(ValueError, match="hidden_dropout_prob"):
+            overrides = ["--config_overrides", "hidden_dropout_prob=1.5"]
+            train.build_missrec(train.parse_args([*TINY_RUN, *pretrained, *overrides]), features)
 
 
 def test_interests_off_clusters_nothing_and_reads_one_constant_memory_token(monkeypatch):
