@@ -123,6 +123,11 @@ class MISSRecConfig(PretrainedConfig):
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the fine-tuning cross-entropy over the catalogue, in [0, 1) (the paper: 0). The
             smoothed mass is spread over the real items only, not the padding column.
+        repeat_bias (`bool`, *optional*, defaults to `False`):
+            Learn a logit offset for the items a history already holds, one per recency position
+            ([`MISSRecRepeatBias`]; the paper: none, a history's own items score like any other). The offsets start
+            at 0 and are learned from the training targets, so they follow how often the domain's users take an
+            item again.
     """
 
     model_type = "missrec"
@@ -159,6 +164,7 @@ class MISSRecConfig(PretrainedConfig):
         seq_seq_loss_weight: float = 1e-3,
         diversity_loss_weight: float = 1e-4,
         label_smoothing: float = 0.0,
+        repeat_bias: bool = False,
         **kwargs,
     ):
         _check_int("text_feature_dim", text_feature_dim, 1)
@@ -200,6 +206,8 @@ class MISSRecConfig(PretrainedConfig):
         _check_positive("diversity_loss_weight", diversity_loss_weight, allow_zero=True)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+        if not isinstance(repeat_bias, bool):
+            raise ValueError(f"repeat_bias={repeat_bias!r} must be True or False")
 
         self.text_feature_dim = text_feature_dim
         self.image_feature_dim = image_feature_dim
@@ -230,6 +238,7 @@ class MISSRecConfig(PretrainedConfig):
         self.score_temperature = score_temperature
         self.seq_seq_loss_weight = seq_seq_loss_weight
         self.label_smoothing = label_smoothing
+        self.repeat_bias = repeat_bias
         self.diversity_loss_weight = diversity_loss_weight
         super().__init__(**kwargs)
 

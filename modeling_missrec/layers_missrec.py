@@ -615,3 +615,42 @@ class MISSRecItemFusion(nn.Module):
         text = torch.where(present[1], text, present[0].to(text.dtype))  # one modality: all its weight
         text = text.masked_fill(~present[0], 0.0)
         return torch.stack([text, (1 - text).masked_fill(~present[1], 0.0)])
+
+
+class MISSRecRepeatBias(nn.Module):
+    """A learned logit offset for recommending an item the history already holds, one per recency position
+    (`weight[0]`: the most recent item; items older than `max_seq_length - 1` positions share the last entry).
+
+    The paper scores a history's own items like any other candidate, and they score high (an item is close to the
+    representation of a history it is in). Whether users take an item again is a property of the domain (rare in
+    purchases, common in listening), so it is learned from the training targets rather than fixed: the offsets start
+    at 0 (a fresh model scores as without them) and the cross-entropy moves them. An item that occurs several times
+    gets the offset of its most recent occurrence.
+    """
+
+    def __init__(self, config: MISSRecConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(config.max_seq_length))
+
+    def forward(
+        self, item_seq: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            item_seq: `[B, L]` long, left-aligned histories (0 = padding, most recent last); L may exceed
+                `max_seq_length`.
+            lengths: `[B]` items per history (default: counted).
+
+        Returns:
+            `(rows [E], item_ids [E], offsets [E])`: one entry per distinct item of each history, for
+            [`add_history_offsets`].
+        """
+        present = item_seq != 0
+        if lengths is None:
+            lengths = present.sum(1)
+        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+        recency = (lengths[:, None] - 1 - positions).clamp(0, len(self.weight) - 1)
+        later = positions[:, None] < positions[None, :]  # [L, L]: position j' comes after j
+        seen_later = ((item_seq[:, :, None] == item_seq[:, None, :]) & later).any(-1)
+        rows, cols = (present & ~seen_later).nonzero(as_tuple=True)
+        return rows, item_seq[rows, cols], self.weight[recency[rows, cols]]

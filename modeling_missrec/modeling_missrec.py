@@ -25,6 +25,7 @@ from .layers_missrec import (
     MISSRecDropout,
     MISSRecEncoderLayer,
     MISSRecItemFusion,
+    MISSRecRepeatBias,
     PackedLayout,
     init_standard_weights,
     interest_memory_layout,
@@ -37,7 +38,7 @@ from .layers_missrec import (
     validate_labels,
 )
 from .layers_missrec import first_values as _first
-from .scoring_missrec import ItemIndex, join_id_scores, serving_state
+from .scoring_missrec import ItemIndex, add_history_offsets, join_id_scores, serving_state
 
 FeatureTable = torch.Tensor | np.ndarray
 
@@ -191,6 +192,8 @@ class MISSRecPreTrainedModel(PreTrainedModel):
         init_standard_weights(module, self.config.initializer_range)
         if isinstance(module, MISSRecItemFusion) and module.weight is not None:
             init.zeros_(module.weight)
+        elif isinstance(module, MISSRecRepeatBias):
+            init.zeros_(module.weight)
         elif isinstance(module, MISSRecModel):
             d = self.config.hidden_size
             bound = math.sqrt(6.0 / (d + 3 * d))  # xavier_uniform_ of the packed [3d, d] matrix
@@ -240,6 +243,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self.encoder_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.decoder_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.item_fusion = MISSRecItemFusion(config)
+        self.repeat_bias = MISSRecRepeatBias(config) if config.repeat_bias else None
         self._register_catalogue_buffers(config.num_items, config.num_interests)
         self._weight_tables: dict[str, object] | None = None  # see `reusing_weight_tables`
         self.post_init()
@@ -942,6 +946,8 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
             item_seq, lengths, catalogue=catalogue, with_diversity=labels is not None, interest_projections=projections
         )
         scores = base.score_items(seq, catalogue=catalogue)
+        if base.repeat_bias is not None:
+            scores = add_history_offsets(scores, base.repeat_bias(item_seq, lengths))
         loss = None
         if labels is not None:
             labels = validate_labels(labels, len(item_seq), self.config.num_items)
@@ -1006,14 +1012,18 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
         seq = base.embed_sequences(
             item_seq, None if lengths is None else lengths.to(base.device), check_inputs=check_inputs, **tables
         )
-        excluded = None
+        excluded = offsets = None
         if exclude_history:
             rows, cols = (item_seq != 0).nonzero(as_tuple=True)
             excluded = (rows, item_seq[rows, cols] - 1)
+        elif base.repeat_bias is not None:  # (excluded items need no offset)
+            rows, ids, values = base.repeat_bias(item_seq, None if lengths is None else lengths.to(base.device))
+            offsets = (rows, ids - 1, values)
         parts = []
         if candidates is None or len(candidates):
             k = min(top_k, num_items if candidates is None else len(candidates))
-            values, rows_found = index.top_k(seq, k, None if candidates is None else candidates - 1, excluded)
+            allowed = None if candidates is None else candidates - 1
+            values, rows_found = index.top_k(seq, k, allowed, excluded, offsets)
             parts.append((values, rows_found + 1))
         if new is not None:
             values, rows_found = new.top_k(seq, min(top_k, new.num_items))

@@ -8,7 +8,9 @@ evaluation (which calls the model) and by serving (the [`ItemIndex`] behind `rec
 - [`stand_in_for_absent`] + [`pair_fusion`]: dynamic fusion of the text and image logits, the softmax over the
   two gated logits written as `s_i + d * sigmoid(w d)` with `d = s_t - s_i`; an absent modality takes the present
   one's value, which gives the masked softmax's result;
-- [`join_id_scores`]: `(s_id + 2 * fused) / 3` in transductive mode (linear too).
+- [`join_id_scores`]: `(s_id + 2 * fused) / 3` in transductive mode (linear too);
+- [`add_history_offsets`]: the learned repeat offsets (`MISSRecRepeatBias`, `config.repeat_bias`) added to the
+  logits of the items a history holds.
 
 The index keeps the fused per-item embeddings of the whole catalogue as one `[d, N * P]` matrix (`P` columns per
 item) and scores a batch with one matmul per chunk of items, the fusion and a running `topk`. [`serving_state`]
@@ -102,6 +104,15 @@ def join_id_scores(id_scores: torch.Tensor, fused: torch.Tensor, *, in_place: bo
     if in_place:
         return fused.mul_(2).add_(id_scores).div_(3)
     return (id_scores + 2 * fused) / 3
+
+
+def add_history_offsets(
+    scores: torch.Tensor, offsets: tuple[torch.Tensor, torch.Tensor, torch.Tensor], scale: float = 1.0
+) -> torch.Tensor:
+    """`scores` `[B, C]` with `scale * offsets[2]` added at the `(offsets[0], offsets[1])` (row, column) pairs, which
+    must be distinct ([`MISSRecRepeatBias`] gives one pair per distinct history item); differentiable."""
+    rows, columns, values = offsets
+    return scores.index_put((rows, columns), (values * scale).to(scores.dtype), accumulate=True)
 
 
 # ---------------------------------------------------------------------------------------------------- the index
@@ -218,6 +229,7 @@ class ItemIndex:
         k: int,
         item_rows: torch.Tensor | None = None,
         excluded: tuple[torch.Tensor, torch.Tensor] | None = None,
+        offsets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-`k` items of every history.
 
@@ -226,6 +238,8 @@ class ItemIndex:
             k: how many to return per history (at most the number of candidates).
             item_rows: `[C]` long, rows of the index to rank (an allow-list), or None for all `N`.
             excluded: `(batch_rows [E], index_rows [E])` pairs that must not be returned (scored `-inf`).
+            offsets: `(batch_rows [F], index_rows [F], logits [F])`, distinct pairs whose logits (after the
+                temperature) get these values added ([`add_history_offsets`]).
 
         Returns:
             `(scores [B, k], index_rows [B, k])`, best first; scores are divided by the temperature, and excluded
@@ -239,12 +253,18 @@ class ItemIndex:
             if weight is not None and weight.numel() > 1:
                 weight = weight[item_rows]
         num = matrix.shape[1] // width
-        if excluded is not None and item_rows is not None:
-            # Excluded index rows -> positions in the allow-list (rows outside it need no masking).
+        if item_rows is not None:
+            # Index rows -> positions in the allow-list (rows outside it are not scored).
             position = torch.full((self.num_items,), -1, dtype=torch.long, device=item_rows.device)
             position[item_rows] = torch.arange(len(item_rows), device=item_rows.device)
-            rows, local = excluded[0], position[excluded[1]]
-            excluded = (rows[local >= 0], local[local >= 0])
+
+            def to_allow_list(pairs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+                local = position[pairs[1]]
+                inside = local >= 0
+                return (pairs[0][inside], local[inside], *(extra[inside] for extra in pairs[2:]))
+
+            excluded = None if excluded is None else to_allow_list(excluded)
+            offsets = None if offsets is None else to_allow_list(offsets)
         chunk = max(1, min(num, _CHUNK_ELEMENTS // max(1, batch * width)))
         buffer = sequence_embeddings.new_empty(batch * chunk * width)
         scratch = (sequence_embeddings.new_empty(batch * chunk), sequence_embeddings.new_empty(batch * chunk))
@@ -261,6 +281,10 @@ class ItemIndex:
                 scores = pair_fusion(logits[..., 0], logits[..., 1], chunk_weight, out=scratch)
                 if self.has_id:
                     scores = join_id_scores(logits[..., 2], scores, in_place=True)
+            if offsets is not None:
+                inside = (offsets[1] >= start) & (offsets[1] < stop)
+                chunk_offsets = (offsets[0][inside], offsets[1][inside] - start, offsets[2][inside])
+                scores = add_history_offsets(scores, chunk_offsets, scale=self.temperature)
             if excluded is not None:
                 # (`scores` lives in a reused buffer: writing into it is fine.)
                 if stop - start == num:  # one chunk (a single request's whole catalogue): no range test

@@ -31,8 +31,9 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
 def trained_in_frozen_mode(model: nn.Module) -> list[str]:
     """Names of the top-level modules that train under the `"frozen"` strategy (those the model has)."""
     names = [f"{m}_adaptor" for m in model.modality_names] + ["LayerNorm", "item_fusion"]
-    if getattr(model, "item_id_embeddings", None) is not None:
-        names.append("item_id_embeddings")
+    for optional in ("item_id_embeddings", "repeat_bias"):
+        if getattr(model, optional, None) is not None:
+            names.append(optional)
     return names
 
 
