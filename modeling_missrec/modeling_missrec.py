@@ -365,6 +365,15 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self._describe_catalogue(id_mode="transductive")
         self.item_id_embeddings = self._fresh_item_id_embeddings()
 
+    def add_repeat_bias(self) -> None:
+        """Switch the learned repeat offsets on ([`MISSRecRepeatBias`], `config.repeat_bias`), starting at 0 (the
+        scores do not change until they are trained): how a model pre-trained without them is fine-tuned with them.
+        """
+        if self.repeat_bias is not None:
+            raise ValueError("the model already has repeat offsets")
+        self.config.repeat_bias = True
+        self.repeat_bias = MISSRecRepeatBias(self.config).to(self.position_embeddings.weight.device, self.dtype)
+
     @writes_catalogue_state
     def add_modality(self, modality: str, feature_dim: int) -> None:
         """Make the model read one more modality: add a freshly initialised adaptor for it.

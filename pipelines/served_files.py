@@ -48,6 +48,8 @@ INTEREST_KEYS = (
     "kmeans_tol",
     "interest_seed",
 )
+# How the adapted model scores (fine-tuning may set them on top of its base: `config_overrides`), likewise carried.
+SCORING_KEYS = ("score_temperature", "repeat_bias")
 # Config keys an adapter's base must share with the base it was trained on (id_mode is handled on its own).
 SIGNATURE_KEYS = (
     "model_type",
@@ -233,11 +235,12 @@ def save_catalogue(
         The path of the written file.
     """
     tensors: dict[str, torch.Tensor] = {}
-    interests = None
+    interests = scoring = None
     if isinstance(catalogue, nn.Module):
         inner = _unwrap(catalogue)
         base = catalogue if base is None else base
         interests = {key: getattr(inner.config, key) for key in INTEREST_KEYS}
+        scoring = {key: getattr(inner.config, key) for key in SCORING_KEYS}
         for m in inner.modality_names:
             tensors[f"{m}_features"] = getattr(inner, f"{m}_features")[1:]
             tensors[f"{m}_present"] = getattr(inner, f"{m}_present")[1:]
@@ -269,6 +272,7 @@ def save_catalogue(
         metadata["base_fingerprint"] = base_fingerprint(base)
     if interests is not None:
         metadata["interest_settings"] = json.dumps(interests, sort_keys=True)
+        metadata["scoring_settings"] = json.dumps(scoring, sort_keys=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     path = Path(folder) / CATALOGUE_FILE
     _write_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
@@ -281,8 +285,9 @@ def load_catalogue(path_or_repo: str | os.PathLike, **hub_kwargs) -> tuple[dict[
     Returns:
         `(tables, metadata)`: tables as keyword arguments of `MISSRecModel.set_catalogue` (`text_features` `[N, dt]`,
         `text_present` `[N]`, ...); metadata with `num_items` and, when saved, `base_signature` (a dict),
-        `base_fingerprint`, `interest_settings` (the adapted model's interest-discovery config values) and
-        `interest_tables` (its interests: `interest_centroids` `[K + 1, d]`, `text_interest_ids` `[N]`, ...).
+        `base_fingerprint`, `interest_settings` (the adapted model's interest-discovery config values),
+        `scoring_settings` (its `SCORING_KEYS` values) and `interest_tables` (its interests: `interest_centroids`
+        `[K + 1, d]`, `text_interest_ids` `[N]`, ...).
     """
     path = _resolve(path_or_repo, CATALOGUE_FILE, **hub_kwargs)
     if path is None:
@@ -292,7 +297,7 @@ def load_catalogue(path_or_repo: str | os.PathLike, **hub_kwargs) -> tuple[dict[
         tables = {key: f.get_tensor(key) for key in f.keys()}
     if metadata.get("format") != CATALOGUE_FORMAT:
         raise ValueError(f"{path} is not a MISSRec catalogue (format {metadata.get('format')!r})")
-    for key in ("base_signature", "interest_settings"):
+    for key in ("base_signature", "interest_settings", "scoring_settings"):
         if key in metadata:
             metadata[key] = json.loads(metadata[key])
     tables = {k: v.bool() if k.endswith("_present") else v for k, v in tables.items()}
@@ -317,8 +322,9 @@ def load_missrec_adapter(
     2. when the adapter carries `catalogue.safetensors`, the base must match the base the adapter was trained on
        (same config signature; same Transformer weights unless `check_base_weights=False`), else `ValueError`;
        a modality the adapter was fine-tuned with and the base lacks (text-only pre-training, text + image
-       fine-tuning) is added to the base first, its adaptor coming from the adapter; then the adapter's
-       catalogue replaces the base's;
+       fine-tuning) is added to the base first, its adaptor coming from the adapter, and so are repeat offsets
+       the adapter was fine-tuned with; then the adapter's catalogue and its interest and scoring settings
+       replace the base's;
     3. the adapter is loaded with `PeftModel.from_pretrained`; the interests saved with the catalogue are put back
        (bit-exact, whatever the machine), or, for a catalogue without them, rediscovered from the adapted weights
        with the adapted model's interest settings.
@@ -344,6 +350,10 @@ def load_missrec_adapter(
         _check_adapter_base(base, metadata, adapter, check_base_weights)
         base.set_catalogue(**tables)
         base.config.update(metadata.get("interest_settings", {}))
+        scoring = dict(metadata.get("scoring_settings", {}))
+        if scoring.pop("repeat_bias", False) and getattr(base, "repeat_bias", None) is None:
+            base.add_repeat_bias()  # before PEFT loads: the adapter carries the trained offsets
+        base.config.update(scoring)
         if (
             metadata.get("base_signature", {}).get("id_mode") == "transductive"
             and base.config.id_mode != "transductive"
