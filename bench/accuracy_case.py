@@ -2,14 +2,15 @@
 code and SASRec, per seed, with the mean and its standard error.
 
 - `accuracy`: Scientific from scratch in both id modes with `configuration/recipes/scientific.yaml` (the tuned
-  defaults: preset `missrec-tuned`), SASRec beside every transductive seed.
+  defaults: preset `missrec-tuned`), one SASRec per seed (trained beside the first transductive run of that seed,
+  in any case, and read from that run's record).
 - `ablation`: Scientific, one row per lever of `LEVERS`, cumulative: the paper's settings
   (`scientific-paper.yaml`), then each lever added to the row above; the last row's settings are the tuned
   defaults (`tests/test_tuning.py` checks the chain ends exactly at `scientific.yaml`), so its runs are the
   `accuracy` case's. Validation (best epoch) and test NDCG@10 per seed; differences paired over seeds.
 - `text-domains`: each real text domain of `../shared/data/text-domains/` (none was used to choose the settings)
   in both id modes, `text-domain.yaml` (the tuned defaults, MiniLM text) under `TEXT_BUDGET` (the same caps for
-  MISSRec and SASRec: the CPU bound), SASRec beside every transductive seed.
+  MISSRec and SASRec: the CPU bound), one SASRec per domain and seed likewise.
 
 Every run is one `train.main` into `bench/results/runs/accuracy/<domain>/<mode>/<variant>/seed<N>/`; its numbers go
 to `bench_run.json` there, and a run whose file exists is not trained again (a killed case resumes).
@@ -90,8 +91,8 @@ def text_domain_runs(domains: list[str]) -> list[tuple[str, str, str, list[str]]
 
 
 def run_once(train, domain: str, mode: str, variant: str, words: list[str], seed: int) -> dict | None:
-    """One seed of one run (SASRec beside the tuned defaults' transductive run), or its record when it ran before; with
-    `train` None, only the record (None when the run has not been made)."""
+    """One seed of one run (with SASRec when no record of the domain and seed has it), or its record when it ran
+    before; with `train` None, only the record (None when the run has not been made)."""
     folder = RUNS / domain / mode / variant / f"seed{seed}"
     record_file = folder / "bench_run.json"
     if record_file.is_file():
