@@ -56,6 +56,26 @@ def random_histories(batch: int, length: int, num_items: int, seed: int = 0) -> 
     return items * (torch.arange(length) < lengths[:, None]), lengths
 
 
+def fine_tune_lora_adapter(base: MISSRecModel, folder, num_items: int, lr: float) -> torch.nn.Module:
+    """`base` fine-tuned for three Adam steps (learning rate `lr`) through a rank-4 LoRA adapter on random
+    histories of items `1..num_items`, the adapter saved with its catalogue into `folder`; the `PeftModel`, in eval
+    mode."""
+    from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
+    from modeling_missrec.pipelines.served_files import save_catalogue
+
+    adapted = apply_finetuning_strategy(base, "lora", lora_rank=4).train()
+    optimizer = torch.optim.Adam([p for p in adapted.parameters() if p.requires_grad], lr=lr)
+    for step in range(3):
+        items, lengths = random_histories(16, 8, num_items, seed=step)
+        rec(adapted)(item_seq=items, lengths=lengths, labels=torch.arange(1, 17)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    adapted.eval()
+    adapted.save_pretrained(folder)
+    save_catalogue(folder, adapted)
+    return adapted
+
+
 def official_transformer(model: MISSRecModel) -> torch.nn.Transformer:
     """torch's `nn.Transformer` as the official model builds it, holding `model`'s weights."""
     cfg = model.config

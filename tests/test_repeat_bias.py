@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_histories, rec, tiny_config, tiny_model
+from conftest import fine_tune_lora_adapter, random_histories, rec, tiny_config, tiny_model
 from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
-from modeling_missrec.pipelines.served_files import load_missrec_adapter, save_catalogue
+from modeling_missrec.pipelines.served_files import load_missrec_adapter
 
 from modeling_missrec import MISSRecConfig, MISSRecModel
 from modeling_missrec.layers_missrec import MISSRecRepeatBias
@@ -94,16 +94,7 @@ def test_every_finetuning_strategy_trains_the_offsets(strategy):
 def test_an_adapter_fine_tuned_with_offsets_brings_them_to_a_base_without(tmp_path):
     tiny_model(NUM_ITEMS).save_pretrained(tmp_path / "base")
     base = MISSRecModel.from_pretrained(tmp_path / "base", repeat_bias=True, score_temperature=0.2)  # the overrides
-    adapted = apply_finetuning_strategy(base, "lora", lora_rank=4).train()
-    optimizer = torch.optim.Adam([p for p in adapted.parameters() if p.requires_grad], lr=5e-2)
-    for step in range(3):
-        items, lengths = random_histories(16, 8, NUM_ITEMS, seed=step)
-        rec(adapted)(item_seq=items, lengths=lengths, labels=torch.arange(1, 17)).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    adapted.eval()
-    adapted.save_pretrained(tmp_path / "adapter")
-    save_catalogue(tmp_path / "adapter", adapted)
+    adapted = fine_tune_lora_adapter(base, tmp_path / "adapter", NUM_ITEMS, 5e-2)
     loaded = load_missrec_adapter(str(tmp_path / "base"), tmp_path / "adapter")
     inner = loaded.get_base_model()
     assert inner.config.repeat_bias and inner.config.score_temperature == 0.2

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_histories, rec, tiny_model
-from modeling_missrec.pipelines.finetuning import apply_finetuning_strategy
+from conftest import fine_tune_lora_adapter, random_histories, rec, tiny_model
 from modeling_missrec.pipelines.recipe import load_recipe
-from modeling_missrec.pipelines.served_files import load_missrec_adapter, save_catalogue
+from modeling_missrec.pipelines.served_files import load_missrec_adapter
 
 from modeling_missrec import MISSRecModel
 from modeling_missrec import modeling_missrec as modeling_missrec
@@ -88,17 +87,9 @@ def test_interests_off_is_saved_and_honoured_by_adapters_and_serving(tmp_path):
 
     base = tiny_model(NUM_ITEMS, id_mode="transductive", interest_method="none")
     base.save_pretrained(tmp_path / "base")
-    adapted = apply_finetuning_strategy(MISSRecModel.from_pretrained(tmp_path / "base"), "lora", lora_rank=4)
-    adapted.train()
-    optimizer = torch.optim.Adam([p for p in adapted.parameters() if p.requires_grad], lr=1e-2)
-    for step in range(3):
-        items, lengths = random_histories(16, 8, NUM_ITEMS, seed=step)
-        rec(adapted)(item_seq=items, lengths=lengths, labels=torch.arange(1, 17)).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    adapted.eval()
-    adapted.save_pretrained(tmp_path / "adapter")
-    save_catalogue(tmp_path / "adapter", adapted)
+    adapted = fine_tune_lora_adapter(
+        MISSRecModel.from_pretrained(tmp_path / "base"), tmp_path / "adapter", NUM_ITEMS, 1e-2
+    )
     loaded = load_missrec_adapter(str(tmp_path / "base"), tmp_path / "adapter")
     inner = loaded.get_base_model()
     assert inner.config.interest_method == "none" and inner.config.num_interests == 0
