@@ -1018,15 +1018,14 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
             raise ValueError(f"top_k={top_k!r} must be an integer in [1, {num_candidates}] (the candidates)")
         index, tables = serving_state(base)
         item_seq = item_seq.to(base.device)
-        seq = base.embed_sequences(
-            item_seq, None if lengths is None else lengths.to(base.device), check_inputs=check_inputs, **tables
-        )
+        lengths = None if lengths is None else lengths.to(base.device)
+        seq = base.embed_sequences(item_seq, lengths, check_inputs=check_inputs, **tables)
         excluded = offsets = None
         if exclude_history:
             rows, cols = (item_seq != 0).nonzero(as_tuple=True)
             excluded = (rows, item_seq[rows, cols] - 1)
         elif base.repeat_bias is not None:  # (excluded items need no offset)
-            rows, ids, values = base.repeat_bias(item_seq, None if lengths is None else lengths.to(base.device))
+            rows, ids, values = base.repeat_bias(item_seq, lengths)
             offsets = (rows, ids - 1, values)
         parts = []
         if candidates is None or len(candidates):
