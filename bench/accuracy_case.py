@@ -13,7 +13,8 @@ code and SASRec, per seed, with the mean and its standard error.
   MISSRec and SASRec: the CPU bound), one SASRec per domain and seed likewise.
 
 Every run is one `train.main` into `bench/results/runs/accuracy/<domain>/<mode>/<variant>/seed<N>/`; its numbers go
-to `bench_run.json` there, and a run whose file exists is not trained again (a killed case resumes).
+to `bench_run.json` there, and a run whose file exists is not trained again (a killed case resumes). Those
+records are committed (`.gitignore` keeps only the models out), so the tables add up runs across machines.
 """
 
 from __future__ import annotations
