@@ -83,6 +83,7 @@ from modeling_missrec import (
 from modeling_missrec.presets import available_presets, check_config_overrides, load_preset
 
 PRETRAINING_INTEREST_RATIO, FINETUNING_INTEREST_RATIO = 0.02, 0.5  # the paper's
+ID_MODES = ("transductive", "inductive")  # what `id_mode: auto` trains, in this order
 
 
 def parse_args(argv: list[str] | None = None) -> TrainingRecipe:
@@ -201,6 +202,49 @@ def missrec_to_train(
     per modality) and prepared by the recipe's fine-tuning strategy (used by `train.py` and `tune.py`)."""
     set_seed(args.seed)
     return training_head(args, apply_finetuning_strategy(build_missrec(args, features), args.strategy))
+
+
+def id_modes_to_try(args: TrainingRecipe) -> tuple[str, ...]:
+    """The id modes a run trains MISSRec in: the recipe's, or for `id_mode: auto` both (transductive first), except
+    that a transductive pre-trained model only fine-tunes transductively."""
+    if args.id_mode != "auto":
+        return (args.id_mode,)
+    if args.pretrained is not None and MISSRecConfig.from_pretrained(args.pretrained).id_mode == "transductive":
+        return ("transductive",)
+    return ID_MODES
+
+
+def fit_missrec(
+    logger: Accelerator,
+    args: TrainingRecipe,
+    domain: MultiModalDomain,
+    features: dict[str, torch.Tensor],
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> tuple[torch.nn.Module, TrainingRecipe, dict[str, list[dict]]]:
+    """Train MISSRec (`missrec_to_train`, then `fit` on `domain`'s train and validation splits) in each id mode of
+    `id_modes_to_try(args)` and keep the one of the best validation NDCG@10 (a tie keeps the first). Each mode's
+    model is seeded, batched and trained exactly as a run with that `id_mode` alone, so `id_mode: auto` selects
+    between those two runs on validation only. `features` are the catalogue's (`[N, d]` per modality).
+
+    Returns:
+        The kept (prepared) model, the recipe of its id mode, and the per-epoch history of each mode trained.
+    """
+    modes = id_modes_to_try(args)
+    best, histories = None, {}
+    for mode in modes:
+        mode_args = dataclasses.replace(args, id_mode=mode)
+        name = "MISSRec" if len(modes) == 1 else f"MISSRec-{mode}"  # each mode checkpoints on its own
+        model = missrec_to_train(mode_args, features)
+        length = model.config.max_seq_length
+        valid = SequenceCollator(domain.sequences["validation"], length)
+        collator = training_collator(mode_args, domain, length)
+        model, _, histories[mode] = fit(logger, name, model, collator, valid, mode_args, on_epoch_end)
+        score = max(row["ndcg@10"] for row in histories[mode])
+        if best is None or score > best[0]:
+            best = (score, model, mode_args)
+    if len(modes) > 1:
+        logger.print(f"id_mode auto: {best[2].id_mode} (best validation NDCG@10 {best[0]:.4f})")
+    return best[1], best[2], histories
 
 
 def training_collator(args: TrainingRecipe, domain: MultiModalDomain, max_seq_length: int) -> SequenceCollator:
@@ -429,14 +473,16 @@ def train_and_evaluate(
         The results written to `metrics.json`, and the test metrics (official protocol) of each model by name.
     """
     features = catalogue_features(domain.items)
-    model = missrec_to_train(args, features)
-    max_seq_length = model.config.max_seq_length
-    train = training_collator(args, domain, max_seq_length)
-    loaders = {split: SequenceCollator(domain.sequences[split], max_seq_length) for split in ("validation", "test")}
     results = {"recipe": dataclasses.asdict(args), "domain": domain.name, "num_processes": accelerator.num_processes}
     results["build"] = domain.build
+    model, args, histories = fit_missrec(accelerator, args, domain, features)
+    results["id_mode"], results["epochs"] = args.id_mode, histories[args.id_mode]
+    if len(histories) > 1:
+        results["id_mode_epochs"] = histories
+    max_seq_length = missrec_of(accelerator.unwrap_model(model)).config.max_seq_length
+    train = training_collator(args, domain, max_seq_length)
+    loaders = {split: SequenceCollator(domain.sequences[split], max_seq_length) for split in ("validation", "test")}
     label = "MISSRec" if args.pretrained is None else f"MISSRec (pre-trained, {args.strategy})"
-    model, _, results["epochs"] = fit(accelerator, "MISSRec", model, train, loaders["validation"], args)
     scorers = {label: ("", ranking_model(accelerator, model))}
     if "scratch" in args.baselines:
         set_seed(args.seed)

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import yaml
 from accelerate import Accelerator
-from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features
+from modeling_missrec.pipelines.collator import catalogue_features
 from modeling_missrec.pipelines.loading import MultiModalDomain
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
 
-from train import fit, load_training_data, missrec_to_train, training_collator
+from train import fit_missrec, load_training_data
 
 try:
     import optuna
@@ -82,12 +82,9 @@ def suggest(trial: optuna.Trial, space: dict) -> dict:
 
 def best_validation_ndcg(args: TrainingRecipe, domain: MultiModalDomain, on_epoch_end=None) -> tuple[float, list[dict]]:
     """Train MISSRec on `domain` (train and validation splits only) under `args`; the best validation NDCG@10 of
-    its epochs and the per-epoch history."""
-    features = catalogue_features(domain.items)
-    model = missrec_to_train(args, features)
-    train = training_collator(args, domain, model.config.max_seq_length)
-    valid = SequenceCollator(domain.sequences["validation"], model.config.max_seq_length)
-    _, _, history = fit(Accelerator(), "MISSRec", model, train, valid, args, on_epoch_end=on_epoch_end)
+    its epochs and the per-epoch history (with `id_mode: auto`, of the id mode kept)."""
+    _, chosen, histories = fit_missrec(Accelerator(), args, domain, catalogue_features(domain.items), on_epoch_end)
+    history = histories[chosen.id_mode]
     return max(row["ndcg@10"] for row in history), history
 
 

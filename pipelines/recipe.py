@@ -59,7 +59,10 @@ class TrainingRecipe:
             data and cannot be overridden. SASRec is not affected.
         strategy: what trains: `"full"`, `"frozen"` (the paper's fine-tuning) or `"lora"` (a PEFT adapter, saved
             as the output); `frozen` and `lora` need `pretrained`.
-        id_mode: `"inductive"` or `"transductive"` (a pre-trained inductive model gets a new item-id embedding).
+        id_mode: `"inductive"`, `"transductive"` (a pre-trained inductive model gets a new item-id embedding), or
+            `"auto"`: train both (twice the cost) and keep the one of the best validation NDCG@10; ids help where
+            items have many interactions and say little in their text, and hurt on a sparse catalogue, which
+            only validation tells apart on a new domain.
         interest_ratio: K = ceil(interest_ratio * 2N) interests; `None`: the paper's 0.02 for pre-training and
             0.5 for fine-tuning.
         item_drop_ratio, word_drop_ratio: pre-training augmentations (word drop needs `alt_text_features`).
@@ -173,8 +176,8 @@ class TrainingRecipe:
             )
         if not isinstance(self.checkpoints_total_limit, int) or self.checkpoints_total_limit < 1:
             raise ValueError(f"checkpoints_total_limit={self.checkpoints_total_limit!r} must be an integer >= 1")
-        if self.id_mode not in ("inductive", "transductive"):
-            raise ValueError(f"id_mode={self.id_mode!r} is not one of ['inductive', 'transductive']")
+        if self.id_mode not in ("inductive", "transductive", "auto"):
+            raise ValueError(f"id_mode={self.id_mode!r} is not one of ['inductive', 'transductive', 'auto']")
         if self.early_stopping_patience is not None and (
             not isinstance(self.early_stopping_patience, int) or self.early_stopping_patience < 1
         ):

@@ -76,3 +76,28 @@ def test_accuracy_table_shows_both_models_with_the_history_excluded(case):
     del runs[1]["sasrec"]["test_exclude_history"]  # a record from before the column: left out of the mean
     yelp = next(line for line in case.accuracy_markdown({"runs": runs}).splitlines() if line.startswith("| Yelp"))
     assert yelp.endswith("| 0.0420 / 0.0300 |")
+
+
+def test_auto_rows_take_the_mode_of_the_better_validation_per_seed(case):
+    runs = [
+        record("Yelp", "transductive", "tuned", 0, valid=0.010, test=0.015, sasrec=0.020),
+        record("Yelp", "inductive", "tuned", 0, valid=0.020, test=0.022),
+        record("Yelp", "transductive", "tuned", 1, valid=0.030, test=0.030, sasrec=0.020),
+        record("Yelp", "inductive", "tuned", 1, valid=0.030, test=0.010),  # a tie keeps transductive
+        record("Yelp", "transductive", "tuned", 2, valid=0.030, test=0.030, sasrec=0.020),  # no inductive run
+    ]
+    auto = case.id_mode_auto_runs(runs)
+    assert [(r["seed"], r["chosen_mode"], r["missrec"]["test"]["ndcg@10"]) for r in auto] == [
+        (0, "inductive", 0.022),
+        (1, "transductive", 0.030),
+    ]
+    assert all("sasrec" not in r for r in auto)
+    rows = [line for line in case.accuracy_markdown({"runs": runs}).splitlines() if line.startswith("| Yelp")]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "transductive",
+        "inductive",
+        "auto: transductive 1/2, inductive 1/2",
+    ]
+    gains = [0.022 / 0.020 - 1, 0.030 / 0.020 - 1]  # each seed's chosen run against that seed's SASRec
+    mean, error = case.mean_and_error(gains)
+    assert "| 0.0260 ± 0.0040 |" in rows[2] and f"{100 * mean:+.1f}% ± {100 * error:.1f}%" in rows[2]

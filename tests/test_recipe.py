@@ -112,6 +112,8 @@ def test_stage_and_checkpoint_keys_are_validated():
         load_recipe(None, ["--stage", "train"])
     with pytest.raises(ValueError, match="stage='pretrain' trains every parameter without item ids"):
         load_recipe(None, ["--stage", "pretrain", "--id_mode", "transductive"])
+    with pytest.raises(ValueError, match="stage='pretrain' trains every parameter without item ids"):
+        load_recipe(None, ["--stage", "pretrain", "--id_mode", "auto"])
     with pytest.raises(ValueError, match="checkpointing_steps=0 must be"):
         load_recipe(None, ["--checkpointing_steps", "0"])
     with pytest.raises(ValueError, match="baseline 'scratch' compares a pre-trained model"):
@@ -180,6 +182,34 @@ def test_the_saved_model_is_the_one_validated(train, tmp_path, fresh_accelerate_
     domain = train.load_training_data(train.parse_args(tiny))
     valid = SequenceCollator(domain.sequences["validation"], model.config.max_seq_length)
     assert evaluate_ranking(model, valid)["official"]["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-6)
+
+
+def test_id_mode_auto_keeps_the_mode_of_the_best_validation_as_trained_alone(train, tmp_path, fresh_accelerate_state):
+    """`id_mode: auto` trains both modes exactly as a run of each alone (same epochs, same test metrics) and keeps
+    and saves the one of the better validation NDCG@10; a transductive pre-trained model leaves only its mode."""
+    from modeling_missrec import MISSRecConfig
+
+    tiny = ["--num_users", "80", "--num_items", "50", "--baselines", "[]", "--epochs", "2"]
+    alone = {
+        mode: train.main([*tiny, "--id_mode", mode, "--output_dir", str(tmp_path / mode)])
+        for mode in ("transductive", "inductive")
+    }
+    auto = train.main([*tiny, "--id_mode", "auto", "--output_dir", str(tmp_path / "auto")])
+    metrics = ("loss", "ndcg@10", "hr@10")
+    for mode, run in alone.items():
+        assert [e[k] for e in auto["id_mode_epochs"][mode] for k in metrics] == pytest.approx(
+            [e[k] for e in run["epochs"] for k in metrics], abs=1e-6
+        )
+    best = {mode: max(e["ndcg@10"] for e in run["epochs"]) for mode, run in alone.items()}
+    assert best["transductive"] != best["inductive"]  # else the choice below would test nothing
+    chosen = max(best, key=best.get)
+    assert auto["id_mode"] == chosen and auto["recipe"]["id_mode"] == "auto"
+    assert auto["test"] == pytest.approx(alone[chosen]["test"], abs=1e-6)
+    assert MISSRecConfig.from_pretrained(tmp_path / "auto").id_mode == chosen
+
+    pretrained = train.parse_args(["--id_mode", "auto", "--pretrained", str(tmp_path / "transductive")])
+    assert train.id_modes_to_try(pretrained) == ("transductive",)
+    assert train.id_modes_to_try(train.parse_args(["--id_mode", "auto"])) == ("transductive", "inductive")
 
 
 def test_optimisation_keys_are_validated():
