@@ -158,6 +158,17 @@ def load_training_data(args: TrainingRecipe) -> MultiModalDomain:
     return domain
 
 
+def pretrained_config(args: TrainingRecipe) -> MISSRecConfig:
+    """The config of the recipe's `pretrained` model (a folder or a Hub id), or an error that says what to do."""
+    try:
+        return MISSRecConfig.from_pretrained(args.pretrained)
+    except OSError as error:
+        raise OSError(
+            f"pretrained={args.pretrained!r} is neither a MISSRec folder here nor a reachable Hub model "
+            f"(for the demo, run the pre-training recipe first: configuration/recipes/demo-pretrain.yaml): {error}"
+        ) from error
+
+
 def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_scratch: bool = False) -> MISSRecModel:
     """MISSRec from the recipe's preset (or, unless `from_scratch`, its pre-trained folder) on the catalogue, with
     the recipe's `config_overrides` set on its config.
@@ -174,16 +185,9 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
         config = load_preset(args.preset, id_mode=args.id_mode, modalities=modalities, **dims, **overrides)
         model = MISSRecModel(config)
     else:
-        try:
-            config = MISSRecConfig.from_pretrained(args.pretrained)
-            # Rebuilt rather than set attribute by attribute, so that the overrides meet the config's checks.
-            config = MISSRecConfig(**{**config.to_dict(), **overrides})
-            model = MISSRecModel.from_pretrained(args.pretrained, config=config)
-        except OSError as error:
-            raise OSError(
-                f"pretrained={args.pretrained!r} is neither a MISSRec folder here nor a reachable Hub model "
-                f"(for the demo, run the pre-training recipe first: configuration/recipes/demo-pretrain.yaml): {error}"
-            ) from error
+        # Rebuilt rather than set attribute by attribute, so that the overrides meet the config's checks.
+        config = MISSRecConfig(**{**pretrained_config(args).to_dict(), **overrides})
+        model = MISSRecModel.from_pretrained(args.pretrained, config=config)
         features = match_catalogue_modalities(model, features)
         if model.config.id_mode == "transductive" and args.id_mode == "inductive":
             raise ValueError(f"pre-trained model {args.pretrained} is transductive; it cannot fine-tune inductively")
@@ -196,20 +200,22 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
 
 
 def missrec_to_train(
-    args: TrainingRecipe, features: dict[str, torch.Tensor]
+    args: TrainingRecipe, features: dict[str, torch.Tensor], from_scratch: bool = False
 ) -> MISSRecForPreTraining | MISSRecForSequentialRecommendation:
     """The MISSRec that `args` trains, in its stage's head: seeded, built on the catalogue `features` (`[N, d]`
-    per modality) and prepared by the recipe's fine-tuning strategy (used by `train.py` and `tune.py`)."""
+    per modality) and prepared by the recipe's fine-tuning strategy; with `from_scratch`, from the preset, every
+    parameter trained (the `scratch` baseline). Used by `train.py` and `tune.py`."""
     set_seed(args.seed)
-    return training_head(args, apply_finetuning_strategy(build_missrec(args, features), args.strategy))
+    strategy = "full" if from_scratch else args.strategy
+    return training_head(args, apply_finetuning_strategy(build_missrec(args, features, from_scratch), strategy))
 
 
-def id_modes_to_try(args: TrainingRecipe) -> tuple[str, ...]:
+def id_modes_to_try(args: TrainingRecipe, from_scratch: bool = False) -> tuple[str, ...]:
     """The id modes a run trains MISSRec in: the recipe's, or for `id_mode: auto` both (transductive first), except
     that a transductive pre-trained model only fine-tunes transductively."""
     if args.id_mode != "auto":
         return (args.id_mode,)
-    if args.pretrained is not None and MISSRecConfig.from_pretrained(args.pretrained).id_mode == "transductive":
+    if args.pretrained is not None and not from_scratch and pretrained_config(args).id_mode == "transductive":
         return ("transductive",)
     return ID_MODES
 
@@ -220,31 +226,37 @@ def fit_missrec(
     domain: MultiModalDomain,
     features: dict[str, torch.Tensor],
     on_epoch_end: Callable[[dict], None] | None = None,
+    from_scratch: bool = False,
 ) -> tuple[torch.nn.Module, TrainingRecipe, dict[str, list[dict]]]:
     """Train MISSRec (`missrec_to_train`, then `fit` on `domain`'s train and validation splits) in each id mode of
     `id_modes_to_try(args)` and keep the one of the best validation NDCG@10 (a tie keeps the first). Each mode's
     model is seeded, batched and trained exactly as a run with that `id_mode` alone, so `id_mode: auto` selects
-    between those two runs on validation only. `features` are the catalogue's (`[N, d]` per modality).
+    between those two runs on validation only. `features` are the catalogue's (`[N, d]` per modality);
+    `from_scratch` trains the `scratch` baseline (named "MISSRec-scratch") under the same selection.
 
     Returns:
         The kept (prepared) model, the recipe of its id mode, and the per-epoch history of each mode trained.
     """
-    modes = id_modes_to_try(args)
-    best, histories = None, {}
+    modes = id_modes_to_try(args, from_scratch)
+    if args.id_mode == "auto" and len(modes) == 1:
+        logger.print(f"id_mode auto: {args.pretrained} is transductive, so only transductive is trained")
+    kept, histories = None, {}
     for mode in modes:
         mode_args = dataclasses.replace(args, id_mode=mode)
-        name = "MISSRec" if len(modes) == 1 else f"MISSRec-{mode}"  # each mode checkpoints on its own
-        model = missrec_to_train(mode_args, features)
+        name = "MISSRec-scratch" if from_scratch else "MISSRec"
+        name = name if len(modes) == 1 else f"{name}-{mode}"  # each mode checkpoints on its own
+        model = missrec_to_train(mode_args, features, from_scratch)
         length = model.config.max_seq_length
         valid = SequenceCollator(domain.sequences["validation"], length)
         collator = training_collator(mode_args, domain, length)
         model, _, histories[mode] = fit(logger, name, model, collator, valid, mode_args, on_epoch_end)
         score = max(row["ndcg@10"] for row in histories[mode])
-        if best is None or score > best[0]:
-            best = (score, model, mode_args)
+        if kept is None or score > kept[0]:
+            kept = (score, model, mode_args)
+    best_score, model, chosen = kept
     if len(modes) > 1:
-        logger.print(f"id_mode auto: {best[2].id_mode} (best validation NDCG@10 {best[0]:.4f})")
-    return best[1], best[2], histories
+        logger.print(f"id_mode auto: {chosen.id_mode} (best validation NDCG@10 {best_score:.4f})")
+    return model, chosen, histories
 
 
 def training_collator(args: TrainingRecipe, domain: MultiModalDomain, max_seq_length: int) -> SequenceCollator:
@@ -475,21 +487,18 @@ def train_and_evaluate(
     features = catalogue_features(domain.items)
     results = {"recipe": dataclasses.asdict(args), "domain": domain.name, "num_processes": accelerator.num_processes}
     results["build"] = domain.build
-    model, args, histories = fit_missrec(accelerator, args, domain, features)
-    results["id_mode"], results["epochs"] = args.id_mode, histories[args.id_mode]
+    model, chosen, histories = fit_missrec(accelerator, args, domain, features)
+    results["id_mode"], results["epochs"] = chosen.id_mode, histories[chosen.id_mode]
     if len(histories) > 1:
         results["id_mode_epochs"] = histories
     max_seq_length = missrec_of(accelerator.unwrap_model(model)).config.max_seq_length
-    train = training_collator(args, domain, max_seq_length)
+    train = training_collator(chosen, domain, max_seq_length)
     loaders = {split: SequenceCollator(domain.sequences[split], max_seq_length) for split in ("validation", "test")}
     label = "MISSRec" if args.pretrained is None else f"MISSRec (pre-trained, {args.strategy})"
     scorers = {label: ("", ranking_model(accelerator, model))}
     if "scratch" in args.baselines:
-        set_seed(args.seed)
-        scratch = training_head(args, build_missrec(args, features, from_scratch=True))
-        scratch, _, results["scratch_epochs"] = fit(
-            accelerator, "MISSRec-scratch", scratch, train, loaders["validation"], args
-        )
+        scratch, scratch_args, histories = fit_missrec(accelerator, args, domain, features, from_scratch=True)
+        results["scratch_id_mode"], results["scratch_epochs"] = scratch_args.id_mode, histories[scratch_args.id_mode]
         scorers["MISSRec from scratch"] = ("scratch_", ranking_model(accelerator, scratch))
     if "sasrec" in args.baselines:
         set_seed(args.seed)

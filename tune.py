@@ -8,8 +8,9 @@
 Each trial trains MISSRec as `train.py` does (same model builder, same `fit`) with the recipe changed by the
 trial's settings, and scores the best validation NDCG@10 of its epochs (the mean over `--seeds`). The test
 sequences are dropped from the domain before anything trains, so no trial, pruner or sampler can see them: read
-the test split once, with `train.py`, for the settings chosen here. With one seed, trials whose validation curve
-falls below the median of earlier trials at the same epoch are pruned (Optuna's `MedianPruner`).
+the test split once, with `train.py`, for the settings chosen here. With one seed (and one id mode: not `auto`),
+trials whose validation curve falls below the median of earlier trials at the same epoch are pruned (Optuna's
+`MedianPruner`).
 
 The search space is a YAML mapping of recipe keys (a `config_overrides.<attribute>` key sets one MISSRec config
 attribute) to a distribution: `{float: [low, high], log: true}`, `{int: [low, high]}` or
@@ -35,7 +36,7 @@ from modeling_missrec.pipelines.collator import catalogue_features
 from modeling_missrec.pipelines.loading import MultiModalDomain
 from modeling_missrec.pipelines.recipe import TrainingRecipe, default_recipe_path, load_recipe
 
-from train import fit_missrec, load_training_data
+from train import fit_missrec, id_modes_to_try, load_training_data
 
 try:
     import optuna
@@ -112,7 +113,9 @@ class TrialRunner:
         started, scores, epochs = time.perf_counter(), [], []
         for seed in self.seeds:
             args = apply_settings(self.args, {**settings, "seed": seed})
-            score, history = best_validation_ndcg(args, self.domain(args), on_epoch_end=on_epoch_end)
+            # Under `id_mode: auto` a run trains two validation curves; the pruner compares one per trial.
+            curve = on_epoch_end if len(id_modes_to_try(args)) == 1 else None
+            score, history = best_validation_ndcg(args, self.domain(args), on_epoch_end=curve)
             scores.append(score)
             epochs.append(max(history, key=lambda row: row["ndcg@10"])["epoch"])
         value = statistics.fmean(scores)

@@ -126,16 +126,21 @@ def test_tune_scores_fixed_and_sampled_trials_on_validation_without_reading_test
         return domain
 
     monkeypatch.setattr(tune, "load_training_data", guarded)
-    (tmp_path / "trials.yaml").write_text("- {}\n- {config_overrides.interest_method: none, learning_rate: 0.003}\n")
+    transductive = train.main([*TINY_RUN, "--id_mode", "transductive", "--output_dir", str(tmp_path / "ids")])
+    trials = "- {}\n- {config_overrides.interest_method: none, learning_rate: 0.003}\n- {id_mode: auto}\n"
+    (tmp_path / "trials.yaml").write_text(trials)
     (tmp_path / "space.yaml").write_text("learning_rate: {float: [0.0005, 0.005], log: true}\n")
     options = ["--trials", str(tmp_path / "trials.yaml"), "--space", str(tmp_path / "space.yaml"), "--n_trials", "2"]
     records = tune.main([*options, *TINY_RUN, "--output_dir", str(tmp_path / "tune")])
-    assert [r["trial"] for r in records] == ["fixed-0", "fixed-1", "optuna-0", "optuna-1"]
+    assert [r["trial"] for r in records] == ["fixed-0", "fixed-1", "fixed-2", "optuna-0", "optuna-1"]
     assert json.loads((tmp_path / "tune" / "trials.json").read_text()) == records
     # The unchanged recipe scores what train.py's run validated: the same training.
     assert records[0]["mean_valid_ndcg@10"] == pytest.approx(max(e["ndcg@10"] for e in trained["epochs"]), abs=1e-6)
     assert records[1]["mean_valid_ndcg@10"] != records[0]["mean_valid_ndcg@10"]
-    assert all(0.0005 <= r["settings"]["learning_rate"] <= 0.005 for r in records[2:])
+    # id_mode auto scores the better of the two modes' runs
+    both = [max(e["ndcg@10"] for e in run["epochs"]) for run in (trained, transductive)]
+    assert records[2]["mean_valid_ndcg@10"] == pytest.approx(max(both), abs=1e-6)
+    assert all(0.0005 <= r["settings"]["learning_rate"] <= 0.005 for r in records[3:])
     with pytest.raises(ValueError, match="unknown setting 'lr'"):
         tune.apply_settings(load_recipe(None, TINY_RUN), {"lr": 0.1})
 
