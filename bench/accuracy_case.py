@@ -26,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import mean_and_error, plus_minus, recipe_flags
+from common import mean_and_error, plus_minus, recipe_flags, train_run
+from modeling_missrec.pipelines.training.loop import ID_MODES  # the order auto trains and its tie rule follows
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -35,14 +36,13 @@ TEXT_DOMAINS = SHARED / "text-domains"
 TEXT_DOMAIN_NAMES = ("MovieLens100K", "LastFM", "Beauty", "Yelp", "Games")  # smallest catalogue first
 RECIPES = REPO / "configuration" / "recipes"
 RUNS = REPO / "bench" / "results" / "runs" / "accuracy"
-ID_MODES = ("transductive", "inductive")  # train.ID_MODES: the order auto's tie rule follows
 METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50")
 # The official code's five transductive runs and its inductive run at the true cut-offs (bench_train.py's
 # OFFICIAL_RUNS); the issue's target is 10% above their means.
 OFFICIAL_MEAN_NDCG10 = {"transductive": 0.0838, "inductive": 0.0802}
 TARGET_GAIN = 0.10
 # Cumulative levers from the paper's settings to the tuned defaults: (row label, recipe keys added to the row
-# above). Each was chosen on validation NDCG@10 (seed 0, `tune.py`); see the README's issue 21 section.
+# above). Each was chosen on validation NDCG@10 (seed 0, `tune.py`); see docs/results.md, "Tuned defaults".
 LEVERS = (
     ("paper settings (missrec-base)", {}),
     ("+ score temperature 0.07 → 0.15", {"config_overrides": {"score_temperature": 0.15}}),
@@ -92,14 +92,14 @@ def text_domain_runs(domains: list[str]) -> list[tuple[str, str, str, list[str]]
     return runs
 
 
-def run_once(train, domain: str, mode: str, variant: str, words: list[str], seed: int) -> dict | None:
+def run_once(domain: str, mode: str, variant: str, words: list[str], seed: int, recorded_only: bool) -> dict | None:
     """One seed of one run (with SASRec when no record of the domain and seed has it), or its record when it ran
-    before; with `train` None, only the record (None when the run has not been made)."""
+    before; with `recorded_only`, only the record (None when the run has not been made)."""
     folder = RUNS / domain / mode / variant / f"seed{seed}"
     record_file = folder / "bench_run.json"
     if record_file.is_file():
         return json.loads(record_file.read_text())
-    if train is None:
+    if recorded_only:
         return None
     # One SASRec per domain and seed (it reads ids only, whatever MISSRec's settings): beside the first
     # transductive run of that seed, kept in its record.
@@ -107,7 +107,7 @@ def run_once(train, domain: str, mode: str, variant: str, words: list[str], seed
     argv = [*words, "--seed", str(seed), "--baselines", baselines, "--output_dir", str(folder)]
     print(f"accuracy: {domain} {mode} {variant} seed {seed}", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    results = train.main([*argv, "--overwrite_output_dir=true"])
+    results = train_run([*argv, "--overwrite_output_dir=true"])
     record = {"domain": domain, "mode": mode, "variant": variant, "seed": seed, "argv": argv}
     record["wall_seconds"] = time.perf_counter() - started
     for name, prefix, history in (("missrec", "", "epochs"), ("sasrec", "sasrec_", "sasrec_epochs")):
@@ -141,17 +141,12 @@ def run_accuracy_case(
 ) -> dict:
     """Worker: every run of `case` and seed (resuming from recorded ones); with `recorded_only`, train nothing
     and report the runs recorded so far."""
-    sys.path.insert(0, str(REPO))
-    import train
-
-    train = None if recorded_only else train
-
     started = time.perf_counter()
     if case == "text-domains":
         plan = text_domain_runs(list(domains or TEXT_DOMAIN_NAMES))
     else:
         plan = [("Scientific", mode, variant, words) for mode, variant, words in scientific_runs(case)]
-    records = [r for run in plan for seed in seeds if (r := run_once(train, *run, seed)) is not None]
+    records = [r for run in plan for seed in seeds if (r := run_once(*run, seed, recorded_only)) is not None]
     # The runs that hold the SASRec of a domain and seed, when another case's plan trained it.
     for domain, seed in sorted({(r["domain"], r["seed"]) for r in records}):
         holder = recorded_sasrec(domain, seed)

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import best_time, machine_info, memory_status, reset_peak_memory
-from modeling_missrec.pipelines.collator import SequenceCollator, catalogue_features
-from modeling_missrec.pipelines.loading import domain_statistics, load_domain
+from modeling_missrec.configuration.presets import load_preset
+from modeling_missrec.pipelines.data.collator import SequenceCollator, catalogue_features
+from modeling_missrec.pipelines.data.loading import domain_statistics, load_domain
 
 from modeling_missrec import MISSRecModel
-from modeling_missrec.presets import load_preset
 
 REPO = Path(__file__).resolve().parents[1]
 SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific-mm"

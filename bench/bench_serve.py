@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import machine_info, memory_status
-from modeling_missrec.pipelines.collator import arrow_table, catalogue_features
-from modeling_missrec.pipelines.loading import load_domain
-from modeling_missrec.pipelines.recommendation import TASK
+from modeling_missrec.configuration.presets import load_preset
+from modeling_missrec.pipelines.data.collator import arrow_table, catalogue_features
+from modeling_missrec.pipelines.data.loading import load_domain
 from transformers import pipeline
 
 from modeling_missrec import MISSRecModel
-from modeling_missrec.presets import load_preset
+from modeling_missrec.pipeline_missrec import TASK
 from modeling_missrec.scoring_missrec import ItemIndex, serving_state
 
 REPO = Path(__file__).resolve().parents[1]

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from accuracy_case import TEXT_DOMAIN_NAMES, ablation_markdown, accuracy_markdown, run_accuracy_case
-from common import machine_info, memory_status
+from common import machine_info, memory_status, train_run
 from transfer_case import markdown as transfer_markdown
 from transfer_case import run_real_transfer
 
@@ -60,7 +60,8 @@ TABLE_METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50")  # the test metrics of 
 # (issue 5): test metrics of the best checkpoint of each run, per mode and seed. Its vendored RecBole reads every
 # cut-off one rank too deep (it keeps the top max(K) + 1 items and reports the cumulative metric at index K), so
 # what it prints as @10 / @50 is @11 / @51. The numbers here are at the true cut-offs: its saved checkpoints,
-# loaded into this repository's model (`pipelines/official_checkpoint.py`) and evaluated by `pipelines/evaluation.py`,
+# loaded into this repository's model (`pipelines/conversion/official_checkpoint.py`) and evaluated by
+# `pipelines/evaluation/full_ranking.py`,
 # which at K + 1 reproduces the printed transductive numbers exactly. (Inductive targets can tie with items of
 # identical features: RecBole breaks such ties by item index, our evaluation takes the expectation.) Seed 2020, the
 # official default, is the reference run of issue 5.
@@ -160,27 +161,26 @@ def reevaluate(result: dict) -> dict:
     models the run saved (`runs/<case>[-seed<N>]/`; the transfer case's LoRA adapter on its pre-trained base) and
     popularity. MISSRec from scratch and SASRec, which a run does not save, keep their metrics; so do timings,
     epochs and peaks."""
-    sys.path.insert(0, str(REPO))
-    from modeling_missrec.pipelines.collator import SequenceCollator
+    from modeling_missrec.configuration import parse_recipe_args
+    from modeling_missrec.pipelines.data import SequenceCollator
     from modeling_missrec.pipelines.evaluation import PopularityRecommender, evaluate_ranking
-    from modeling_missrec.pipelines.served_files import load_missrec_adapter
+    from modeling_missrec.pipelines.training import load_training_data, training_collator
 
-    import train
-    from modeling_missrec import MISSRecModel
+    from modeling_missrec import MISSRecModel, load_missrec_adapter
 
     case = result["case"]
     if case == "transfer":
-        args = train.parse_args(case_runs(case, None, [0])[-1])
+        args = parse_recipe_args(case_runs(case, None, [0])[-1])
         models = {"MISSRec (pre-trained, lora)": load_missrec_adapter(args.pretrained, args.output_dir)}
     else:
         seeds = [row["seed"] for row in result["seeds"]]
-        args = train.parse_args(case_runs(case, None, seeds)[0])
+        args = parse_recipe_args(case_runs(case, None, seeds)[0])
         folders = [seed_run_folder(case, i, seed) for i, seed in enumerate(seeds)]
         models = {seed: MISSRecModel.from_pretrained(folder).eval() for seed, folder in zip(seeds, folders)}
-    domain = train.load_training_data(args)
+    domain = load_training_data(args)
     max_seq_length = next(iter(models.values())).config.max_seq_length
     test = SequenceCollator(domain.sequences["test"], max_seq_length)
-    train_targets = train.training_collator(args, domain, max_seq_length).targets
+    train_targets = training_collator(args, domain, max_seq_length).targets
     scorers = models | {"Popularity": PopularityRecommender(train_targets, domain.num_items)}
     metrics = {}
     for name, scorer in scorers.items():
@@ -206,10 +206,7 @@ def _peak_gib() -> float:
 def run_case(
     case: str, epochs: int | None, seeds: list[int], text_domains: list[str] | None = None, recorded: bool = False
 ) -> dict:
-    """Worker: the case's `train.main` runs in this process; its rows and the process's peak memory."""
-    sys.path.insert(0, str(REPO))
-    import train
-
+    """Worker: the case's `train.py` runs in this process; its rows and the process's peak memory."""
     if case == "real-transfer":
         return run_real_transfer(seeds)
     if case in ACCURACY_CASES:
@@ -217,13 +214,13 @@ def run_case(
     started = time.perf_counter()
     runs = case_runs(case, epochs, seeds)
     if case == "transfer":  # pre-training then fine-tuning: one job, whose peak counts both
-        results = [train.main(argv) for argv in runs]
+        results = [train_run(argv) for argv in runs]
         out = {"case": case, "wall_seconds": time.perf_counter() - started, "peak_gib": _peak_gib()}
         return out | {"rows": summarise(results[-1]), "pretraining": summarise(results[0])}
     # The peak of the first seed's run (with the baselines) is the case's: further seeds only add their means.
-    results = [train.main(runs[0])]
+    results = [train_run(runs[0])]
     out = {"case": case, "peak_gib": _peak_gib()}
-    results += [train.main(argv) for argv in runs[1:]]
+    results += [train_run(argv) for argv in runs[1:]]
     out |= {"wall_seconds": time.perf_counter() - started, "peak_gib_all_seeds": _peak_gib()}
     rows = summarise(results[0])
     per_seed = [{"seed": seed, **summarise(result)[0]} for seed, result in zip(seeds, results)]

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from modeling_missrec.configuration import parse_recipe_args
+from modeling_missrec.pipelines.training import run_training
 
 
 def cpu_model() -> str:
@@ -94,3 +96,8 @@ def plus_minus(value: tuple[float, float] | None, signed: bool = False, percent:
     if percent:
         return f"{100 * mean:+.1f}% ± {100 * error:.1f}%"
     return f"{mean:+.4f} ± {error:.4f}" if signed else f"{mean:.4f} ± {error:.4f}"
+
+
+def train_run(argv: list[str]) -> dict:
+    """What `python train.py ARGV` runs, in this process: the run's results (the content of its `metrics.json`)."""
+    return run_training(parse_recipe_args(argv))

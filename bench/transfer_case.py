@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import mean_and_error, plus_minus, recipe_flags
+from common import mean_and_error, plus_minus, recipe_flags, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -68,14 +68,14 @@ def run_arguments(target: str, variant: str, mode: str, seed: int, pretrained: P
     return argv
 
 
-def ensure_inputs(train, pretrained: Path) -> dict:
+def ensure_inputs(pretrained: Path) -> dict:
     """Pre-train (unless `pretrained` holds a model) and write the re-encoded Scientific folder (unless there)."""
-    from modeling_missrec.pipelines.text_reencoding import reencode_text_features
+    from modeling_missrec.pipelines.data.text_reencoding import reencode_text_features
 
     report = {}
     if not (pretrained / "config.json").is_file():
         started = time.perf_counter()
-        train.main(["--config", str(PRETRAIN_RECIPE), "--output_dir", str(pretrained), "--overwrite_output_dir=true"])
+        train_run(["--config", str(PRETRAIN_RECIPE), "--output_dir", str(pretrained), "--overwrite_output_dir=true"])
         report["pretraining_wall_seconds"] = time.perf_counter() - started
     metrics = json.loads((pretrained / "metrics.json").read_text())
     report["pretraining"] = {
@@ -96,16 +96,17 @@ def cold_rows(domain, max_train_targets: int) -> np.ndarray:
     return np.flatnonzero(counts[np.asarray(domain.sequences["test"]["target"])] <= max_train_targets)
 
 
-def cold_metrics(train, argv: list[str], variant: str, pretrained: Path) -> dict:
+def cold_metrics(argv: list[str], variant: str, pretrained: Path) -> dict:
     """Test metrics of a saved run on its cold-target test users."""
-    from modeling_missrec.pipelines.collator import SequenceCollator
+    from modeling_missrec.configuration import parse_recipe_args
+    from modeling_missrec.pipelines.data import SequenceCollator
     from modeling_missrec.pipelines.evaluation import evaluate_ranking
-    from modeling_missrec.pipelines.served_files import load_missrec_adapter
+    from modeling_missrec.pipelines.training import load_training_data
 
-    from modeling_missrec import MISSRecModel
+    from modeling_missrec import MISSRecModel, load_missrec_adapter
 
-    args = train.parse_args(argv)
-    domain = train.load_training_data(args)
+    args = parse_recipe_args(argv)
+    domain = load_training_data(args)
     rows = cold_rows(domain, COLD_MAX_TRAIN_TARGETS)
     if variant == "lora":
         model = load_missrec_adapter(str(pretrained), args.output_dir)
@@ -118,11 +119,8 @@ def cold_metrics(train, argv: list[str], variant: str, pretrained: Path) -> dict
 
 def run_real_transfer(seeds: list[int], pretrained: Path = PRETRAINED) -> dict:
     """Worker: every run of the case (resuming from finished ones), then its summary."""
-    sys.path.insert(0, str(REPO))
-    import train
-
     started = time.perf_counter()
-    out = ensure_inputs(train, pretrained)
+    out = ensure_inputs(pretrained)
     runs = []
     for target in TARGETS:
         for mode in ID_MODES:
@@ -133,13 +131,13 @@ def run_real_transfer(seeds: list[int], pretrained: Path = PRETRAINED) -> dict:
                     result_file = folder / "bench_run.json"
                     if not result_file.is_file():
                         print(f"real-transfer: {target} {mode} {variant} seed {seed}", file=sys.stderr, flush=True)
-                        metrics = train.main(argv)
+                        metrics = train_run(argv)
                         epochs = metrics["epochs"]
                         record = {
                             "target": target, "mode": mode, "variant": variant, "seed": seed,
                             "test": {k: metrics["test"][k] for k in METRICS},
                             "popularity_test": {k: metrics["popularity_test"][k] for k in METRICS},
-                            "cold_test": cold_metrics(train, argv, variant, pretrained),
+                            "cold_test": cold_metrics(argv, variant, pretrained),
                             "best_epoch": max(epochs, key=lambda e: e["ndcg@10"])["epoch"], "epochs_run": len(epochs),
                             "train_seconds": statistics.median(e["train_seconds"] for e in epochs),
                         }  # fmt: skip

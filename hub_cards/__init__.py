@@ -1,1 +1,3 @@
-"""Model, adapter and dataset cards (`huggingface_hub` cards) and the Hub-ready exports that carry them."""
+"""Sharing on the Hugging Face Hub: model, adapter and dataset cards (`model_cards`, `dataset_cards` and their
+templates), the Hub-ready export of runs and domains (`export`: `python -m modeling_missrec.hub_cards.export`), the
+upload (`push`), and the demo page with its Space (`space`)."""

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from ..pipelines.domain_data import SPLITS
-from ..pipelines.files import write_atomically
-from ..pipelines.loading import MultiModalDomain, domain_statistics
+from ..pipelines.data.domain_data import SPLITS
+from ..pipelines.data.loading import MultiModalDomain, domain_statistics
+from ..utils_missrec import write_atomically
 
 TEMPLATE = Path(__file__).with_name("dataset_card_template.md")
 SOURCE_DESCRIPTIONS = {

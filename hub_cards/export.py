@@ -34,10 +34,10 @@ import numpy as np
 from transformers import pipeline
 
 from .. import MISSRecModel
-from ..pipelines.collator import arrow_table, catalogue_features
-from ..pipelines.loading import MultiModalDomain, domain_statistics, load_domain
-from ..pipelines.recommendation import TASK
-from ..pipelines.served_files import (
+from ..pipeline_missrec import TASK
+from ..pipelines.data.collator import arrow_table, catalogue_features
+from ..pipelines.data.loading import MultiModalDomain, domain_statistics, load_domain
+from ..served_files_missrec import (
     CATALOGUE_FILE,
     ITEM_METADATA_FILE,
     load_item_metadata,
@@ -48,7 +48,7 @@ from ..pipelines.served_files import (
 from .dataset_cards import SOURCE_DESCRIPTIONS, export_domain
 from .model_cards import adapter_card, domain_name, model_card
 from .push import HubPushError, push_folder
-from .space import write_space_files
+from .space.app_files import write_space_files
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 

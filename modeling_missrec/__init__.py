@@ -5,6 +5,11 @@ Importing the package registers the configs and models with the auto classes (`M
 `AutoModelForSequentialRecommendation`; `SASRecModel` with `AutoModel`), so saved models load without
 `trust_remote_code` when the package is installed, and the `"sequential-recommendation"` pipeline task, so
 `pipeline("sequential-recommendation", model=model)` works after `import modeling_missrec`.
+
+The flat modules of this folder other than this file, `auto.py` and `demo.py` are the Hub remote code: they travel
+with every saved model (the model, its `sequential-recommendation` pipeline and the files that pipeline serves) and
+import only each other and third-party libraries. The library around the model is in `pipelines` (data, training,
+evaluation, conversion), `configuration` (presets and recipes) and `hub_cards` (cards, export, the demo page).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
@@ -22,9 +27,11 @@ from .modeling_missrec import (
     MISSRecPreTrainingOutput,
     MISSRecRecommendationOutput,
     MISSRecSequentialRecommendationOutput,
-    unwrap_missrec,
 )
 from .modeling_sasrec import SASRecModel, SASRecOutput, SASRecPreTrainedModel
+from .pipeline_missrec import TASK, SequentialRecommendationPipeline  # importing it registers the pipeline task
+from .served_files_missrec import load_item_metadata, load_missrec_adapter, save_catalogue, save_item_metadata
+from .utils_missrec import unwrap_missrec
 
 AutoConfig.register(MISSRecConfig.model_type, MISSRecConfig, exist_ok=True)
 AutoModel.register(MISSRecConfig, MISSRecModel, exist_ok=True)
@@ -32,8 +39,6 @@ AutoModelForPreTraining.register(MISSRecConfig, MISSRecForPreTraining, exist_ok=
 AutoModelForSequentialRecommendation.register(MISSRecConfig, MISSRecForSequentialRecommendation, exist_ok=True)
 AutoConfig.register(SASRecConfig.model_type, SASRecConfig, exist_ok=True)
 AutoModel.register(SASRecConfig, SASRecModel, exist_ok=True)
-
-from .pipelines import recommendation as _recommendation  # noqa: E402,F401  (registers the pipeline task)
 
 __all__ = [
     "AutoModelForSequentialRecommendation",
@@ -51,8 +56,14 @@ __all__ = [
     "SASRecModel",
     "SASRecOutput",
     "SASRecPreTrainedModel",
+    "SequentialRecommendationPipeline",
+    "TASK",
     "dpc_knn",
     "interest_tokens",
     "kmeans",
+    "load_item_metadata",
+    "load_missrec_adapter",
+    "save_catalogue",
+    "save_item_metadata",
     "unwrap_missrec",
 ]

@@ -559,7 +559,7 @@ class MISSRecDecoderLayer(nn.Module):
 
 
 class MISSRecItemFusion(nn.Module):
-    """Fuses per-modality candidate logits into one item logit (DESIGN.md §1, step 6).
+    """Fuses per-modality candidate logits into one item logit (the dynamic item fusion of the paper).
 
     `static`: mean over the item's present modalities ([`present_mean`]). `dynamic_shared` / `dynamic_instance`:
     `sum_m s_m * softmax_m(s_m * w)` over present modalities, with one learned `w` shared by all items or

@@ -39,6 +39,7 @@ from .layers_missrec import (
 )
 from .layers_missrec import first_values as _first
 from .scoring_missrec import ItemIndex, add_history_offsets, join_id_scores, serving_state
+from .utils_missrec import unwrap_missrec
 
 FeatureTable = torch.Tensor | np.ndarray
 
@@ -871,20 +872,6 @@ class MISSRecModel(MISSRecPreTrainedModel):
         )
         output = MISSRecModelOutput(sequence_embeddings=seq, diversity_loss=diversity)
         return output if return_dict else output.to_tuple()
-
-
-def unwrap_missrec(model: nn.Module) -> MISSRecModel:
-    """The [`MISSRecModel`] in `model`: itself, a head's `missrec`, or the base of a `PeftModel` around either."""
-    for _ in range(3):
-        if isinstance(model, MISSRecModel):
-            return model
-        if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif isinstance(model, MISSRecPreTrainedModel):
-            model = model.missrec
-        else:
-            break
-    raise ValueError(f"{type(model).__name__} is not a MISSRec model")
 
 
 class _MISSRecHead(MISSRecPreTrainedModel):

@@ -1,7 +1,8 @@
 """How MISSRec scores candidate items, and the exact top-k index that serves those scores fast.
 
-One implementation of each scoring rule (DESIGN.md §1, step 6), used by the model's training scores, by
-evaluation (which calls the model) and by serving (the [`ItemIndex`] behind `recommend` and the pipeline):
+One implementation of each scoring rule (the paper's dynamic item fusion; the repository's docs/design.md, "How
+MISSRec is computed"), used by the model's training scores, by evaluation (which calls the model) and by serving
+(the [`ItemIndex`] behind `recommend` and the pipeline):
 
 - [`present_mean`]: static fusion, the mean over an item's present modalities. It is linear, so the same function
   fuses logits (training) and embeddings (the static index folds the fusion into one column per item);

@@ -1,0 +1,330 @@
+"""Training recipes: a YAML file of settings, any of which the command line overrides (`--key value`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from accelerate.utils import LoggerType
+
+from .presets import available_presets
+
+# The `transformers.get_scheduler` schedules that need nothing but the warm-up and total steps (not those that
+# step on a metric or take extra arguments).
+LR_SCHEDULES = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+)
+
+
+def default_recipe_path() -> Path:
+    """The recipe `train.py` runs without `--config` (the demo job), from the source tree or the installed package."""
+    return Path(__file__).parent / "recipes" / "demo.yaml"
+
+
+@dataclass
+class TrainingRecipe:
+    """What `train.py` runs.
+
+    Attributes:
+        stage: `"finetune"` (full-catalogue cross-entropy on one domain) or `"pretrain"` (the in-batch
+            contrastive losses over a mix of domains, with the augmented views; no item ids).
+        domain: `"demo"` (`"demo-<k>"`: the demo domain of seed k), an Amazon domain or the prefix of one's own
+            MISSRec-format files; a list of them is mixed into one catalogue (pre-training).
+        data_dir: folder of the domains' files (several domains can share it: files are prefixed by the domain
+            name); a `{domain}` in it is replaced by each domain's name (`data/{domain}` for one folder a domain).
+        source: where the files come from: `"missrec"` (the MISSRec/UniSRec pre-processed files), `"atomic"`
+            (RecBole atomic files: `<D>.inter` + `<D>.item`, features extracted by the project), `"raw"` (raw
+            Amazon 2018 reviews); `None`: `"missrec"` (`"demo"` for demo domains).
+        text_encoder: the text features extracted for `atomic` and `raw` sources: `"sentence"` (the offline
+            all-MiniLM-L6-v2, 384-d) or `"clip"` (CLIP's text tower); `None`: the source's default (`sentence` for
+            atomic files, `clip` for raw Amazon data).
+        text_fields: atomic files only: the `.item` columns that make an item's text (`None`: every text column).
+        num_users, num_items: size of the demo domains.
+        preset: a model preset of `configuration/models/` (a model trained from scratch).
+        pretrained: instead of a preset, a folder (or Hub id) of a pre-trained MISSRec to fine-tune.
+        config_overrides: MISSRec config attributes to set on the model (dropout, `score_temperature`, the
+            interest settings, ...), as a mapping (`{hidden_dropout_prob: 0.3}` in YAML) or the `transformers`
+            examples' string form (`--config_overrides hidden_dropout_prob=0.3,score_temperature=0.05`). They
+            change the preset's config, or the config a `pretrained` model loads with (there, attributes that
+            shape the weights fail to load); the catalogue's fields (`num_items`, `id_mode`, ...) are set by the
+            data and cannot be overridden. SASRec is not affected.
+        strategy: what trains: `"full"`, `"frozen"` (the paper's fine-tuning) or `"lora"` (a PEFT adapter, saved
+            as the output); `frozen` and `lora` need `pretrained`.
+        id_mode: `"inductive"`, `"transductive"` (a pre-trained inductive model gets a new item-id embedding), or
+            `"auto"`: train both (twice the cost) and keep the one of the best validation NDCG@10; ids help where
+            items have many interactions and say little in their text, and hurt on a sparse catalogue, which
+            only validation tells apart on a new domain.
+        interest_ratio: K = ceil(interest_ratio * 2N) interests; `None`: the paper's 0.02 for pre-training and
+            0.5 for fine-tuning.
+        item_drop_ratio, word_drop_ratio: pre-training augmentations (word drop needs `alt_text_features`).
+        max_train_examples: train on a seeded random sample of this many training examples (of the mix, for
+            several domains) instead of all of them (`None`: all). A bound on the cost of an epoch for large or
+            dense domains; every model of the run (and the popularity counts) sees the same sample.
+        max_eval_examples: validate and test on a seeded random sample of this many users of each split (`None`:
+            all). Full ranking over a large mixed catalogue costs minutes a pass on a CPU; the sample bounds it.
+        epochs, batch_size, learning_rate, seed: optimisation (AdamW; with `weight_decay` 0 it is the paper's Adam).
+        lr_scheduler_type: the learning-rate schedule over `epochs`, by its `transformers.get_scheduler` name:
+            `"constant"` (the paper's), `"constant_with_warmup"`, `"linear"`, `"cosine"`, `"cosine_with_restarts"`,
+            `"polynomial"` or `"inverse_sqrt"`; all but `"constant"` start with `warmup_ratio` of the optimiser
+            steps of linear warm-up.
+        warmup_ratio: the share of the optimiser steps spent warming up, in [0, 1) (the paper: 0).
+        weight_decay: AdamW's decoupled weight decay of the weight matrices and embeddings (not of biases or
+            LayerNorm gains), >= 0 (the paper: 0).
+        max_grad_norm: clip the gradients' global norm to this before each optimiser step (`None`: no clipping, the
+            paper's).
+        report_to: where the per-epoch losses and metrics go: `"jsonl"` (`output_dir/train_log.jsonl`, always
+            available), any Accelerate tracker (`"tensorboard"`, `"wandb"`, `"mlflow"`, ...; it must be
+            installed), or `"all"` (jsonl and every installed Accelerate tracker). Local trackers write under
+            `output_dir`.
+        eval_batch_size: histories per full-ranking batch in validation and test (larger batches only cost
+            memory: each holds a `[batch, num_items]` score matrix).
+        gradient_accumulation_steps: batches per optimiser step (Accelerate's gradient accumulation).
+        early_stopping_patience: stop after this many epochs without a valid NDCG@10 gain (`None`: never).
+        metrics_at: the cut-offs K of HR@K, NDCG@K and MRR@K in validation and `metrics.json`; must include 10
+            (early stopping) and 50 (the results table). The official MISSRec code prints each cut-off one rank
+            deeper: add 11 and 51 to compare with its numbers.
+        baselines: trained and evaluated beside MISSRec, drawn from `"sasrec"` and `"scratch"` (MISSRec from
+            `preset` with the same fine-tuning budget, to measure what pre-training brings; needs `pretrained`).
+            Popularity is always reported.
+        output_dir: where the model and `metrics.json` go.
+        overwrite_output_dir: a run that does not resume refuses an `output_dir` holding checkpoints unless this
+            is set (they are then deleted).
+        checkpointing_steps: save a resumable checkpoint every this many optimiser steps (an integer; with
+            gradient accumulation a step is `gradient_accumulation_steps` batches), at the end of
+            every epoch (`"epoch"`), or never (`None`). Checkpoints go to `output_dir/checkpoints/<model>/`.
+        checkpoints_total_limit: how many checkpoints of each model are kept (the newest).
+        resume_from_checkpoint: `"latest"` resumes from the newest checkpoints in `output_dir`, a folder resumes
+            from that run's; each model resumes where it stopped (a finished one is not trained again).
+    """
+
+    stage: str = "finetune"
+    domain: str | list[str] = "demo"
+    data_dir: str | None = None
+    source: str | None = None
+    text_encoder: str | None = None
+    text_fields: list[str] | None = None
+    num_users: int = 1000
+    num_items: int = 600
+    preset: str = "missrec-tiny"
+    pretrained: str | None = None
+    config_overrides: dict | None = None
+    strategy: str = "full"
+    id_mode: str = "inductive"
+    interest_ratio: float | None = None
+    item_drop_ratio: float = 0.2
+    word_drop_ratio: float = 0.0
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    epochs: int = 8
+    batch_size: int = 256
+    eval_batch_size: int = 512
+    learning_rate: float = 1e-3
+    lr_scheduler_type: str = "constant"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    report_to: list[str] = field(default_factory=lambda: ["jsonl"])
+    seed: int = 0
+    gradient_accumulation_steps: int = 1
+    early_stopping_patience: int | None = 10
+    metrics_at: list[int] = field(default_factory=lambda: [10, 20, 50])
+    baselines: list[str] = field(default_factory=lambda: ["sasrec"])
+    output_dir: str = "runs/demo"
+    overwrite_output_dir: bool = False
+    checkpointing_steps: int | str | None = None
+    checkpoints_total_limit: int = 2
+    resume_from_checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("finetune", "pretrain"):
+            raise ValueError(f"stage={self.stage!r} is not one of ['finetune', 'pretrain']")
+        domains = self.domains
+        if not domains or not all(isinstance(d, str) and d for d in domains) or len(set(domains)) != len(domains):
+            raise ValueError(f"domain={self.domain!r} must be a domain name or a list of distinct names")
+        if self.source not in (None, "missrec", "atomic", "raw"):
+            raise ValueError(f"source={self.source!r} is not one of ['missrec', 'atomic', 'raw'] or null")
+        if self.text_encoder not in (None, "sentence", "clip"):
+            raise ValueError(f"text_encoder={self.text_encoder!r} is not one of ['sentence', 'clip'] or null")
+        if self.text_fields is not None and (
+            not isinstance(self.text_fields, list) or not all(isinstance(f, str) and f for f in self.text_fields)
+        ):
+            raise ValueError(f"text_fields={self.text_fields!r} must be a list of .item column names or null")
+        self.config_overrides = parse_config_overrides(self.config_overrides)
+        if self.stage == "pretrain" and (self.strategy != "full" or self.id_mode != "inductive"):
+            raise ValueError(
+                "stage='pretrain' trains every parameter without item ids: strategy full, id_mode inductive"
+            )
+        if self.interest_ratio is not None and not 0 < self.interest_ratio <= 1:
+            raise ValueError(f"interest_ratio={self.interest_ratio!r} must be in (0, 1] or null")
+        for name in ("item_drop_ratio", "word_drop_ratio"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        if self.checkpointing_steps not in (None, "epoch") and not (
+            isinstance(self.checkpointing_steps, int) and self.checkpointing_steps >= 1
+        ):
+            raise ValueError(
+                f"checkpointing_steps={self.checkpointing_steps!r} must be an integer >= 1, 'epoch' or null"
+            )
+        if not isinstance(self.checkpoints_total_limit, int) or self.checkpoints_total_limit < 1:
+            raise ValueError(f"checkpoints_total_limit={self.checkpoints_total_limit!r} must be an integer >= 1")
+        if self.id_mode not in ("inductive", "transductive", "auto"):
+            raise ValueError(f"id_mode={self.id_mode!r} is not one of ['inductive', 'transductive', 'auto']")
+        if self.early_stopping_patience is not None and (
+            not isinstance(self.early_stopping_patience, int) or self.early_stopping_patience < 1
+        ):
+            raise ValueError(
+                f"early_stopping_patience={self.early_stopping_patience!r} must be an integer >= 1 or null"
+            )
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name}={value!r} must be an integer >= 1 or null")
+        integers = ("epochs", "batch_size", "eval_batch_size", "num_users", "num_items", "gradient_accumulation_steps")
+        for name in integers:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        if self.strategy not in ("full", "frozen", "lora"):
+            raise ValueError(f"strategy={self.strategy!r} is not one of ['full', 'frozen', 'lora']")
+        if self.strategy != "full" and self.pretrained is None:
+            raise ValueError(f"strategy={self.strategy!r} fine-tunes a pre-trained model: set pretrained")
+        cutoffs = self.metrics_at
+        if not isinstance(cutoffs, list) or not all(type(k) is int and k >= 1 for k in cutoffs):
+            raise ValueError(f"metrics_at={cutoffs!r} must be a list of integers >= 1")
+        if not {10, 50} <= set(cutoffs) or len(set(cutoffs)) != len(cutoffs):
+            raise ValueError(f"metrics_at={cutoffs!r} must hold 10 (early stopping) and 50 (the table), each once")
+        if not isinstance(self.baselines, list) or not set(self.baselines) <= {"sasrec", "scratch"}:
+            raise ValueError(f"baselines={self.baselines!r} must be a list drawn from ['sasrec', 'scratch']")
+        if "scratch" in self.baselines and self.pretrained is None:
+            raise ValueError("baseline 'scratch' compares a pre-trained model with one from scratch: set pretrained")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")
+        if self.lr_scheduler_type not in LR_SCHEDULES:
+            raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r} is not one of {list(LR_SCHEDULES)}")
+        if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if self.warmup_ratio and self.lr_scheduler_type == "constant":
+            raise ValueError("lr_scheduler_type='constant' has no warm-up: use 'constant_with_warmup'")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
+        if self.max_grad_norm is not None and not (
+            isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm > 0
+        ):
+            raise ValueError(f"max_grad_norm={self.max_grad_norm!r} must be > 0 or null")
+        trackers = ["jsonl", "all", *(t.value for t in LoggerType if t.value != "all")]
+        report_to = [self.report_to] if isinstance(self.report_to, str) else self.report_to
+        if not isinstance(report_to, list) or not report_to or not set(report_to) <= set(trackers):
+            raise ValueError(f"report_to={self.report_to!r} must be a non-empty list drawn from {trackers}")
+        self.report_to = report_to
+
+    @property
+    def domains(self) -> list[str]:
+        """The domain names, as a list."""
+        return [self.domain] if isinstance(self.domain, str) else list(self.domain)
+
+    @property
+    def resume_run_dir(self) -> str | None:
+        """The run folder `resume_from_checkpoint` points to (`"latest"`: this `output_dir`), or None."""
+        if self.resume_from_checkpoint == "latest":
+            return self.output_dir
+        return self.resume_from_checkpoint
+
+    @property
+    def training_settings(self) -> dict:
+        """The keys that decide what a run computes: a checkpoint resumes only under the same ones."""
+        bookkeeping = {"output_dir", "overwrite_output_dir", "checkpointing_steps", "checkpoints_total_limit"}
+        bookkeeping |= {"resume_from_checkpoint", "early_stopping_patience", "metrics_at", "eval_batch_size"}
+        # A schedule spans `epochs`; only under a constant rate can a resumed run change the number of epochs.
+        bookkeeping |= {"report_to"} | ({"epochs"} if self.lr_scheduler_type == "constant" else set())
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+def parse_config_overrides(overrides: dict | str | None) -> dict | None:
+    """`config_overrides` as a mapping: a mapping is kept, `"a=1,b=0.5"` (the `transformers` examples' form) is
+    split into `{"a": 1, "b": 0.5}` (values read as on the command line), `None` and `""` are `None`."""
+    if overrides is None or overrides == "":
+        return None
+    if isinstance(overrides, str):
+        pairs = [pair.partition("=") for pair in overrides.split(",")]
+        if not all(key.strip() and sep for key, sep, _ in pairs):
+            raise ValueError(f"config_overrides={overrides!r} must read name=value,name=value")
+        overrides = {key.strip(): _parse_value(value.strip()) for key, _, value in pairs}
+    if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+        raise ValueError(f"config_overrides={overrides!r} must be a mapping of config attributes to values")
+    return dict(overrides)
+
+
+def _parse_value(raw: str):
+    """A command-line value: an int, a float (`1e-3` included), else YAML (`null`, `true`, a list, a string)."""
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return yaml.safe_load(raw)
+
+
+def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainingRecipe:
+    """Read a recipe and apply `--key value` overrides.
+
+    Args:
+        path: a YAML recipe (default: the demo recipe).
+        overrides: command-line words, `["--epochs", "3", "--output_dir", "runs/x"]` (`--key=value` works too).
+
+    Returns:
+        A validated [`TrainingRecipe`]. Unknown keys, in the file or on the command line, raise a `ValueError`
+        listing the valid ones.
+    """
+    path = Path(path) if path is not None else default_recipe_path()
+    if not path.is_file():
+        shipped = sorted(p.name for p in default_recipe_path().parent.glob("*.yaml"))
+        raise FileNotFoundError(f"recipe {path} does not exist (recipes shipped with the package: {shipped})")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of keys to values")
+    words = list(overrides or [])
+    while words:
+        word = words.pop(0)
+        if not word.startswith("--"):
+            raise ValueError(f"expected --key value on the command line, got {word!r}")
+        key, _, raw = word[2:].partition("=")
+        if not _:
+            if not words:
+                raise ValueError(f"--{key} needs a value")
+            raw = words.pop(0)
+        values[key] = _parse_value(raw)
+    unknown = sorted(set(values) - set(TrainingRecipe.keys()))
+    if unknown:
+        raise ValueError(f"unknown recipe keys {unknown}; valid keys: {TrainingRecipe.keys()}")
+    return TrainingRecipe(**values)
+
+
+def parse_recipe_args(argv: list[str] | None = None, description: str | None = None) -> TrainingRecipe:
+    """The recipe of a command line: `--config RECIPE.yaml` (default: the demo recipe) and `--key value`
+    overrides of any recipe key; `--help` prints `description` and lists the keys and the model presets.
+    A bad recipe or key exits with the parser's usage message."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"Recipe keys (each overridable as --key value): {', '.join(TrainingRecipe.keys())}. "
+        f"Model presets: {', '.join(available_presets())}.",
+    )
+    parser.add_argument("--config", default=None, help=f"YAML recipe (default: {default_recipe_path()})")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        return load_recipe(args.config, overrides)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))

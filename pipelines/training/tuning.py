@@ -1,0 +1,178 @@
+"""Trials of `tune.py`: a recipe changed by a trial's settings, trained as `train.py` trains it and scored by the
+best validation NDCG@10 of its epochs (the mean over seeds), with the test split dropped before anything trains.
+
+`run_study` runs fixed trials first, then an Optuna study over a search space; `TrialRunner` trains and logs the
+trials; `apply_settings` and `suggest` turn a trial's settings into a recipe. See `tune.py` for the command line
+and the search-space format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from ...configuration import TrainingRecipe
+from ..data import MultiModalDomain, catalogue_features
+from .loop import fit_missrec, id_modes_to_try, load_training_data
+
+try:
+    import optuna
+except ImportError:  # reported by run_study, with the command that installs it
+    optuna = None
+
+OVERRIDE_PREFIX = "config_overrides."
+# The recipe keys that decide the data a run trains and validates on (`train.load_training_data`).
+DATA_KEYS = ("domain", "data_dir", "source", "text_encoder", "text_fields", "num_users", "num_items")
+DATA_KEYS += ("max_train_examples", "max_eval_examples", "seed")
+
+
+def apply_settings(args: TrainingRecipe, settings: dict) -> TrainingRecipe:
+    """`args` with a trial's `settings` applied (`config_overrides.<name>` keys merged into `config_overrides`),
+    validated as a recipe is."""
+    values = dataclasses.asdict(args)
+    overrides = dict(values.get("config_overrides") or {})
+    for key, value in settings.items():
+        if key.startswith(OVERRIDE_PREFIX):
+            overrides[key.removeprefix(OVERRIDE_PREFIX)] = value
+        elif key in values:
+            values[key] = value
+        else:
+            raise ValueError(f"unknown setting {key!r}: use a recipe key or {OVERRIDE_PREFIX}<attribute>")
+    return TrainingRecipe(**{**values, "config_overrides": overrides or None})
+
+
+def suggest(trial: optuna.Trial, space: dict) -> dict:
+    """The trial's value of every key of the search `space` (see the module docstring for its format)."""
+    settings = {}
+    for key, spec in space.items():
+        if not isinstance(spec, dict) or len(set(spec) & {"float", "int", "categorical"}) != 1:
+            raise ValueError(f"search space {key!r}: expected one of float/int/categorical, got {spec!r}")
+        if "categorical" in spec:
+            settings[key] = trial.suggest_categorical(key, spec["categorical"])
+        elif "float" in spec:
+            low, high = spec["float"]
+            settings[key] = trial.suggest_float(key, float(low), float(high), log=spec.get("log", False))
+        else:
+            low, high = spec["int"]
+            settings[key] = trial.suggest_int(key, int(low), int(high), log=spec.get("log", False))
+    return settings
+
+
+def best_validation_ndcg(args: TrainingRecipe, domain: MultiModalDomain, on_epoch_end=None) -> tuple[float, list[dict]]:
+    """Train MISSRec on `domain` (train and validation splits only) under `args`; the best validation NDCG@10 of
+    its epochs and the per-epoch history (with `id_mode: auto`, of the id mode kept)."""
+    _, chosen, histories = fit_missrec(Accelerator(), args, domain, catalogue_features(domain.items), on_epoch_end)
+    history = histories[chosen.id_mode]
+    return max(row["ndcg@10"] for row in history), history
+
+
+class TrialRunner:
+    """Runs trials (a recipe changed by a trial's settings, trained on each of `seeds`) and logs each one to
+    `log` as it finishes."""
+
+    def __init__(self, args: TrainingRecipe, seeds: list[int], log: Path):
+        self.args, self.seeds, self.log = args, seeds, log
+        self.records: list[dict] = json.loads(log.read_text()) if log.is_file() else []
+        self.domains: dict[tuple, MultiModalDomain] = {}
+
+    def domain(self, args: TrainingRecipe) -> MultiModalDomain:
+        """The data `args` train on, without the test split (loaded once per distinct data settings: a trial may
+        change the data, and the seed draws the samples of `max_*_examples` and the demo domain)."""
+        key = tuple(json.dumps(getattr(args, name)) for name in DATA_KEYS)
+        if key not in self.domains:
+            domain = load_training_data(args)
+            del domain.sequences["test"]  # selection must not see it
+            self.domains = {key: domain}  # one held at a time
+        return self.domains[key]
+
+    def run(self, name: str, settings: dict, on_epoch_end=None) -> float:
+        """Mean best validation NDCG@10 of `settings` over the seeds."""
+        started, scores, epochs = time.perf_counter(), [], []
+        for seed in self.seeds:
+            args = apply_settings(self.args, {**settings, "seed": seed})
+            # Under `id_mode: auto` a run trains two validation curves; the pruner compares one per trial.
+            curve = on_epoch_end if len(id_modes_to_try(args)) == 1 else None
+            score, history = best_validation_ndcg(args, self.domain(args), on_epoch_end=curve)
+            scores.append(score)
+            epochs.append(max(history, key=lambda row: row["ndcg@10"])["epoch"])
+        value = statistics.fmean(scores)
+        self.records.append(
+            {
+                "trial": name,
+                "settings": settings,
+                "seeds": self.seeds,
+                "valid_ndcg@10": scores,
+                "mean_valid_ndcg@10": value,
+                "best_epochs": epochs,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        self.log.write_text(json.dumps(self.records, indent=2))
+        return value
+
+    def objective(self, space: dict):
+        """The Optuna objective over `space`; with one seed it reports each epoch, so the pruner can stop it."""
+
+        def objective(trial: optuna.Trial) -> float:
+            def report(row: dict) -> None:
+                trial.report(row["ndcg@10"], row["epoch"])
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"epoch {row['epoch']}: valid NDCG@10 {row['ndcg@10']:.4f}")
+
+            return self.run(f"optuna-{trial.number}", suggest(trial, space), report if len(self.seeds) == 1 else None)
+
+        return objective
+
+
+def markdown(records: list[dict]) -> str:
+    """The trials as a markdown table, best mean validation NDCG@10 first."""
+    lines = ["| trial | settings | valid NDCG@10 (mean) | per seed | best epochs |", "|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: -r["mean_valid_ndcg@10"]):
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "(the recipe)"
+        per_seed = " / ".join(f"{s:.4f}" for s in r["valid_ndcg@10"])
+        lines.append(f"| {r['trial']} | {settings} | {r['mean_valid_ndcg@10']:.4f} | {per_seed} | {r['best_epochs']} |")
+    return "\n".join(lines)
+
+
+def run_study(
+    args: TrainingRecipe,
+    seeds: list[int],
+    fixed: list[dict],
+    space: dict,
+    n_trials: int = 0,
+    study_name: str = "missrec",
+    storage: str | None = None,
+    sampler_seed: int = 0,
+) -> list[dict]:
+    """Run the `fixed` trials (settings as given), then `n_trials` of an Optuna TPE study over the search `space`
+    (pruned by the median rule when one seed and one id mode train), each on `seeds`; every trial is logged to
+    `<args.output_dir>/trials.json` as it finishes.
+
+    Returns:
+        The records of the trials run (earlier records of the same `trials.json` first).
+    """
+    if optuna is None:
+        raise ImportError('tuning needs Optuna: pip install -e ".[tune]"')
+    for settings in fixed:  # fail before training, not at the trial
+        apply_settings(args, settings or {})
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    runner = TrialRunner(args, seeds, output / "trials.json")
+    for number, settings in enumerate(fixed):
+        runner.run(f"fixed-{number}", settings or {})
+    if n_trials:
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            load_if_exists=storage is not None,
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5),
+        )
+        study.optimize(runner.objective(space), n_trials=n_trials)
+    return runner.records
