@@ -13,9 +13,10 @@ code and SASRec, per seed, with the mean and its standard error.
   in both id modes, `text-domain.yaml` (the tuned defaults, MiniLM text) under `TEXT_BUDGET` (the same caps for
   MISSRec and SASRec: the CPU bound), one SASRec per domain and seed likewise.
 
-Every run is one `train.main` into `bench/results/runs/accuracy/<domain>/<mode>/<variant>/seed<N>/`; its numbers go
-to `bench_run.json` there, and a run whose file exists is not trained again (a killed case resumes). Those
-records are committed (`.gitignore` keeps only the models out), so the tables add up runs across machines.
+Every run is one `train.py` run (`common.train_run`, in process) into
+`bench/results/runs/accuracy/<domain>/<mode>/<variant>/seed<N>/`; its numbers go to `bench_run.json` there, and a run
+whose file exists is not trained again (a killed case resumes). Those records are committed (`.gitignore` keeps only
+the models out), so the tables add up runs across machines.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Run from the repository root: `python bench/bench_train.py [--cases ...] [--epochs N] [--seeds 0 1 2] [--output PATH]`.
 It prints a markdown table and writes every number, with the machine's description, to JSON (default
-`bench/results/bench_train.json`). Each case runs `train.main` in a fresh subprocess (a clean heap, so its peak
-resident memory is its own); trained models go to `bench/results/runs/<case>/`.
+`bench/results/bench_train.json`). Each case runs `train.py`'s loop (`run_training`) in a fresh subprocess (a
+clean heap, so its peak resident memory is its own); trained models go to `bench/results/runs/<case>/`.
 
 Cases:
 - `transductive`, `inductive`: `configuration/recipes/scientific-paper.yaml` on `../shared/data/amazon-scientific-mm`,
@@ -129,7 +129,8 @@ def case_runs(case: str, epochs: int | None, seeds: list[int]) -> list[list[str]
 
 
 def summarise(results: dict) -> list[dict]:
-    """One row per model of a `train.main` result: test metrics, median epoch/eval seconds, best epoch."""
+    """One row per model of a `train.py` result (its `metrics.json`): test metrics, median epoch/eval seconds, best
+    epoch."""
     rows = []
     label = "MISSRec" if results["recipe"]["pretrained"] is None else "MISSRec (pre-trained, lora)"
     for name, test_key, history_key in MODELS:

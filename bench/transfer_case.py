@@ -10,7 +10,7 @@
      (`TARGETS[...]["max_train_examples"]`), since its 97k long-history examples make a full epoch cost minutes.
 3. Per target, id mode (inductive, transductive) and seed: MISSRec from scratch (`missrec-base`) and the pre-trained
    model fine-tuned `frozen`, `lora` and `full`, all under one budget (`BUDGET`: the same epoch cap and early-stopping
-   patience, Adam 1e-3, batch 512), each a `train.main` run into
+   patience, Adam 1e-3, batch 512), each a `train.py` run (`common.train_run`) into
    `runs/real-transfer/<target>/<variant>-<mode>-seed<N>/`. A run whose folder holds `bench_run.json` is not
    trained again (the case resumes where it stopped).
 4. Test metrics (official protocol) per run, and on the test users whose target is a cold item (at most
