@@ -123,6 +123,11 @@ class MISSRecConfig(PretrainedConfig):
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the fine-tuning cross-entropy over the catalogue, in [0, 1) (the paper: 0). The
             smoothed mass is spread over the real items only, not the padding column.
+        exclude_history_in_loss (`bool`, *optional*, defaults to `False`):
+            Train as you serve: leave the items of each training history other than its target out of the
+            fine-tuning softmax, as `recommend(exclude_history=True)` and the pipeline leave them out of a
+            recommendation (the paper: `False`, every catalogue item competes). Only the items the model reads
+            (`max_seq_length` most recent) are left out.
         repeat_bias (`bool`, *optional*, defaults to `False`):
             Learn a logit offset for the items a history already holds, one per recency position
             ([`MISSRecRepeatBias`]; the paper: none, a history's own items score like any other). The offsets start
@@ -164,6 +169,7 @@ class MISSRecConfig(PretrainedConfig):
         seq_seq_loss_weight: float = 1e-3,
         diversity_loss_weight: float = 1e-4,
         label_smoothing: float = 0.0,
+        exclude_history_in_loss: bool = False,
         repeat_bias: bool = False,
         **kwargs,
     ):
@@ -206,6 +212,8 @@ class MISSRecConfig(PretrainedConfig):
         _check_positive("diversity_loss_weight", diversity_loss_weight, allow_zero=True)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+        if not isinstance(exclude_history_in_loss, bool):
+            raise ValueError(f"exclude_history_in_loss={exclude_history_in_loss!r} must be True or False")
         if not isinstance(repeat_bias, bool):
             raise ValueError(f"repeat_bias={repeat_bias!r} must be True or False")
 
@@ -238,6 +246,7 @@ class MISSRecConfig(PretrainedConfig):
         self.score_temperature = score_temperature
         self.seq_seq_loss_weight = seq_seq_loss_weight
         self.label_smoothing = label_smoothing
+        self.exclude_history_in_loss = exclude_history_in_loss
         self.repeat_bias = repeat_bias
         self.diversity_loss_weight = diversity_loss_weight
         super().__init__(**kwargs)

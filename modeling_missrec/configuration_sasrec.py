@@ -38,6 +38,9 @@ class SASRecConfig(PretrainedConfig):
         max_seq_length (`int`, *optional*, defaults to 50):
             Longest history the model reads (number of learned positions); longer histories keep their most
             recent items.
+        exclude_history_in_loss (`bool`, *optional*, defaults to `False`):
+            Train as you serve: leave the items of each training history other than its target out of the softmax
+            (RecBole: `False`), the rule MISSRec's config attribute of the same name sets.
     """
 
     model_type = "sasrec"
@@ -55,6 +58,7 @@ class SASRecConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-12,
         initializer_range: float = 0.02,
         max_seq_length: int = 50,
+        exclude_history_in_loss: bool = False,
         **kwargs,
     ):
         _check_int("num_items", num_items, 0)
@@ -75,6 +79,8 @@ class SASRecConfig(PretrainedConfig):
         _check_positive("layer_norm_eps", layer_norm_eps)
         _check_positive("initializer_range", initializer_range)
         _check_int("max_seq_length", max_seq_length, 1)
+        if not isinstance(exclude_history_in_loss, bool):
+            raise ValueError(f"exclude_history_in_loss={exclude_history_in_loss!r} must be True or False")
 
         self.num_items = num_items
         self.hidden_size = hidden_size
@@ -87,4 +93,5 @@ class SASRecConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.max_seq_length = max_seq_length
+        self.exclude_history_in_loss = exclude_history_in_loss
         super().__init__(**kwargs)

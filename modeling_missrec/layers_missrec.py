@@ -105,6 +105,35 @@ def validate_labels(labels: torch.Tensor, batch: int, num_items: int) -> torch.T
     return labels.long()
 
 
+def catalogue_cross_entropy(
+    scores: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0, excluded: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The softmax cross-entropy of next-item `labels` over the catalogue, padding column left out.
+
+    Args:
+        scores: `[B, num_items + 1]` logits, column = item id (column 0, the padding, is never a class).
+        labels: `[B]` long target item ids in `1..num_items`.
+        label_smoothing: ε in [0, 1): the target keeps 1 - ε, the rest is spread evenly over the classes.
+        excluded: optional `[B, num_items + 1]` bool, True at items that are not classes of that row (the history
+            other than the target, [`history_mask`]: "train as you serve"); they get no probability mass and no
+            smoothed mass. The target must not be excluded.
+
+    Returns:
+        `()` the mean loss. Without `excluded` it equals `F.cross_entropy(scores[:, 1:], labels - 1,
+        label_smoothing=label_smoothing)`.
+    """
+    if excluded is None:
+        return F.cross_entropy(scores[:, 1:], labels - 1, label_smoothing=label_smoothing)
+    classes = ~excluded
+    classes[:, 0] = False
+    log_probs = scores.masked_fill(~classes, float("-inf")).log_softmax(1)
+    loss = -log_probs.gather(1, labels[:, None]).squeeze(1)
+    if label_smoothing:
+        uniform = -log_probs.masked_fill(~classes, 0.0).sum(1) / classes.sum(1)
+        loss = (1 - label_smoothing) * loss + label_smoothing * uniform
+    return loss.mean()
+
+
 def keep_most_recent(
     item_seq: torch.Tensor, lengths: torch.Tensor, max_len: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -27,6 +27,7 @@ from .layers_missrec import (
     MISSRecItemFusion,
     MISSRecRepeatBias,
     PackedLayout,
+    catalogue_cross_entropy,
     init_standard_weights,
     interest_memory_layout,
     keep_most_recent,
@@ -38,7 +39,7 @@ from .layers_missrec import (
     validate_labels,
 )
 from .layers_missrec import first_values as _first
-from .scoring_missrec import ItemIndex, add_history_offsets, join_id_scores, serving_state
+from .scoring_missrec import ItemIndex, add_history_offsets, history_items, history_mask, join_id_scores, serving_state
 from .utils_missrec import unwrap_missrec
 
 FeatureTable = torch.Tensor | np.ndarray
@@ -947,8 +948,10 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
         loss = None
         if labels is not None:
             labels = validate_labels(labels, len(item_seq), self.config.num_items)
-            # Column 0 (padding, at the dtype's minimum) is left out, so smoothing spreads over real items only.
-            ranking = F.cross_entropy(scores[:, 1:], labels - 1, label_smoothing=self.config.label_smoothing)
+            excluded = None
+            if self.config.exclude_history_in_loss:  # train as you serve
+                excluded = history_mask(item_seq, scores.shape[1], keep=labels)
+            ranking = catalogue_cross_entropy(scores, labels, self.config.label_smoothing, excluded)
             loss = ranking + self.config.diversity_loss_weight * diversity
         output = MISSRecSequentialRecommendationOutput(
             loss=loss, scores=scores, sequence_embeddings=seq, diversity_loss=diversity
@@ -1009,8 +1012,8 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
         seq = base.embed_sequences(item_seq, lengths, check_inputs=check_inputs, **tables)
         excluded = offsets = None
         if exclude_history:
-            rows, cols = (item_seq != 0).nonzero(as_tuple=True)
-            excluded = (rows, item_seq[rows, cols] - 1)
+            rows, ids = history_items(item_seq)
+            excluded = (rows, ids - 1)
         elif base.repeat_bias is not None:  # (excluded items need no offset)
             rows, ids, values = base.repeat_bias(item_seq, lengths)
             offsets = (rows, ids - 1, values)

@@ -22,11 +22,13 @@ from .layers_missrec import (
     MISSRecAttention,
     MISSRecFeedForward,
     MISSRecSublayer,
+    catalogue_cross_entropy,
     init_standard_weights,
     keep_most_recent,
     validate_history,
     validate_labels,
 )
+from .scoring_missrec import history_mask
 
 
 @dataclass
@@ -199,17 +201,24 @@ class SASRecModel(SASRecPreTrainedModel):
         return logits
 
     # ------------------------------------------------------------------ loss
-    def cross_entropy_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Full-catalogue softmax cross-entropy (RecBole's `CE` loss).
+    def cross_entropy_loss(
+        self, scores: torch.Tensor, labels: torch.Tensor, item_seq: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Full-catalogue softmax cross-entropy (RecBole's `CE` loss); with `config.exclude_history_in_loss`, the
+        items of `item_seq` other than the target are no classes.
 
         Args:
-            scores: `[B, num_items + 1]` from [`score_items`]; labels: `[B]` target item ids in `1..num_items`.
+            scores: `[B, num_items + 1]` from [`score_items`]; labels: `[B]` target item ids in `1..num_items`;
+            item_seq: `[B, L]` the histories (needed with `exclude_history_in_loss`).
 
         Returns:
             `()` loss.
         """
         labels = validate_labels(torch.as_tensor(labels, device=scores.device), len(scores), self.config.num_items)
-        return F.cross_entropy(scores, labels)
+        excluded = None
+        if self.config.exclude_history_in_loss:
+            excluded = history_mask(item_seq.to(scores.device), scores.shape[1], keep=labels)
+        return catalogue_cross_entropy(scores, labels, excluded=excluded)
 
     def forward(
         self,
@@ -231,7 +240,7 @@ class SASRecModel(SASRecPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         seq = self.embed_sequences(item_seq, lengths)
         scores = self.score_items(seq)
-        loss = None if labels is None else self.cross_entropy_loss(scores, labels)
+        loss = None if labels is None else self.cross_entropy_loss(scores, labels, item_seq)
         output = SASRecOutput(loss=loss, scores=scores, sequence_embeddings=seq)
         return output if return_dict else output.to_tuple()
 

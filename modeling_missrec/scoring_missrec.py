@@ -107,6 +107,24 @@ def join_id_scores(id_scores: torch.Tensor, fused: torch.Tensor, *, in_place: bo
     return (id_scores + 2 * fused) / 3
 
 
+def history_items(item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `(row, item id)` pairs of the items the histories `item_seq` `[B, L]` hold (padding, 0, left out): what
+    "the history excluded" removes, the one rule for serving (these pairs), evaluation and the training softmax
+    ([`history_mask`]). Each `[E]` long."""
+    rows, positions = item_seq.nonzero(as_tuple=True)
+    return rows, item_seq[rows, positions]
+
+
+def history_mask(item_seq: torch.Tensor, num_columns: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """`[B, num_columns]` bool, True at the column (item id) of every item of each history `item_seq` `[B, L]`
+    ([`history_items`]), except each row's `keep` item (`[B]`, the target: it is never excluded)."""
+    mask = torch.zeros(len(item_seq), num_columns, dtype=torch.bool, device=item_seq.device)
+    mask[history_items(item_seq)] = True
+    if keep is not None:
+        mask[torch.arange(len(item_seq), device=item_seq.device), keep] = False
+    return mask
+
+
 def add_history_offsets(
     scores: torch.Tensor, offsets: tuple[torch.Tensor, torch.Tensor, torch.Tensor], scale: float = 1.0
 ) -> torch.Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ...scoring_missrec import history_mask
+
 
 def target_ranks(
     scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None
@@ -24,11 +26,11 @@ def target_ranks(
     if torch.isnan(target_scores).any():
         rows = torch.isnan(target_scores[:, 0]).nonzero().flatten().tolist()
         raise ValueError(f"the scores of the targets of rows {rows[:5]} are NaN: they cannot be ranked")
-    candidates = torch.ones_like(scores, dtype=torch.bool)
+    if exclude is None:
+        candidates = torch.ones_like(scores, dtype=torch.bool)
+    else:  # the rule serving and the training softmax follow too
+        candidates = ~history_mask(exclude, scores.shape[1], keep=targets)
     candidates[:, 0] = False
-    if exclude is not None:
-        candidates.scatter_(1, exclude, False)
-        candidates.scatter_(1, targets[:, None], True)
     higher = ((scores > target_scores) & candidates).sum(1)
     return higher, ((scores == target_scores) & candidates).sum(1) - 1
 
