@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     parser.add_argument("--study_name", default="missrec", help="Optuna study name")
     parser.add_argument("--storage", help="Optuna storage URL (e.g. sqlite:///runs/tune/study.db) to resume")
     parser.add_argument("--sampler_seed", type=int, default=0, help="seed of the TPE sampler")
+    parser.add_argument(
+        "--model",
+        choices=tuning.MODELS,
+        default="missrec",
+        help="what the trials train: MISSRec or the SASRec baseline",
+    )
     options, overrides = parser.parse_known_args(argv)
     args = load_recipe(options.config, overrides)
     if not options.space and not options.trials:
@@ -65,6 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         study_name=options.study_name,
         storage=options.storage,
         sampler_seed=options.sampler_seed,
+        model=options.model,
     )
     print(tuning.markdown(records))
     print(f"\ntrials written to {Path(args.output_dir) / 'trials.json'}")

@@ -58,6 +58,9 @@ class TrainingRecipe:
             change the preset's config, or the config a `pretrained` model loads with (there, attributes that
             shape the weights fail to load); the catalogue's fields (`num_items`, `id_mode`, ...) are set by the
             data and cannot be overridden. SASRec is not affected.
+        sasrec_config_overrides: SASRec config attributes for the `sasrec` baseline (e.g. its dropout, chosen on
+            validation as MISSRec's settings are), in the same forms as `config_overrides`.
+        sasrec_learning_rate: the `sasrec` baseline's learning rate (`None`: `learning_rate`).
         strategy: what trains: `"full"`, `"frozen"` (the paper's fine-tuning) or `"lora"` (a PEFT adapter, saved
             as the output); `frozen` and `lora` need `pretrained`.
         id_mode: `"inductive"`, `"transductive"` (a pre-trained inductive model gets a new item-id embedding), or
@@ -90,6 +93,9 @@ class TrainingRecipe:
             memory: each holds a `[batch, num_items]` score matrix).
         gradient_accumulation_steps: batches per optimiser step (Accelerate's gradient accumulation).
         early_stopping_patience: stop after this many epochs without a valid NDCG@10 gain (`None`: never).
+        validation_protocol: the protocol of the validation NDCG@10 that early stopping, the kept weights,
+            `id_mode: auto` and `tune.py` go by: `"official"` (the history's items are ranked too, as in the
+            paper) or `"exclude_history"` (they are not, as the pipeline serves by default).
         metrics_at: the cut-offs K of HR@K, NDCG@K and MRR@K in validation and `metrics.json`; must include 10
             (early stopping) and 50 (the results table). The official MISSRec code prints each cut-off one rank
             deeper: add 11 and 51 to compare with its numbers.
@@ -118,6 +124,8 @@ class TrainingRecipe:
     preset: str = "missrec-tiny"
     pretrained: str | None = None
     config_overrides: dict | None = None
+    sasrec_config_overrides: dict | None = None
+    sasrec_learning_rate: float | None = None
     strategy: str = "full"
     id_mode: str = "inductive"
     interest_ratio: float | None = None
@@ -137,6 +145,7 @@ class TrainingRecipe:
     seed: int = 0
     gradient_accumulation_steps: int = 1
     early_stopping_patience: int | None = 10
+    validation_protocol: str = "official"
     metrics_at: list[int] = field(default_factory=lambda: [10, 20, 50])
     baselines: list[str] = field(default_factory=lambda: ["sasrec"])
     output_dir: str = "runs/demo"
@@ -160,6 +169,13 @@ class TrainingRecipe:
         ):
             raise ValueError(f"text_fields={self.text_fields!r} must be a list of .item column names or null")
         self.config_overrides = parse_config_overrides(self.config_overrides)
+        self.sasrec_config_overrides = parse_config_overrides(self.sasrec_config_overrides)
+        if self.sasrec_learning_rate is not None and not self.sasrec_learning_rate > 0:
+            raise ValueError(f"sasrec_learning_rate={self.sasrec_learning_rate!r} must be > 0 or null")
+        if self.validation_protocol not in ("official", "exclude_history"):
+            raise ValueError(
+                f"validation_protocol={self.validation_protocol!r} is not one of ['official', 'exclude_history']"
+            )
         if self.stage == "pretrain" and (self.strategy != "full" or self.id_mode != "inductive"):
             raise ValueError(
                 "stage='pretrain' trains every parameter without item ids: strategy full, id_mode inductive"

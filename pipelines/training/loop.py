@@ -174,6 +174,19 @@ def missrec_to_train(
     return training_head(args, apply_finetuning_strategy(build_missrec(args, features, from_scratch), strategy))
 
 
+def build_sasrec(args: TrainingRecipe, num_items: int, max_seq_length: int) -> tuple[SASRecModel, TrainingRecipe]:
+    """The `sasrec` baseline of a recipe, seeded: RecBole's SASRec with `sasrec_config_overrides` on its config,
+    and the recipe it trains under (`sasrec_learning_rate`, when set, as its learning rate)."""
+    set_seed(args.seed)
+    overrides = args.sasrec_config_overrides or {}
+    for key in ("num_items", "max_seq_length"):
+        if key in overrides:
+            raise ValueError(f"sasrec_config_overrides: {key} is set by the data and the MISSRec model")
+    config = SASRecConfig(num_items=num_items, max_seq_length=max_seq_length, **overrides)
+    learning_rate = args.learning_rate if args.sasrec_learning_rate is None else args.sasrec_learning_rate
+    return SASRecModel(config), dataclasses.replace(args, learning_rate=learning_rate)
+
+
 def id_modes_to_try(args: TrainingRecipe, from_scratch: bool = False) -> tuple[str, ...]:
     """The id modes a run trains MISSRec in: the recipe's, or for `id_mode: auto` both (transductive first), except
     that a transductive pre-trained model only fine-tunes transductively."""
@@ -360,9 +373,15 @@ def fit(
                 if every and progress.global_step % every == 0:
                     save_checkpoint(progress=progress, best_state=best_state, **save)
         trained = time.perf_counter()
+        protocol = args.validation_protocol
         metrics = evaluate_ranking(
-            scorer, valid, batch_size=args.eval_batch_size, ks=args.metrics_at, accelerator=accelerator
-        )["official"]
+            scorer,
+            valid,
+            batch_size=args.eval_batch_size,
+            ks=args.metrics_at,
+            protocols=(protocol,),
+            accelerator=accelerator,
+        )[protocol]
         loss = progress.loss_sum / progress.step
         seconds = {"train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
         learning_rate = scheduler.get_last_lr()[0]
@@ -470,11 +489,10 @@ def train_and_evaluate(
         results["scratch_id_mode"], results["scratch_epochs"] = scratch_args.id_mode, histories[scratch_args.id_mode]
         scorers["MISSRec from scratch"] = ("scratch_", ranking_model(accelerator, scratch))
     if "sasrec" in args.baselines:
-        set_seed(args.seed)
-        sasrec = SASRecModel(SASRecConfig(num_items=domain.num_items, max_seq_length=max_seq_length))
+        sasrec, sasrec_args = build_sasrec(args, domain.num_items, max_seq_length)
         sasrec_train = SequenceCollator(domain.sequences["train"], max_seq_length)  # next-item CE, no augmentation
         sasrec, _, results["sasrec_epochs"] = fit(
-            accelerator, "SASRec", sasrec, sasrec_train, loaders["validation"], args
+            accelerator, "SASRec", sasrec, sasrec_train, loaders["validation"], sasrec_args
         )
         scorers["SASRec"] = ("sasrec_", sasrec)
     popularity = PopularityRecommender(train.targets, domain.num_items)

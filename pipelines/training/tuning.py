@@ -16,9 +16,9 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from ...configuration import TrainingRecipe
-from ..data import MultiModalDomain, catalogue_features
-from .loop import fit_missrec, id_modes_to_try, load_training_data
+from ...configuration import TrainingRecipe, load_preset
+from ..data import MultiModalDomain, SequenceCollator, catalogue_features
+from .loop import build_sasrec, fit, fit_missrec, id_modes_to_try, load_training_data
 
 try:
     import optuna
@@ -26,24 +26,28 @@ except ImportError:  # reported by run_study, with the command that installs it
     optuna = None
 
 OVERRIDE_PREFIX = "config_overrides."
+# Recipe keys holding config attributes: a setting `<key>.<attribute>` sets one of them.
+OVERRIDE_KEYS = ("config_overrides", "sasrec_config_overrides")
+MODELS = ("missrec", "sasrec")
 # The recipe keys that decide the data a run trains and validates on (`train.load_training_data`).
 DATA_KEYS = ("domain", "data_dir", "source", "text_encoder", "text_fields", "num_users", "num_items")
 DATA_KEYS += ("max_train_examples", "max_eval_examples", "seed")
 
 
 def apply_settings(args: TrainingRecipe, settings: dict) -> TrainingRecipe:
-    """`args` with a trial's `settings` applied (`config_overrides.<name>` keys merged into `config_overrides`),
-    validated as a recipe is."""
+    """`args` with a trial's `settings` applied (`config_overrides.<name>` keys merged into `config_overrides`,
+    `sasrec_config_overrides.<name>` into `sasrec_config_overrides`), validated as a recipe is."""
     values = dataclasses.asdict(args)
-    overrides = dict(values.get("config_overrides") or {})
+    overrides = {field: dict(values.get(field) or {}) for field in OVERRIDE_KEYS}
     for key, value in settings.items():
-        if key.startswith(OVERRIDE_PREFIX):
-            overrides[key.removeprefix(OVERRIDE_PREFIX)] = value
+        field, _, attribute = key.partition(".")
+        if attribute and field in overrides:
+            overrides[field][attribute] = value
         elif key in values:
             values[key] = value
         else:
             raise ValueError(f"unknown setting {key!r}: use a recipe key or {OVERRIDE_PREFIX}<attribute>")
-    return TrainingRecipe(**{**values, "config_overrides": overrides or None})
+    return TrainingRecipe(**{**values, **{field: found or None for field, found in overrides.items()}})
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:
@@ -63,9 +67,18 @@ def suggest(trial: optuna.Trial, space: dict) -> dict:
     return settings
 
 
-def best_validation_ndcg(args: TrainingRecipe, domain: MultiModalDomain, on_epoch_end=None) -> tuple[float, list[dict]]:
-    """Train MISSRec on `domain` (train and validation splits only) under `args`; the best validation NDCG@10 of
-    its epochs and the per-epoch history (with `id_mode: auto`, of the id mode kept)."""
+def best_validation_ndcg(
+    args: TrainingRecipe, domain: MultiModalDomain, on_epoch_end=None, model: str = "missrec"
+) -> tuple[float, list[dict]]:
+    """Train `model` (MISSRec, or the recipe's `sasrec` baseline) on `domain` (train and validation splits only)
+    under `args`; the best validation NDCG@10 of its epochs and the per-epoch history (with `id_mode: auto`, of
+    the id mode kept)."""
+    if model == "sasrec":
+        length = load_preset(args.preset).max_seq_length  # SASRec reads as many items as MISSRec
+        sasrec, sasrec_args = build_sasrec(args, domain.num_items, length)
+        train, valid = (SequenceCollator(domain.sequences[split], length) for split in ("train", "validation"))
+        _, _, history = fit(Accelerator(), "SASRec", sasrec, train, valid, sasrec_args, on_epoch_end)
+        return max(row["ndcg@10"] for row in history), history
     _, chosen, histories = fit_missrec(Accelerator(), args, domain, catalogue_features(domain.items), on_epoch_end)
     history = histories[chosen.id_mode]
     return max(row["ndcg@10"] for row in history), history
@@ -75,8 +88,10 @@ class TrialRunner:
     """Runs trials (a recipe changed by a trial's settings, trained on each of `seeds`) and logs each one to
     `log` as it finishes."""
 
-    def __init__(self, args: TrainingRecipe, seeds: list[int], log: Path):
-        self.args, self.seeds, self.log = args, seeds, log
+    def __init__(self, args: TrainingRecipe, seeds: list[int], log: Path, model: str = "missrec"):
+        if model not in MODELS:
+            raise ValueError(f"model={model!r} is not one of {list(MODELS)}")
+        self.args, self.seeds, self.log, self.model = args, seeds, log, model
         self.records: list[dict] = json.loads(log.read_text()) if log.is_file() else []
         self.domains: dict[tuple, MultiModalDomain] = {}
 
@@ -96,8 +111,8 @@ class TrialRunner:
         for seed in self.seeds:
             args = apply_settings(self.args, {**settings, "seed": seed})
             # Under `id_mode: auto` a run trains two validation curves; the pruner compares one per trial.
-            curve = on_epoch_end if len(id_modes_to_try(args)) == 1 else None
-            score, history = best_validation_ndcg(args, self.domain(args), on_epoch_end=curve)
+            curve = on_epoch_end if self.model == "sasrec" or len(id_modes_to_try(args)) == 1 else None
+            score, history = best_validation_ndcg(args, self.domain(args), on_epoch_end=curve, model=self.model)
             scores.append(score)
             epochs.append(max(history, key=lambda row: row["ndcg@10"])["epoch"])
         value = statistics.fmean(scores)
@@ -148,10 +163,12 @@ def run_study(
     study_name: str = "missrec",
     storage: str | None = None,
     sampler_seed: int = 0,
+    model: str = "missrec",
 ) -> list[dict]:
     """Run the `fixed` trials (settings as given), then `n_trials` of an Optuna TPE study over the search `space`
-    (pruned by the median rule when one seed and one id mode train), each on `seeds`; every trial is logged to
-    `<args.output_dir>/trials.json` as it finishes.
+    (pruned by the median rule when one seed and one id mode train), each on `seeds`, training `model` (MISSRec,
+    or the recipe's `sasrec` baseline: its settings are `sasrec_config_overrides.<attribute>` and
+    `sasrec_learning_rate`); every trial is logged to `<args.output_dir>/trials.json` as it finishes.
 
     Returns:
         The records of the trials run (earlier records of the same `trials.json` first).
@@ -162,7 +179,7 @@ def run_study(
         apply_settings(args, settings or {})
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    runner = TrialRunner(args, seeds, output / "trials.json")
+    runner = TrialRunner(args, seeds, output / "trials.json", model)
     for number, settings in enumerate(fixed):
         runner.run(f"fixed-{number}", settings or {})
     if n_trials:

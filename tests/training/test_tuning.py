@@ -209,3 +209,45 @@ def test_shipped_search_spaces_give_valid_recipes(scripts, path):
         settings = tune.suggest(study.ask(), space)
         assert set(settings) == set(space)
         tune.apply_settings(load_recipe(REPO / "configuration" / "recipes" / "scientific.yaml"), settings)
+
+
+def test_sasrec_trials_set_its_own_dropout_and_learning_rate(scripts, tmp_path, monkeypatch, fresh_accelerate_state):
+    """SASRec gets its settings chosen on validation like MISSRec: `tune.py --model sasrec` trains the recipe's
+    `sasrec` baseline with `sasrec_config_overrides.<attribute>` and `sasrec_learning_rate`."""
+    loop, tune = scripts
+    seen = []
+    real_fit = loop.fit
+
+    def recording_fit(logger, name, model, train, valid, args, on_epoch_end=None):
+        seen.append((name, model.config.hidden_dropout_prob, args.learning_rate, args.validation_protocol))
+        return real_fit(logger, name, model, train, valid, args, on_epoch_end)
+
+    monkeypatch.setattr(tune, "fit", recording_fit)
+    args = load_recipe(None, [*TINY_RUN, "--validation_protocol", "exclude_history"])
+    runner = tune.TrialRunner(args, [0], tmp_path / "trials.json", model="sasrec")
+    settings = {"sasrec_config_overrides.hidden_dropout_prob": 0.2, "sasrec_learning_rate": 0.004}
+    score = runner.run("sasrec", settings)
+    assert seen == [("SASRec", 0.2, 0.004, "exclude_history")]
+    assert 0 < score == runner.records[-1]["mean_valid_ndcg@10"]
+    with pytest.raises(ValueError, match="num_items is set by the data"):
+        loop.build_sasrec(tune.apply_settings(args, {"sasrec_config_overrides.num_items": 3}), 40, 50)
+    with pytest.raises(ValueError, match="model='bert4rec' is not one of"):
+        tune.TrialRunner(args, [0], tmp_path / "other.json", model="bert4rec")
+
+
+def test_validation_protocol_decides_what_early_stopping_reads(scripts, tmp_path, monkeypatch, fresh_accelerate_state):
+    loop, _ = scripts
+    asked = []
+    real = loop.evaluate_ranking
+
+    def recording(model, collator, **kwargs):
+        asked.append(kwargs.get("protocols"))
+        return real(model, collator, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_ranking", recording)
+    run = [*TINY_RUN, "--epochs", "1", "--output_dir", str(tmp_path / "run")]
+    results = run_train([*run, "--validation_protocol", "exclude_history"])
+    assert asked[0] == ("exclude_history",) and asked[-1] == ("official", "exclude_history")  # validation, test
+    assert 0 < results["epochs"][0]["ndcg@10"] <= 1
+    with pytest.raises(ValueError, match="validation_protocol='masked' is not one of"):
+        load_recipe(None, ["--validation_protocol", "masked"])
