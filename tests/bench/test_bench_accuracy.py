@@ -30,21 +30,39 @@ def test_mean_and_standard_error(case):
     assert math.isnan(case.mean_and_error([1.0])[1])
 
 
-def test_accuracy_table_pairs_missrec_with_sasrec_per_seed_and_checks_the_target(case):
+def excluded(run: dict, ours: float, theirs: float | None) -> dict:
+    """`run` with test NDCG@10 under the history-excluded protocol for MISSRec (and SASRec, when given)."""
+    run["missrec"]["test_exclude_history"] = {"ndcg@10": ours}
+    if theirs is not None:
+        run["sasrec"]["test_exclude_history"] = {"ndcg@10": theirs}
+    return run
+
+
+def test_accuracy_table_pairs_missrec_with_sasrec_per_seed_and_checks_the_targets(case):
     runs = [
-        record("Scientific", "transductive", "tuned", 0, 0.10, 0.0950, sasrec=0.0800),
-        record("Scientific", "transductive", "tuned", 1, 0.10, 0.0930, sasrec=0.0600),
-        record("Beauty", "transductive", "tuned", 0, 0.05, 0.0300, sasrec=0.0300),
+        excluded(record("Scientific", "transductive", "tuned", 0, 0.10, 0.0950, sasrec=0.0800), 0.110, 0.090),
+        excluded(record("Scientific", "transductive", "tuned", 1, 0.10, 0.0930, sasrec=0.0600), 0.100, 0.080),
+        excluded(record("Beauty", "transductive", "tuned", 0, 0.05, 0.0300, sasrec=0.0300), 0.0330, 0.0310),
     ]
     table = case.accuracy_markdown({"runs": runs}).splitlines()
-    scientific = next(line for line in table if line.startswith("| Scientific"))
-    assert "0.0940 ± 0.0010" in scientific  # mean and SE of 0.0950, 0.0930
-    gains = [0.0950 / 0.08 - 1, 0.0930 / 0.06 - 1]  # paired per seed
-    mean, error = case.mean_and_error(gains)
-    assert f"{100 * mean:+.1f}% ± {100 * error:.1f}%" in scientific
-    assert "pass" in scientific  # 0.0940 >= 0.0838 * 1.1 = 0.0922
-    beauty = next(line for line in table if line.startswith("| Beauty"))
-    assert "| +0.0% |" in beauty and "MISS" in beauty  # one seed, level with SASRec: not +10%
+    assert "| history excluded: MISSRec test NDCG@10 |" in table[0]  # the users' protocol leads
+    assert table[0].index("history excluded") < table[0].index("official")
+    scientific = next(line for line in table if line.startswith("| Scientific")).split(" | ")
+    assert scientific[3:7] == ["0.1050 ± 0.0050", "0.0850 ± 0.0050", _gain([0.110 / 0.090, 0.100 / 0.080]), "pass"]
+    assert scientific[7] == "0.0940 ± 0.0010"  # official: mean and SE of 0.0950, 0.0930
+    assert scientific[9] == _gain([0.0950 / 0.08, 0.0930 / 0.06])  # paired per seed
+    assert scientific[11] == "≥ SASRec: pass; ≥ 0.0922: pass"  # 0.0940 >= 0.0838 * 1.1
+    beauty = next(line for line in table if line.startswith("| Beauty")).split(" | ")
+    assert beauty[5:7] == ["+6.5%", "MISS"]  # one seed: the mean alone, short of +10%
+    assert beauty[9:12] == ["+0.0%", "—", "≥ SASRec: pass"]  # level with SASRec is not below it
+
+
+def _gain(ratios: list[float]) -> str:
+    """Paired gains as the table prints them: mean ± standard error, by hand."""
+    gains = [r - 1 for r in ratios]
+    mean = sum(gains) / len(gains)
+    error = math.sqrt(sum((g - mean) ** 2 for g in gains) / (len(gains) - 1) / len(gains))
+    return f"{100 * mean:+.1f}% ± {100 * error:.1f}%"
 
 
 def test_ablation_rows_are_paired_against_the_row_above_and_the_paper(case, monkeypatch):
@@ -56,25 +74,27 @@ def test_ablation_rows_are_paired_against_the_row_above_and_the_paper(case, monk
         for variant, values in tests.items()
         for seed in (0, 1)
     ]
-    rows = [line for line in case.ablation_markdown({"runs": runs}).splitlines() if line.startswith("| transductive")]
-    assert len(rows) == 3 and rows[0].endswith("| — | — | — |")
-    # lever1 vs lever0: differences 0.006 and 0.003 (valid and test alike here): mean 0.0045, SE 0.0015
-    assert rows[1].count("+0.0045 ± 0.0015") == 3
-    # tuned vs lever1: 0.001, 0.004 -> 0.0025 ± 0.0015; vs paper: 0.007, 0.007 -> 0.0070 ± 0.0000
-    assert rows[2].endswith("| +0.0025 ± 0.0015 | +0.0025 ± 0.0015 | +0.0070 ± 0.0000 |")
+    for run in runs:  # the history-excluded test: 0.01 above the official one, except lever1 seed 1 (+0.02)
+        bump = 0.02 if (run["variant"], run["seed"]) == ("lever1", 1) else 0.01
+        run["missrec"]["test_exclude_history"] = {"ndcg@10": run["missrec"]["test"]["ndcg@10"] + bump}
+    table = case.ablation_markdown({"runs": runs}).splitlines()
+    assert table[0].index("history excluded") < table[0].index("official")  # the users' protocol first
+    rows = [line.split(" | ")[3:] for line in table if line.startswith("| transductive")]
+    assert len(rows) == 3 and rows[0][3:] == ["—", "—", "—", "— |"]
+    # lever1 vs lever0: differences 0.006 and 0.003 (valid and official test alike here): mean 0.0045, SE 0.0015;
+    # history excluded: 0.006 and 0.013 -> 0.0095 ± 0.0035
+    assert rows[1][3:6] == ["+0.0045 ± 0.0015", "+0.0095 ± 0.0035", "+0.0045 ± 0.0015"]
+    # tuned vs lever1: 0.001, 0.004 -> 0.0025 ± 0.0015 (excluded: 0.001, -0.006); vs paper: 0.007, 0.007
+    assert rows[2][3:] == ["+0.0025 ± 0.0015", "-0.0025 ± 0.0035", "+0.0025 ± 0.0015", "+0.0070 ± 0.0000 |"]
     assert case.merged_levers(2) == {"weight_decay": 0.1, "learning_rate": 0.002}
 
 
-def test_accuracy_table_shows_both_models_with_the_history_excluded(case):
+def test_a_record_without_the_excluded_protocol_is_left_out_of_its_cells(case):
     runs = [record("Yelp", "transductive", "tuned", s, 0.05, 0.03, sasrec=0.02) for s in (0, 1)]
-    for run, (ours, theirs) in zip(runs, ((0.040, 0.030), (0.044, 0.034))):
-        run["missrec"]["test_exclude_history"] = {"ndcg@10": ours}
-        run["sasrec"]["test_exclude_history"] = {"ndcg@10": theirs}
+    excluded(runs[0], 0.040, 0.030)
+    excluded(runs[1], 0.044, None)  # SASRec's record from before the protocol was recorded
     yelp = next(line for line in case.accuracy_markdown({"runs": runs}).splitlines() if line.startswith("| Yelp"))
-    assert yelp.endswith("| 0.0420 / 0.0320 |")
-    del runs[1]["sasrec"]["test_exclude_history"]  # a record from before the column: left out of the mean
-    yelp = next(line for line in case.accuracy_markdown({"runs": runs}).splitlines() if line.startswith("| Yelp"))
-    assert yelp.endswith("| 0.0420 / 0.0300 |")
+    assert yelp.split(" | ")[3:7] == ["0.0420 ± 0.0020", "0.0300", "+33.3%", "pass"]  # paired on seed 0 alone
 
 
 def test_auto_rows_take_the_mode_of_the_better_validation_per_seed(case, monkeypatch):
@@ -101,3 +121,4 @@ def test_auto_rows_take_the_mode_of_the_better_validation_per_seed(case, monkeyp
     gains = [0.022 / 0.020 - 1, 0.030 / 0.020 - 1]  # each seed's chosen run against that seed's SASRec
     mean, error = case.mean_and_error(gains)
     assert "| 0.0260 ± 0.0040 |" in rows[2] and f"{100 * mean:+.1f}% ± {100 * error:.1f}%" in rows[2]
+    assert rows[2].split(" | ")[3] == "—"  # no run recorded the history-excluded protocol
