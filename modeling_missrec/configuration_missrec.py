@@ -123,6 +123,10 @@ class MISSRecConfig(PretrainedConfig):
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the fine-tuning cross-entropy over the catalogue, in [0, 1) (the paper: 0). The
             smoothed mass is spread over the real items only, not the padding column.
+        learned_id_weight (`bool`, *optional*, defaults to `False`):
+            Transductive mode: learn how much the item-id logit counts beside the fused content logit, one share
+            `a` for the model (`a * s_id + (1 - a) * fused`, starting at the paper's fixed 1/3: `(s_id + 2 *
+            fused) / 3`), so that a domain whose ids are noise (rarely seen items) can lean on content.
         exclude_history_in_loss (`bool`, *optional*, defaults to `False`):
             Train as you serve: leave the items of each training history other than its target out of the
             fine-tuning softmax, as `recommend(exclude_history=True)` and the pipeline leave them out of a
@@ -169,6 +173,7 @@ class MISSRecConfig(PretrainedConfig):
         seq_seq_loss_weight: float = 1e-3,
         diversity_loss_weight: float = 1e-4,
         label_smoothing: float = 0.0,
+        learned_id_weight: bool = False,
         exclude_history_in_loss: bool = False,
         repeat_bias: bool = False,
         **kwargs,
@@ -212,6 +217,8 @@ class MISSRecConfig(PretrainedConfig):
         _check_positive("diversity_loss_weight", diversity_loss_weight, allow_zero=True)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+        if not isinstance(learned_id_weight, bool):
+            raise ValueError(f"learned_id_weight={learned_id_weight!r} must be True or False")
         if not isinstance(exclude_history_in_loss, bool):
             raise ValueError(f"exclude_history_in_loss={exclude_history_in_loss!r} must be True or False")
         if not isinstance(repeat_bias, bool):
@@ -247,6 +254,7 @@ class MISSRecConfig(PretrainedConfig):
         self.seq_seq_loss_weight = seq_seq_loss_weight
         self.label_smoothing = label_smoothing
         self.exclude_history_in_loss = exclude_history_in_loss
+        self.learned_id_weight = learned_id_weight
         self.repeat_bias = repeat_bias
         self.diversity_loss_weight = diversity_loss_weight
         super().__init__(**kwargs)

@@ -606,6 +606,14 @@ class MISSRecItemFusion(nn.Module):
             self.weight = nn.Parameter(torch.zeros(config.num_items + 1))
         else:
             self.register_parameter("weight", None)
+        # The learned share of the item-id logit (`config.learned_id_weight`), as a logit; only ids have one.
+        learned = config.learned_id_weight and config.id_mode == "transductive"
+        self.id_weight = nn.Parameter(torch.zeros(1)) if learned else None
+
+    def id_share(self) -> torch.Tensor | None:
+        """`[1]` the share of the item-id logit in a transductive score ([`join_id_scores`]), or None for the
+        paper's fixed 1/3."""
+        return None if self.id_weight is None else torch.sigmoid(self.id_weight)
 
     def forward(
         self, modality_logits: torch.Tensor, present: torch.Tensor, item_ids: torch.Tensor | None = None

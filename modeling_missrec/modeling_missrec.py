@@ -192,8 +192,11 @@ class MISSRecPreTrainedModel(PreTrainedModel):
         official adaptors, created after its init pass, keep `nn.Linear`'s default.
         """
         init_standard_weights(module, self.config.initializer_range)
-        if isinstance(module, MISSRecItemFusion) and module.weight is not None:
-            init.zeros_(module.weight)
+        if isinstance(module, MISSRecItemFusion):
+            if module.weight is not None:
+                init.zeros_(module.weight)
+            if module.id_weight is not None:  # the paper's share, 1/3: sigmoid(log 0.5)
+                init.constant_(module.id_weight, math.log(0.5))
         elif isinstance(module, MISSRecRepeatBias):
             init.zeros_(module.weight)
         elif isinstance(module, MISSRecModel):
@@ -366,6 +369,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
             raise ValueError("the model is already transductive (it has item-id embeddings)")
         self._describe_catalogue(id_mode="transductive")
         self.item_id_embeddings = self._fresh_item_id_embeddings()
+        self._add_id_share()
 
     def add_repeat_bias(self) -> None:
         """Switch the learned repeat offsets on ([`MISSRecRepeatBias`], `config.repeat_bias`), starting at 0 (the
@@ -375,6 +379,20 @@ class MISSRecModel(MISSRecPreTrainedModel):
             raise ValueError("the model already has repeat offsets")
         self.config.repeat_bias = True
         self.repeat_bias = MISSRecRepeatBias(self.config).to(self.position_embeddings.weight.device, self.dtype)
+
+    def add_learned_id_weight(self) -> None:
+        """Switch the learned id share on (`config.learned_id_weight`), starting at the paper's 1/3 (the scores do
+        not change until it is trained): how a model without it is fine-tuned, or an adapter loaded, with it."""
+        if self.config.learned_id_weight:
+            raise ValueError("the model already learns its id share")
+        self.config.learned_id_weight = True
+        self._add_id_share()
+
+    def _add_id_share(self) -> None:
+        """The learned id share's parameter, at 1/3, for a transductive model that learns it and lacks it."""
+        if self.item_id_embeddings is not None and self.item_fusion.id_weight is None and self.config.learned_id_weight:
+            weight = torch.full((1,), math.log(0.5), device=self.position_embeddings.weight.device, dtype=self.dtype)
+            self.item_fusion.id_weight = nn.Parameter(weight)
 
     @writes_catalogue_state
     def add_modality(self, modality: str, feature_dim: int) -> None:
@@ -833,7 +851,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         modality_logits = torch.stack([sequence_embeddings @ items[m].T for m in self.modality_names])  # [M, B, C]
         logits = self.item_fusion(modality_logits, self.item_presence(item_ids), item_ids)
         if "id" in items:
-            logits = join_id_scores(sequence_embeddings @ items["id"].T, logits)
+            logits = join_id_scores(sequence_embeddings @ items["id"].T, logits, id_share=self.item_fusion.id_share())
         logits = logits / self.config.score_temperature
         if item_ids is None:
             logits[:, 0] = torch.finfo(logits.dtype).min

@@ -100,8 +100,14 @@ def text_share(difference: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(weight * difference)
 
 
-def join_id_scores(id_scores: torch.Tensor, fused: torch.Tensor, *, in_place: bool = False) -> torch.Tensor:
-    """Transductive scores `(s_id + 2 * fused) / 3`; `in_place` writes them into `fused` (a serving buffer)."""
+def join_id_scores(
+    id_scores: torch.Tensor, fused: torch.Tensor, *, id_share: torch.Tensor | None = None, in_place: bool = False
+) -> torch.Tensor:
+    """Transductive scores: the paper's `(s_id + 2 * fused) / 3`, or with a learned `id_share` `a` (`[1]`,
+    `config.learned_id_weight`) `a * s_id + (1 - a) * fused`. Linear, so it joins embeddings as well as logits;
+    `in_place` writes into `fused` (a serving buffer)."""
+    if id_share is not None:
+        return fused.lerp_(id_scores, id_share) if in_place else fused.lerp(id_scores, id_share)
     if in_place:
         return fused.mul_(2).add_(id_scores).div_(3)
     return (id_scores + 2 * fused) / 3
@@ -154,7 +160,8 @@ class ItemIndex:
     Args:
         modalities: the model's modality names; mode: its item fusion mode.
         weight: the fusion weight (`[1]`, `[N]` or None); temperature: the score temperature.
-        num_items: N; hidden_size: d; has_id: whether the model has item-id embeddings (transductive).
+        num_items: N; hidden_size: d; has_id: whether the model has item-id embeddings (transductive);
+        id_share: the learned share of the id logit (`config.learned_id_weight`), or None for the paper's 1/3.
     """
 
     def __init__(
@@ -167,6 +174,7 @@ class ItemIndex:
         num_items: int,
         hidden_size: int,
         has_id: bool,
+        id_share: torch.Tensor | None = None,
         device: torch.device | str = "cpu",
     ):
         self.modalities = list(modalities)
@@ -178,6 +186,7 @@ class ItemIndex:
         self.columns_per_item = 1 if self.mode == "static" else 2 + int(self.has_id)
         self.matrix = torch.empty(hidden_size, num_items * self.columns_per_item, device=device)  # [d, N * P]
         self.weight = None if weight is None or self.mode == "static" else weight.detach().reshape(-1)
+        self.id_share = None if id_share is None else id_share.detach()
 
     @classmethod
     def _empty_for(cls, model: nn.Module, weight: torch.Tensor | None, num_items: int, *, has_id: bool) -> ItemIndex:
@@ -190,6 +199,7 @@ class ItemIndex:
             num_items=num_items,
             hidden_size=model.config.hidden_size,
             has_id=has_id,
+            id_share=model.item_fusion.id_share() if has_id else None,
             device=model.device,
         )
 
@@ -199,7 +209,7 @@ class ItemIndex:
         if self.mode == "static":
             stacked = torch.stack([embeddings[m] for m in self.modalities])  # [M, c, d]
             mean = present_mean(stacked, present[..., None])
-            columns = [join_id_scores(embeddings["id"], mean) if self.id_folded else mean]
+            columns = [join_id_scores(embeddings["id"], mean, id_share=self.id_share) if self.id_folded else mean]
         else:
             text, image = stand_in_for_absent(embeddings["text"], embeddings["image"], *present[:, :, None])
             columns = [text, image] + ([embeddings["id"]] if self.has_id else [])
@@ -299,7 +309,7 @@ class ItemIndex:
                 chunk_weight = weight if weight.numel() == 1 else weight[start:stop]
                 scores = pair_fusion(logits[..., 0], logits[..., 1], chunk_weight, out=scratch)
                 if self.has_id:
-                    scores = join_id_scores(logits[..., 2], scores, in_place=True)
+                    scores = join_id_scores(logits[..., 2], scores, id_share=self.id_share, in_place=True)
             if offsets is not None:
                 inside = (offsets[1] >= start) & (offsets[1] < stop)
                 chunk_offsets = (offsets[0][inside], offsets[1][inside] - start, offsets[2][inside])
