@@ -19,7 +19,8 @@ ADAPTER_TEMPLATE = Path(__file__).with_name("adapter_card_template.md")
 TAGS = ["recommendation", "sequential-recommendation", "multi-modal", "missrec", "custom_code"]
 METRIC_ORDER = [f"{name}@{k}" for k in (10, 20, 50) for name in ("hr", "ndcg", "mrr")]
 METRIC_NAMES = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR"}
-PROTOCOLS = {"test": "official", "test_exclude_history": "exclude history"}
+# What the pipeline serves (the history excluded) first, then the paper's protocol, for the literature.
+PROTOCOLS = {"test_exclude_history": "exclude history", "test": "official"}
 BASELINES = {"": "MISSRec", "sasrec_": "SASRec", "popularity_": "Popularity"}
 # Recipe keys that describe where a run wrote its files, not how it trained.
 HIDDEN_RECIPE_KEYS = {"output_dir"}

@@ -147,6 +147,7 @@ def test_exported_model_folder_is_servable_and_its_card_carries_the_run(demo_run
     assert (
         f"{metrics['test']['ndcg@10']:.4f}" in card.text and f"{metrics['popularity_test']['hr@10']:.4f}" in card.text
     )
+    assert card.text.index("| MISSRec | exclude history |") < card.text.index("| MISSRec | official |")  # users first
     for section in ("## Intended use", "## Training data", "## Training recipe", "## Limitations", "synthetic"):
         assert section in card.text
 
