@@ -56,6 +56,8 @@ LEVERS = (
     ("+ score temperature 0.07 → 0.15", {"config_overrides": {"score_temperature": 0.15}}),
     ("+ AdamW weight decay 0.1", {"weight_decay": 0.1}),
     ("+ learned repeat offsets", {"config_overrides": {"repeat_bias": True}}),
+    ("+ validation with the history excluded", {"validation_protocol": "exclude_history"}),
+    ("+ history out of the training softmax", {"config_overrides": {"exclude_history_in_loss": True}}),
 )
 ABLATION_MODES = ("transductive",)  # the CPU bound: every lever row costs a run per seed
 TUNED = "tuned"  # the variant name of the tuned defaults' runs (the last lever row)
@@ -107,9 +109,10 @@ def run_once(
         return json.loads(record_file.read_text())
     if recorded_only:
         return None
-    # One SASRec per domain and seed (it reads ids only, whatever MISSRec's settings): beside the first
-    # transductive run of that seed, kept in its record.
-    baselines = "[sasrec]" if mode == "transductive" and recorded_sasrec(domain, seed, root) is None else "[]"
+    # One SASRec per domain and seed (it reads ids only, whatever MISSRec's settings), with the tuned recipe's own
+    # SASRec settings: beside the tuned transductive run of that seed, kept in its record.
+    first = mode == "transductive" and variant == TUNED and recorded_sasrec(domain, seed, root) is None
+    baselines = "[sasrec]" if first else "[]"
     argv = [*words, "--seed", str(seed), "--baselines", baselines, "--output_dir", str(folder)]
     print(f"accuracy: {domain} {mode} {variant} seed {seed}", file=sys.stderr, flush=True)
     started = time.perf_counter()
