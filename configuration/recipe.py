@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from accelerate.utils import LoggerType
@@ -155,6 +158,11 @@ class TrainingRecipe:
     resume_from_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
+        # The overrides' string form (`a=1,b=0.5`) first: it is a mapping once parsed.
+        self.config_overrides = parse_config_overrides(self.config_overrides)
+        self.sasrec_config_overrides = parse_config_overrides(self.sasrec_config_overrides)
+        for key, annotation in typing.get_type_hints(type(self)).items():
+            setattr(self, key, typed_value(key, getattr(self, key), annotation))
         if self.stage not in ("finetune", "pretrain"):
             raise ValueError(f"stage={self.stage!r} is not one of ['finetune', 'pretrain']")
         domains = self.domains
@@ -168,8 +176,6 @@ class TrainingRecipe:
             not isinstance(self.text_fields, list) or not all(isinstance(f, str) and f for f in self.text_fields)
         ):
             raise ValueError(f"text_fields={self.text_fields!r} must be a list of .item column names or null")
-        self.config_overrides = parse_config_overrides(self.config_overrides)
-        self.sasrec_config_overrides = parse_config_overrides(self.sasrec_config_overrides)
         if self.sasrec_learning_rate is not None and not self.sasrec_learning_rate > 0:
             raise ValueError(f"sasrec_learning_rate={self.sasrec_learning_rate!r} must be > 0 or null")
         if self.validation_protocol not in ("official", "exclude_history"):
@@ -283,6 +289,48 @@ def parse_config_overrides(overrides: dict | str | None) -> dict | None:
     return dict(overrides)
 
 
+def typed_value(key: str, value: Any, annotation: Any) -> Any:
+    """`value` of recipe key `key` as its field's type `annotation`, or a `ValueError` naming the key, the value and
+    the type. YAML and the command line give strings for what a user means as numbers or booleans (`1e-3` is a
+    string to YAML, `"false"` a string in quotes), so a string that reads as the expected number or boolean is
+    converted; a boolean is never a number (`epochs: true` is an error), and a single value for a list field is a
+    one-item list."""
+    if annotation is Any:
+        return value
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    if options:
+        if value is None and type(None) in options:
+            return None
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return typed_value(key, value, option)
+            except ValueError:
+                continue
+    elif typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        values = value if isinstance(value, list) else [value]
+        return [typed_value(key, v, item) for v in values]
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+    elif annotation in (int, float):
+        if isinstance(value, bool):
+            pass  # a boolean is not a number
+        elif isinstance(value, int) or (annotation is float and isinstance(value, float)):
+            return annotation(value)
+        elif isinstance(value, str):
+            try:
+                return annotation(value.strip())
+            except ValueError:
+                pass
+    elif isinstance(annotation, type) and isinstance(value, annotation):
+        return value
+    expected = getattr(annotation, "__name__", None) or str(annotation)
+    raise ValueError(f"recipe key {key}: {value!r} is not a valid {expected}")
+
+
 def _parse_value(raw: str):
     """A command-line value: an int, a float (`1e-3` included), else YAML (`null`, `true`, a list, a string)."""
     for kind in (int, float):
@@ -308,7 +356,12 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | No
     if not path.is_file():
         shipped = sorted(p.name for p in default_recipe_path().parent.glob("*.yaml"))
         raise FileNotFoundError(f"recipe {path} does not exist (recipes shipped with the package: {shipped})")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ValueError(f"{path}: {where}not valid YAML ({getattr(error, 'problem', None) or error})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a recipe is a mapping of keys to values")
     words = list(overrides or [])

@@ -52,7 +52,7 @@ def test_errors_name_the_problem(tmp_path):
         load_recipe(None, ["--metrics_at", "[10, 20]"])
     with pytest.raises(ValueError, match=r"metrics_at=\[10, 0, 50\] must be a list of integers >= 1"):
         load_recipe(None, ["--metrics_at", "[10, 0, 50]"])
-    with pytest.raises(ValueError, match=r"metrics_at=\[10, True, 50\] must be a list of integers >= 1"):
+    with pytest.raises(ValueError, match="recipe key metrics_at: True is not a valid int"):
         load_recipe(None, ["--metrics_at", "[10, true, 50]"])
     with pytest.raises(FileNotFoundError, match="recipes shipped with the package: \\['demo-finetune.yaml'"):
         load_recipe(tmp_path / "missing.yaml")
@@ -215,11 +215,11 @@ def test_optimisation_keys_are_validated():
         load_recipe(None, ["--lr_scheduler_type", "step"])
     with pytest.raises(ValueError, match="'constant' has no warm-up: use 'constant_with_warmup'"):
         load_recipe(None, ["--warmup_ratio", "0.1"])
-    with pytest.raises(ValueError, match=r"warmup_ratio=1 must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"warmup_ratio=1.0 must be in \[0, 1\)"):
         load_recipe(None, ["--lr_scheduler_type", "linear", "--warmup_ratio", "1"])
     with pytest.raises(ValueError, match="weight_decay=-0.1 must be >= 0"):
         load_recipe(None, ["--weight_decay", "-0.1"])
-    with pytest.raises(ValueError, match="max_grad_norm=0 must be > 0 or null"):
+    with pytest.raises(ValueError, match="max_grad_norm=0.0 must be > 0 or null"):
         load_recipe(None, ["--max_grad_norm", "0"])
     with pytest.raises(ValueError, match=r"report_to=\['jsonl', 'stdout'\] must be a non-empty list drawn from"):
         load_recipe(None, ["--report_to", "[jsonl, stdout]"])
@@ -288,3 +288,29 @@ def test_a_tracker_that_is_not_installed_is_named():
         pytest.skip("wandb is installed here")
     with pytest.raises(ValueError, match=r"report_to names \['wandb'\], which are not installed.*pip install wandb"):
         run_trackers(["jsonl", "wandb"], "runs/x")
+
+
+def test_recipe_values_are_read_as_their_keys_types(tmp_path):
+    """Issue 35, defects 2, 8 and 9: YAML's `1e-3` (a string to YAML), a quoted `"false"`, `epochs: true`, a YAML
+    syntax error: one typed conversion per key, driven by the recipe's field types."""
+    recipe = tmp_path / "typed.yaml"
+    recipe.write_text('learning_rate: 1e-3\noverwrite_output_dir: "false"\nepochs: "5"\nreport_to: jsonl\n')
+    typed = load_recipe(recipe)
+    assert (typed.learning_rate, typed.overwrite_output_dir, typed.epochs, typed.report_to) == (
+        0.001,
+        False,
+        5,
+        ["jsonl"],
+    )
+    assert type(typed.learning_rate) is float and typed.overwrite_output_dir is False  # not the truthy string
+    for words, message in (
+        (["--epochs", "true"], "recipe key epochs: True is not a valid int"),
+        (["--learning_rate", "fast"], "recipe key learning_rate: 'fast' is not a valid float"),
+        (["--overwrite_output_dir", "maybe"], "recipe key overwrite_output_dir: 'maybe' is not a valid bool"),
+        (["--checkpointing_steps", "[1]"], r"recipe key checkpointing_steps: \[1\] is not a valid int \| str \| None"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            load_recipe(None, words)
+    recipe.write_text("epochs: 3\nlearning_rate: [0.1\n")
+    with pytest.raises(ValueError, match=r"typed.yaml: line 3, column 1: not valid YAML"):
+        load_recipe(recipe)
