@@ -445,7 +445,8 @@ def run_training(args: TrainingRecipe) -> dict:
     Returns:
         The results written to `metrics.json`.
     """
-    accelerator = Accelerator(log_with=run_trackers(args.report_to, args.output_dir), project_dir=args.output_dir)
+    trackers = run_trackers(args.report_to, args.output_dir, resume=args.resume_from_checkpoint is not None)
+    accelerator = Accelerator(log_with=trackers, project_dir=args.output_dir)
     prepare_output_dir(accelerator, args)
     accelerator.init_trackers("missrec", config=scalar_config(dataclasses.asdict(args)))
     with accelerator.main_process_first():  # the main process builds the datasets cache, the others reuse it

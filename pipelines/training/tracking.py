@@ -13,15 +13,18 @@ class JSONLinesTracker(GeneralTracker):
     """An Accelerate tracker appending one JSON object per `log` call to `<logging_dir>/<run_name>.jsonl`.
 
     Pass it as `Accelerator(log_with=[JSONLinesTracker(run_name, logging_dir)])`; `accelerator.log(values, step)`
-    then writes `{"step": step, **values}`. Only the main process writes.
+    then writes `{"step": step, **values}`. Only the main process writes. A fresh run starts the file with its
+    configuration; a resumed run (`resume=True`) appends to it (a line `{"config": ..., "resumed": true}`), so the
+    epochs logged before the interruption stay.
     """
 
     name = "jsonlines"
     requires_logging_directory = True
 
-    def __init__(self, run_name: str, logging_dir: str | os.PathLike):
+    def __init__(self, run_name: str, logging_dir: str | os.PathLike, resume: bool = False):
         super().__init__()
         self.path = Path(logging_dir) / f"{run_name}.jsonl"
+        self.resume = resume
 
     @property
     def tracker(self) -> Path:
@@ -29,8 +32,9 @@ class JSONLinesTracker(GeneralTracker):
 
     def store_init_configuration(self, values: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w") as f:
-            f.write(json.dumps({"config": values}, default=str) + "\n")
+        line = {"config": values, **({"resumed": True} if self.resume else {})}
+        with open(self.path, "a" if self.resume else "w") as f:
+            f.write(json.dumps(line, default=str) + "\n")
 
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,10 +42,11 @@ class JSONLinesTracker(GeneralTracker):
             f.write(json.dumps({"step": step, **values}, default=float) + "\n")
 
 
-def run_trackers(report_to: list[str], output_dir: str | os.PathLike) -> list:
+def run_trackers(report_to: list[str], output_dir: str | os.PathLike, resume: bool = False) -> list:
     """The `log_with` of the run's `Accelerator` for a recipe's `report_to`: `"jsonl"` is the
-    [`JSONLinesTracker`] writing `output_dir/train_log.jsonl`, `"all"` that and every installed Accelerate tracker,
-    any other name that Accelerate tracker (an error naming what to install when it is not installed)."""
+    [`JSONLinesTracker`] writing `output_dir/train_log.jsonl` (appending to it when the run `resume`s), `"all"`
+    that and every installed Accelerate tracker, any other name that Accelerate tracker (an error naming what to
+    install when it is not installed)."""
     available = {str(tracker) for tracker in get_available_trackers()}
     missing = [name for name in report_to if name not in ("jsonl", "all") and name not in available]
     if missing:
@@ -51,7 +56,7 @@ def run_trackers(report_to: list[str], output_dir: str | os.PathLike) -> list:
         )
     trackers = [name for name in report_to if name != "jsonl"]
     if "jsonl" in report_to or "all" in report_to:
-        trackers.append(JSONLinesTracker("train_log", output_dir))
+        trackers.append(JSONLinesTracker("train_log", output_dir, resume=resume))
     return trackers
 
 

@@ -131,8 +131,12 @@ def test_checkpoints_resume_refuse_other_settings_and_protect_earlier_runs(train
     saved = list_checkpoints(run / "checkpoints" / "MISSRec")
     assert len(saved) == 2 and read_progress(saved[-1]).finished
     assert not list((run / "checkpoints" / "MISSRec").glob(".tmp-*"))  # every save completed its rename
+    logged = (run / "train_log.jsonl").read_text().splitlines()
     resumed = run_train([*tiny, "--checkpointing_steps", "epoch", "--resume_from_checkpoint", "latest"])
     assert resumed["epochs"] == first["epochs"] and resumed["test"] == pytest.approx(first["test"], abs=1e-6)
+    # Issue 35, defect 4: the resumed run appends to the log; the epochs logged before stay.
+    after = (run / "train_log.jsonl").read_text().splitlines()
+    assert after[: len(logged)] == logged and json.loads(after[len(logged)])["resumed"] is True
     with pytest.raises(ValueError, match=r"other settings \(learning_rate: 0.001 there, 0.002 now\)"):
         run_train([*tiny, "--learning_rate", "0.002", "--resume_from_checkpoint", "latest"])
     with pytest.raises(FileExistsError, match="holds checkpoints of an earlier run"):
