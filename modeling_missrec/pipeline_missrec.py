@@ -221,7 +221,11 @@ class SequentialRecommendationPipeline(Pipeline):
         """Recommendations for one history (a list of dicts) or a batch (a list of such lists); see the class."""
         if isinstance(inputs, types.GeneratorType):
             return super().__call__(inputs, *args, **kwargs)  # streamed: one history at a time
-        batch_size = kwargs.pop("batch_size", None) or self._batch_size or 256
+        batch_size = kwargs.pop("batch_size", None)
+        if batch_size is None:
+            batch_size = self._batch_size or 256
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1 (histories scored together)")
         single = _is_single_history(inputs)
         histories = [inputs] if single else list(inputs)
         preprocess, forward, postprocess = self._sanitize_parameters(**kwargs)
@@ -319,6 +323,8 @@ class SequentialRecommendationPipeline(Pipeline):
             empty[empty_rows] = True
         allowed = None
         if candidates is not None:
+            if isinstance(candidates, (str, bytes)) or _is_scalar(candidates):
+                raise ValueError(f"candidates={candidates!r} must be a list of item ids or source ids, not one value")
             allowed = torch.tensor(sorted(set(self._to_ids(candidates, on_unknown, "candidates"))), dtype=torch.long)
         cold = None if cold_start_items is None else self._cold_start(cold_start_items)
         if allowed is not None and len(allowed) == 0 and cold is None:

@@ -19,7 +19,9 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) 
     """Call `write(binary file)` on a temporary file next to `path` (its folder created if needed), then move it
     into place.
 
-    A reader never sees half a file, and a failed write leaves no temporary file behind.
+    A reader never sees half a file, and a failed write leaves no temporary file behind. The file gets the mode an
+    ordinary `open(path, "w")` gives (0666 less the umask), not the temporary file's private 0600: exported
+    folders are meant to be read by others.
 
     Returns:
         `path` as a `Path`.
@@ -30,6 +32,9 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) 
     try:
         with file:
             write(file)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(file.name, 0o666 & ~umask)
         os.replace(file.name, path)
     except BaseException:
         Path(file.name).unlink(missing_ok=True)
@@ -54,6 +59,6 @@ def unwrap_missrec(model: nn.Module) -> nn.Module:
             model = model.missrec
         else:
             break
-    if not hasattr(model, "embed_sequences"):
+    if not hasattr(model, "discover_interests"):  # what a MISSRec base has and other models (SASRec) lack
         raise ValueError(f"{type(model).__name__} is not a MISSRec model")
     return model

@@ -321,6 +321,13 @@ def test_bad_input_is_refused_with_clear_messages():
         pipe([3], candidates=[1, 99])
     with pytest.raises(ValueError, match="on_unknown"):
         pipe([3], on_unknown="ignore")
+    # Issue 35, defects 8 and 10: a batch size that would serve nothing, a bare string as the candidates.
+    for batch_size in (-1, 0, 2.5, True):
+        with pytest.raises(ValueError, match=f"batch_size={batch_size!r} must be an integer >= 1"):
+            pipe([[3], [4]], batch_size=batch_size)
+    for bare in ("B0003", 3):
+        with pytest.raises(ValueError, match=f"candidates={bare!r} must be a list of item ids or source ids"):
+            pipe([3], candidates=bare)
     with pytest.raises(TypeError, match="unknown parameters \\['topk'\\]"):
         pipe([3], topk=3)
     with pytest.raises(ValueError, match="mix item ids and lists"):
