@@ -131,7 +131,8 @@ class MISSRecConfig(PretrainedConfig):
             Train as you serve: leave the items of each training history other than its target out of the
             fine-tuning softmax, as `recommend(exclude_history=True)` and the pipeline leave them out of a
             recommendation (the paper: `False`, every catalogue item competes). Only the items the model reads
-            (`max_seq_length` most recent) are left out.
+            (`max_seq_length` most recent) are left out. The repeat offsets (`repeat_bias`), which only matter where
+            the history is ranked too, still learn on the whole softmax, with the model's scores held fixed.
         repeat_bias (`bool`, *optional*, defaults to `False`):
             Learn a logit offset for the items a history already holds, one per recency position
             ([`MISSRecRepeatBias`]; the paper: none, a history's own items score like any other). The offsets start

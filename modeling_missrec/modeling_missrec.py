@@ -960,16 +960,24 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
         seq, diversity = base._encode(
             item_seq, lengths, catalogue=catalogue, with_diversity=labels is not None, interest_projections=projections
         )
-        scores = base.score_items(seq, catalogue=catalogue)
-        if base.repeat_bias is not None:
-            scores = add_history_offsets(scores, base.repeat_bias(item_seq, lengths))
+        raw = base.score_items(seq, catalogue=catalogue)
+        offsets = None if base.repeat_bias is None else base.repeat_bias(item_seq, lengths)
+        scores = raw if offsets is None else add_history_offsets(raw, offsets)
         loss = None
         if labels is not None:
             labels = validate_labels(labels, len(item_seq), self.config.num_items)
-            excluded = None
-            if self.config.exclude_history_in_loss:  # train as you serve
+            smoothing = self.config.label_smoothing
+            if self.config.exclude_history_in_loss:  # train as you serve: the history gets no probability mass
                 excluded = history_mask(item_seq, scores.shape[1], keep=labels)
-            ranking = catalogue_cross_entropy(scores, labels, self.config.label_smoothing, excluded)
+                ranking = catalogue_cross_entropy(raw, labels, smoothing, excluded)
+                if offsets is not None:
+                    # The repeat offsets alone still learn, on the paper's whole softmax, how far a history's own
+                    # items rank (what the official protocol ranks): the model's scores are held fixed there.
+                    ranking = ranking + catalogue_cross_entropy(
+                        add_history_offsets(raw.detach(), offsets), labels, smoothing
+                    )
+            else:
+                ranking = catalogue_cross_entropy(scores, labels, smoothing)
             loss = ranking + self.config.diversity_loss_weight * diversity
         output = MISSRecSequentialRecommendationOutput(
             loss=loss, scores=scores, sequence_embeddings=seq, diversity_loss=diversity

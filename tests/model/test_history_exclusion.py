@@ -85,3 +85,29 @@ def test_models_train_as_they_serve_when_asked(kind):
     assert not torch.isclose(out.loss, paper(item_seq=items, lengths=lengths, labels=labels).loss)
     with pytest.raises(ValueError, match="exclude_history_in_loss"):
         SASRecConfig(exclude_history_in_loss="yes")
+
+
+def test_repeat_offsets_still_learn_on_the_whole_softmax_when_the_history_is_left_out():
+    """With `exclude_history_in_loss` and `repeat_bias`, the model trains on the history-excluded softmax without
+    the offsets, and the offsets alone train on the paper's softmax over the detached scores: what the official
+    protocol (history ranked too) needs of them."""
+    model = rec(tiny_model(40, exclude_history_in_loss=True, repeat_bias=True))
+    items, lengths = random_histories(6, 6, 40, seed=5)
+    labels = torch.arange(1, 7)
+    with torch.no_grad():
+        model.base.repeat_bias.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    out = model(item_seq=items, lengths=lengths, labels=labels)
+    raw = model.base.score_items(out.sequence_embeddings)
+    offsets = model.base.repeat_bias(items, lengths)
+    from modeling_missrec.scoring_missrec import add_history_offsets
+
+    served = catalogue_cross_entropy(raw, labels, excluded=history_mask(items, raw.shape[1], labels))
+    whole = catalogue_cross_entropy(add_history_offsets(raw.detach(), offsets), labels)
+    torch.testing.assert_close(out.loss, served + whole + model.config.diversity_loss_weight * out.diversity_loss)
+    adaptor = model.base.text_adaptor.weight
+    grad_adaptor, grad_offsets = torch.autograd.grad(
+        out.loss, [adaptor, model.base.repeat_bias.weight], retain_graph=True
+    )
+    expected = torch.autograd.grad(served + model.config.diversity_loss_weight * out.diversity_loss, adaptor)[0]
+    torch.testing.assert_close(grad_adaptor, expected)  # the whole-softmax term reaches only the offsets
+    assert grad_offsets.abs().sum() > 0
