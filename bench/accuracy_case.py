@@ -57,7 +57,6 @@ LEVERS = (
     ("+ AdamW weight decay 0.1", {"weight_decay": 0.1}),
     ("+ learned repeat offsets", {"config_overrides": {"repeat_bias": True}}),
     ("+ validation with the history excluded", {"validation_protocol": "exclude_history"}),
-    ("+ history out of the training softmax", {"config_overrides": {"exclude_history_in_loss": True}}),
 )
 ABLATION_MODES = ("transductive",)  # the CPU bound: every lever row costs a run per seed
 TUNED = "tuned"  # the variant name of the tuned defaults' runs (the last lever row)
