@@ -826,6 +826,12 @@ class MISSRecModel(MISSRecPreTrainedModel):
         embeddings = {}
         for m, (table, mask) in tables.items():
             adapted = self._adapt(m, table.to(self.device, self.dtype)) * mask.to(self.device)[:, None]
+            overflow = (~torch.isfinite(adapted).all(1)).nonzero().flatten()
+            if overflow.numel():  # finite features of huge magnitude: their projection is not a number to rank
+                raise ValueError(
+                    f"new items {_first(overflow + first_id)} have {m} features whose projection is not finite "
+                    "(values too large; item ids)"
+                )
             embeddings[m] = F.normalize(adapted, dim=-1)
         return embeddings, present
 

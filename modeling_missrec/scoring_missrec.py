@@ -321,6 +321,8 @@ class ItemIndex:
                 else:
                     inside = (excluded[1] >= start) & (excluded[1] < stop)
                     scores[excluded[0][inside], excluded[1][inside] - start] = float("-inf")
+            # `topk` ranks NaN above everything: a score that is not a number never ranks above one that is.
+            scores.nan_to_num_(nan=float("-inf"))
             top = scores.topk(min(k, stop - start), dim=1)
             values.append(top.values)
             indices.append(top.indices + start if start else top.indices)

@@ -72,3 +72,18 @@ def test_item_fusion_weights_recompose_its_logits(mode):
     totals = weights.sum(0)
     torch.testing.assert_close(totals[:, present.any(0)], torch.ones(3, 6))
     assert (weights[:, :, 4] == 0).all() and (weights[1, :, 1] == 0).all() and (weights[0, :, 2] == 0).all()
+
+
+def test_a_score_that_is_not_a_number_never_ranks_above_one_that_is():
+    """Issue 35, defect 7: `topk` ranks NaN first; the index ranks it last."""
+    from helpers import random_histories, rec, tiny_model
+
+    model = tiny_model(30)
+    items, lengths = random_histories(3, 5, 30)
+    items[items == 7] = 8  # histories without the broken item (its own embedding would break theirs)
+    with torch.no_grad():  # an item whose adapted embedding is not finite scores NaN
+        model.text_features[7] = float("inf")
+    top = rec(model).recommend(items, lengths, top_k=30, exclude_history=False)
+    # Item 7 is never recommended: it is dropped, as an excluded item is (before the fix it ranked first).
+    assert (top.item_ids != 7).all() and (top.item_ids[:, -1] == 0).all()
+    assert torch.isfinite(top.scores[:, :-1]).all()

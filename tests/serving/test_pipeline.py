@@ -339,6 +339,10 @@ def test_bad_input_is_refused_with_clear_messages():
     nan["image_features"][1, 3] = float("nan")
     with pytest.raises(ValueError, match=r"image_features has NaN or Inf for items \[42\] \(item ids\)"):
         pipe([3], cold_start_items=nan)
+    huge = {"text_features": torch.randn(2, FEATURE_DIM), "image_features": torch.randn(2, FEATURE_DIM)}
+    huge["text_features"][0] = 3e38  # finite, but its projection overflows (issue 35, defect 7)
+    with pytest.raises(ValueError, match=r"new items \[41\] have text features whose projection is not finite"):
+        pipe([3], cold_start_items=huge)
     with pytest.raises(ValueError, match=r"image_features is required \(config.modalities='both'\)"):
         pipe([3], cold_start_items={"text_features": torch.randn(2, FEATURE_DIM)})
     transductive = recommender(tiny_model(NUM_ITEMS, id_mode="transductive"))
