@@ -9,7 +9,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-REPO_TYPES = ("model", "dataset")
+REPO_TYPES = ("model", "dataset", "space")
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -51,7 +51,8 @@ def push_folder(
     Args:
         folder: an exported folder (see `modeling_missrec.hub_cards.export`).
         repo_id: `org/name`.
-        repo_type: `"model"` (models and adapters) or `"dataset"`.
+        repo_type: `"model"` (models and adapters), `"dataset"` or `"space"` (an exported folder with `--space`: a
+            Gradio Space).
         private: create the repository private (None: the Hub's default).
         token: a Hub token (default: the logged-in one or `HF_TOKEN`).
         commit_message: default `"Upload <folder name> with missrec-hf"`.
@@ -71,7 +72,9 @@ def push_folder(
     api = api or HfApi(token=token)
     where = f"the Hub {repo_type} repository {repo_id}"
     try:
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        # A Space is created with its SDK (the Hub refuses one without); the folder's card names it too.
+        sdk = {"space_sdk": "gradio"} if repo_type == "space" else {}
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **sdk)
         commit = api.upload_folder(
             folder_path=str(folder),
             repo_id=repo_id,

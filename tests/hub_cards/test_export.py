@@ -224,6 +224,12 @@ def test_push_uploads_through_hfapi(tmp_path):
     create.assert_called_once_with("org/name", repo_type="model", private=True, exist_ok=True)
     assert upload.call_args.kwargs["folder_path"] == str(tmp_path) and upload.call_args.kwargs["repo_id"] == "org/name"
     assert url.endswith("/commit/abc")
+    # Issue 35, defect 11: an exported Space (`export model --space --push_to_hub`) is pushed as a Gradio Space.
+    with mock.patch.object(HfApi, "create_repo") as create, mock.patch.object(HfApi, "upload_folder") as upload:
+        upload.return_value = mock.Mock(commit_url="https://huggingface.co/spaces/org/demo/commit/abc")
+        push_folder(tmp_path, "org/demo", repo_type="space")
+    create.assert_called_once_with("org/demo", repo_type="space", private=None, exist_ok=True, space_sdk="gradio")
+    assert upload.call_args.kwargs["repo_type"] == "space"
 
 
 @pytest.mark.parametrize(
