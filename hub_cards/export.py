@@ -45,6 +45,7 @@ from ..served_files_missrec import (
     save_catalogue,
     save_item_metadata,
 )
+from ..utils_missrec import write_atomically
 from .dataset_cards import SOURCE_DESCRIPTIONS, export_domain
 from .model_cards import adapter_card, domain_name, model_card
 from .push import HubPushError, push_folder
@@ -68,6 +69,24 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is missing: export needs a train.py output folder (weights + metrics.json)")
     with open(path) as f:
         return json.load(f)
+
+
+# Recipe keys that hold paths of the machine that trained: an exported folder is read on others.
+LOCAL_PATH_KEYS = ("data_dir", "output_dir", "pretrained", "resume_from_checkpoint")
+
+
+def write_shareable_metrics(metrics: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Write `out/metrics.json` as an exported folder carries it and return it (for the card): the run's metrics
+    with every absolute path of its recipe cut to the folder's own name (`/home/me/data/Scientific` becomes
+    `Scientific`), so that nothing of the training machine's file system is shared."""
+    recipe = dict(metrics.get("recipe") or {})
+    for key in LOCAL_PATH_KEYS:
+        value = recipe.get(key)
+        if isinstance(value, str) and os.path.isabs(value):
+            recipe[key] = Path(value).name
+    shareable = {**metrics, "recipe": recipe} if "recipe" in metrics else dict(metrics)
+    write_atomically(out / "metrics.json", lambda f: f.write(json.dumps(shareable, indent=2).encode()))
+    return shareable
 
 
 def run_domain(metrics: dict[str, Any], data_dir: str | None = None) -> MultiModalDomain:
@@ -182,13 +201,13 @@ def export_model(
     model = MISSRecModel.from_pretrained(run_dir).eval()
     pipeline(TASK, model=model).save_pretrained(out)  # weights, config (auto_map, custom_pipelines), remote code
     metadata = _item_metadata(run_dir, out, model.config.num_items, domain)
-    shutil.copy2(run_dir / "metrics.json", out / "metrics.json")
+    shared = write_shareable_metrics(metrics, out)
     card = model_card(
         model.config,
-        metrics,
+        shared,
         model_id=target,
         history=example_history(metadata),
-        data_description=data_description(domain_cache[0] if domain_cache else None, metrics),
+        data_description=data_description(domain_cache[0] if domain_cache else None, shared),
         dataset_id=dataset_id,
     )
     card.save(out / "README.md")
@@ -224,15 +243,15 @@ def _export_adapter(run_dir, out, metrics, domain, domain_cache, target, base_mo
     model = load_missrec_adapter(base, out)  # also checks that adapter, catalogue and base fit together
     config = model.get_base_model().config
     metadata = _item_metadata(run_dir, out, config.num_items, domain)
-    shutil.copy2(run_dir / "metrics.json", out / "metrics.json")
+    shared = write_shareable_metrics(metrics, out)
     card = adapter_card(
         config,
-        metrics,
+        shared,
         base_model=base_model_id,
         adapter_id=target,
         history=example_history(metadata),
         peft_config=peft_config,
-        data_description=data_description(domain_cache[0] if domain_cache else None, metrics),
+        data_description=data_description(domain_cache[0] if domain_cache else None, shared),
         dataset_id=dataset_id,
     )
     card.save(out / "README.md")

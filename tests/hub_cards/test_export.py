@@ -148,6 +148,10 @@ def test_exported_model_folder_is_servable_and_its_card_carries_the_run(demo_run
         f"{metrics['test']['ndcg@10']:.4f}" in card.text and f"{metrics['popularity_test']['hr@10']:.4f}" in card.text
     )
     assert card.text.index("| MISSRec | exclude history |") < card.text.index("| MISSRec | official |")  # users first
+    # Issue 35, defect 12: nothing of the training machine's file system (the run's absolute output_dir) is shared.
+    for text in ((out / "metrics.json").read_text(), (out / "README.md").read_text()):
+        assert str(run) not in text
+    assert json.loads((out / "metrics.json").read_text())["recipe"]["output_dir"] == run.name
     for section in ("## Intended use", "## Training data", "## Training recipe", "## Limitations", "synthetic"):
         assert section in card.text
 
