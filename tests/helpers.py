@@ -186,6 +186,17 @@ def fresh_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def run_script_without_package(code: str, tmp_path: Path, *args: str) -> str:
+    """Run the script `code` (with `args`) offline in a fresh interpreter that cannot import this package, from
+    `tmp_path`; its stdout. A failing script fails the test with its stderr."""
+    script = tmp_path / "script_without_package.py"
+    script.write_text(WITHOUT_PACKAGE + code)
+    command = [sys.executable, str(script), *args]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=fresh_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 def run_without_package(
     folder: Path, model_type: str, inputs: dict[str, torch.Tensor], tmp_path: Path, auto_class: str = "AutoModel"
 ) -> dict:

@@ -187,6 +187,25 @@ def build_sasrec(args: TrainingRecipe, num_items: int, max_seq_length: int) -> t
     return SASRecModel(config), dataclasses.replace(args, learning_rate=learning_rate)
 
 
+def fit_sasrec(
+    logger: Accelerator,
+    args: TrainingRecipe,
+    domain: MultiModalDomain,
+    max_seq_length: int,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> tuple[torch.nn.Module, list[dict]]:
+    """Train the recipe's `sasrec` baseline ([`build_sasrec`]) with `fit` on `domain`'s train and validation
+    splits (next-item cross-entropy, no augmentation), reading `max_seq_length` items as MISSRec does.
+
+    Returns:
+        The kept (prepared) model and its per-epoch history.
+    """
+    sasrec, sasrec_args = build_sasrec(args, domain.num_items, max_seq_length)
+    train, valid = (SequenceCollator(domain.sequences[split], max_seq_length) for split in ("train", "validation"))
+    model, _, history = fit(logger, "SASRec", sasrec, train, valid, sasrec_args, on_epoch_end)
+    return model, history
+
+
 def id_modes_to_try(args: TrainingRecipe, from_scratch: bool = False) -> tuple[str, ...]:
     """The id modes a run trains MISSRec in: the recipe's, or for `id_mode: auto` both (transductive first), except
     that a transductive pre-trained model only fine-tunes transductively."""
@@ -490,11 +509,7 @@ def train_and_evaluate(
         results["scratch_id_mode"], results["scratch_epochs"] = scratch_args.id_mode, histories[scratch_args.id_mode]
         scorers["MISSRec from scratch"] = ("scratch_", ranking_model(accelerator, scratch))
     if "sasrec" in args.baselines:
-        sasrec, sasrec_args = build_sasrec(args, domain.num_items, max_seq_length)
-        sasrec_train = SequenceCollator(domain.sequences["train"], max_seq_length)  # next-item CE, no augmentation
-        sasrec, _, results["sasrec_epochs"] = fit(
-            accelerator, "SASRec", sasrec, sasrec_train, loaders["validation"], sasrec_args
-        )
+        sasrec, results["sasrec_epochs"] = fit_sasrec(accelerator, args, domain, max_seq_length)
         scorers["SASRec"] = ("sasrec_", sasrec)
     popularity = PopularityRecommender(train.targets, domain.num_items)
     scorers["Popularity"] = ("popularity_", popularity)

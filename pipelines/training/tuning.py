@@ -17,8 +17,8 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from ...configuration import TrainingRecipe, load_preset
-from ..data import MultiModalDomain, SequenceCollator, catalogue_features
-from .loop import build_sasrec, fit, fit_missrec, id_modes_to_try, load_training_data
+from ..data import MultiModalDomain, catalogue_features
+from .loop import fit_missrec, fit_sasrec, id_modes_to_try, load_training_data
 
 try:
     import optuna
@@ -75,9 +75,7 @@ def best_validation_ndcg(
     the id mode kept)."""
     if model == "sasrec":
         length = load_preset(args.preset).max_seq_length  # SASRec reads as many items as MISSRec
-        sasrec, sasrec_args = build_sasrec(args, domain.num_items, length)
-        train, valid = (SequenceCollator(domain.sequences[split], length) for split in ("train", "validation"))
-        _, _, history = fit(Accelerator(), "SASRec", sasrec, train, valid, sasrec_args, on_epoch_end)
+        _, history = fit_sasrec(Accelerator(), args, domain, length, on_epoch_end)
         return max(row["ndcg@10"] for row in history), history
     _, chosen, histories = fit_missrec(Accelerator(), args, domain, catalogue_features(domain.items), on_epoch_end)
     history = histories[chosen.id_mode]

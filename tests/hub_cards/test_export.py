@@ -12,7 +12,7 @@ from unittest import mock
 
 import pytest
 import torch
-from helpers import REPO, fresh_env, rec, tiny_config
+from helpers import REPO, fresh_env, rec, run_script_without_package, tiny_config
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from modeling_missrec.hub_cards.export import export_model, item_popularity, main
@@ -91,24 +91,6 @@ def snippet(card_path: Path) -> str:
     return blocks[0]
 
 
-def run_without_package(code: str, tmp_path: Path) -> str:
-    """Run `code` offline in a fresh interpreter that cannot import this package; return its stdout."""
-    guard = (
-        "import importlib.abc, sys\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.startswith('modeling_missrec'):\n"
-        "            raise ImportError(name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-    )
-    script = tmp_path / "snippet.py"
-    script.write_text(guard + code)
-    result = subprocess.run(
-        [sys.executable, str(script)], check=True, capture_output=True, text=True, cwd=tmp_path, env=fresh_env(tmp_path)
-    )
-    return result.stdout
-
-
 def printed_ids(stdout: str) -> list[int]:
     return [int(line.split()[0]) for line in stdout.strip().splitlines()]
 
@@ -158,7 +140,7 @@ def test_exported_model_folder_is_servable_and_its_card_carries_the_run(demo_run
     # The card's snippet runs as written, without the package, and recommends what the model recommends.
     code = snippet(out / "README.md")
     assert str(out.resolve()) in code
-    stdout = run_without_package(code, tmp_path)
+    stdout = run_script_without_package(code, tmp_path)
     history = re.search(r"history = (\[.*\])", code).group(1)
     expected = pipeline(TASK, model=model, item_metadata=metadata)(json.loads(history.replace("'", '"')), top_k=5)
     assert printed_ids(stdout) == [r["item_id"] for r in expected]
@@ -194,7 +176,7 @@ def test_exported_adapter_serves_on_its_base_and_its_card_names_the_base(demo_ru
     values = {(r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}
     assert values["ndcg@10", "official"] == pytest.approx(metrics["test"]["ndcg@10"], abs=1e-6)
 
-    stdout = run_without_package(snippet(out / "README.md"), tmp_path)
+    stdout = run_script_without_package(snippet(out / "README.md"), tmp_path)
     history = json.loads(re.search(r"history = (\[.*\])", snippet(out / "README.md")).group(1).replace("'", '"'))
     metadata = load_item_metadata(out)
     expected = pipeline(TASK, model=model, item_metadata=metadata)(history, top_k=5)
@@ -213,7 +195,7 @@ def test_load_and_recommend_example_runs(demo_run, tmp_path, page, heading):
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     assert len(code.strip().splitlines()) <= 5
     out = export_model(run, tmp_path / "exports" / "missrec-demo")
-    stdout = run_without_package(code.replace("exports/missrec-demo", str(out)), tmp_path)
+    stdout = run_script_without_package(code.replace("exports/missrec-demo", str(out)), tmp_path)
     assert len(stdout.strip().splitlines()) == 2  # one history, then a batch of two
     single = ast.literal_eval(stdout.splitlines()[0])
     assert len(single) == 5 and all({"item_id", "source_id", "score"} <= set(r) for r in single)
@@ -304,6 +286,6 @@ def test_export_space_serves_the_demo_page_without_the_package(demo_run, tmp_pat
         "app = build_app(pipe)\n"
         "print([r['item_id'] for r in pipe([3, 9, 4], top_k=5)])\n"
     )
-    stdout = run_without_package(code, tmp_path)
+    stdout = run_script_without_package(code, tmp_path)
     expected = [r["item_id"] for r in pipeline(TASK, model=model)([3, 9, 4], top_k=5)]
     assert ast.literal_eval(stdout.strip().splitlines()[-1]) == expected

@@ -4,12 +4,10 @@ same top-10, through the installed package and through their own remote code."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
-from helpers import FIXTURES, WITHOUT_PACKAGE, fresh_env
+from helpers import FIXTURES, run_script_without_package
 from transformers import AutoModel, pipeline
 
 import modeling_missrec  # noqa: F401  (registers the pipeline task)
@@ -41,7 +39,7 @@ def test_old_export_serves_the_same_top10_with_the_package(with_adapter):
 
 @pytest.mark.slow
 def test_old_export_serves_the_same_top10_with_its_own_remote_code(tmp_path):
-    script = WITHOUT_PACKAGE + textwrap.dedent(
+    script = textwrap.dedent(
         """
         import json
         from transformers import pipeline
@@ -58,10 +56,8 @@ def test_old_export_serves_the_same_top10_with_its_own_remote_code(tmp_path):
         print(json.dumps(out))
         """
     )
-    (tmp_path / "serve.py").write_text(script)
-    command = [sys.executable, "serve.py", str(FIXTURE / "model"), str(FIXTURE / "adapter")]
-    command.append(json.dumps(EXPECTED["histories"]))
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=fresh_env(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    served_ids = json.loads(result.stdout.strip().splitlines()[-1])
+    stdout = run_script_without_package(
+        script, tmp_path, str(FIXTURE / "model"), str(FIXTURE / "adapter"), json.dumps(EXPECTED["histories"])
+    )
+    served_ids = json.loads(stdout.strip().splitlines()[-1])
     assert served_ids == {key: value for key, value in EXPECTED.items() if key != "histories"}

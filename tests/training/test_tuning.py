@@ -222,7 +222,7 @@ def test_sasrec_trials_set_its_own_dropout_and_learning_rate(scripts, tmp_path, 
         seen.append((name, model.config.hidden_dropout_prob, args.learning_rate, args.validation_protocol))
         return real_fit(logger, name, model, train, valid, args, on_epoch_end)
 
-    monkeypatch.setattr(tune, "fit", recording_fit)
+    monkeypatch.setattr(loop, "fit", recording_fit)
     args = load_recipe(None, [*TINY_RUN, "--validation_protocol", "exclude_history"])
     runner = tune.TrialRunner(args, [0], tmp_path / "trials.json", model="sasrec")
     settings = {"sasrec_config_overrides.hidden_dropout_prob": 0.2, "sasrec_learning_rate": 0.004}
