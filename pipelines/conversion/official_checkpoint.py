@@ -10,11 +10,15 @@ repository's item ids (`item2index` + 1) and can be evaluated, served or fine-tu
     python -m modeling_missrec.pipelines.conversion.official_checkpoint saved/MISSRec-Nov-24-2026_12-10-35.pth \\
         --output converted/ --data_dir ../shared/data/amazon-scientific-mm --domain Scientific --evaluate
 
-Like `torch.load(weights_only=False)`, reading a checkpoint runs its pickle: import only files you trust.
+An official checkpoint is a pickle. It is read with an allow-list ([`ALLOWED_GLOBALS`]: tensor rebuilders, dtypes,
+devices, plain containers) and inert stand-ins for RecBole's and the official code's classes ([`STAND_IN_MODULES`]);
+a pickle naming anything else (`os.system`, `builtins.eval`, ...) is refused with [`UnsafeCheckpointError`] before
+it runs.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
 import logging
 import os
@@ -43,16 +47,47 @@ class _RecBoleObject:
         self.state = state
 
 
+# The only real globals an official checkpoint's pickle may name: the tensor and storage rebuilders `torch.save`
+# writes, dtypes and devices (RecBole's config holds `torch.device`), and plain containers. Each builds data and
+# calls nothing a pickle could steer.
+_STORAGES = ("Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+_DTYPES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
+ALLOWED_GLOBALS = frozenset(
+    {("torch._utils", name) for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter")}
+    | {("torch._utils", "_rebuild_parameter_with_state"), ("torch._tensor", "_rebuild_from_type_v2")}
+    | {("torch", f"{kind}Storage") for kind in _STORAGES}
+    | {("torch", dtype) for dtype in _DTYPES}
+    | {("torch", "device"), ("torch", "Size"), ("torch", "Tensor"), ("torch.nn.parameter", "Parameter")}
+    | {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset")}
+)
+# Modules whose classes are replaced by inert stand-ins: RecBole's (its config, its enums) and the official
+# repository's own top-level modules (its config names the model class, `missrec.MISSRec`). A stand-in only keeps
+# the arguments and state it is given, so no name under these modules can run code.
+STAND_IN_MODULES = frozenset(
+    {"recbole", "missrec", "data", "trainer", "utils", "model_utils", "cluster_utils", "torchpq"}
+    | {"finetune", "ddp_finetune", "ddp_pretrain"}
+)
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint's pickle names a global that no official MISSRec checkpoint holds."""
+
+
 class _Unpickler(pickle.Unpickler):
-    """Loads RecBole's objects and the official code's own classes (which the config names) as stand-ins."""
+    """Rebuilds tensors and RecBole's objects (as stand-ins); refuses every other global a pickle names."""
 
     def find_class(self, module: str, name: str):
-        if module.split(".")[0] != "recbole":
-            try:
-                return super().find_class(module, name)
-            except (ImportError, AttributeError):
-                pass
-        return type(name, (_RecBoleObject,), {"__module__": module})
+        # torch.save's protocol 2 writes Python 2 names (`__builtin__.set`): read them as Python 3's.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) in ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        if module.split(".")[0] in STAND_IN_MODULES:
+            return type(name, (_RecBoleObject,), {"__module__": module})
+        raise UnsafeCheckpointError(
+            f"refused to load the global {module}.{name}: an official MISSRec checkpoint holds only tensors, "
+            "containers and RecBole objects, and loading this name could run code (see docs/security.md)"
+        )
 
 
 logger = logging.getLogger(__name__)
@@ -66,7 +101,10 @@ def read_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
         `(state_dict, settings)`: the model's tensors under the official names, and RecBole's final config as a
         dict (`{}` when the file carries none).
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+    except UnsafeCheckpointError as error:
+        raise UnsafeCheckpointError(f"{path}: {error}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a checkpoint of the official MISSRec code (no 'state_dict' entry)")
     config = checkpoint.get("config")

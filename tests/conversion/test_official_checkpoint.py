@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import types
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 from helpers import official_transformer, random_histories, rec, tiny_model
 from modeling_missrec.pipelines.conversion.official_checkpoint import (
+    UnsafeCheckpointError,
     load_official_checkpoint,
     main,
     read_official_checkpoint,
@@ -61,6 +64,7 @@ def save_official_checkpoint(
         catalogue = ("plm_", "img_embedding", "img_interest", "interest")
         state, stage = {k: v for k, v in state.items() if not k.startswith(catalogue)}, "pretrain"
     settings = {"n_heads": model.config.num_attention_heads, "train_stage": stage, "model": MISSRec} | settings
+    settings |= {"device": torch.device("cpu"), "ITEM_ID_FIELD": "item_id", "topk": [10, 50]}  # as RecBole keeps
     with monkeypatch.context() as patch:  # the classes' modules exist only while saving, as in the official repo
         for name, value in (("recbole", None), ("recbole.config", None), ("recbole.config.configurator", Config)):
             module = types.ModuleType(name)
@@ -131,6 +135,38 @@ def test_unconvertible_checkpoints_are_refused_with_the_reason(tmp_path, monkeyp
     torch.save({"weights": {}}, path)
     with pytest.raises(ValueError, match="not a checkpoint of the official MISSRec code"):
         load_official_checkpoint(path)
+
+
+class _RunsCommand:
+    """Unpickles to `os.system(command)`, as a malicious checkpoint would."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+class _Evaluates:
+    def __reduce__(self):
+        return eval, ("print('ran')",)
+
+
+@pytest.mark.parametrize("payload", ["posix.system", "builtins.eval"])
+def test_a_checkpoint_whose_pickle_names_other_globals_is_refused_before_it_runs(payload, tmp_path, monkeypatch):
+    model = tiny_model(NUM_ITEMS)
+    path = tmp_path / "evil.pth"
+    save_official_checkpoint(model, path, torch.arange(1, NUM_ITEMS + 1), monkeypatch)
+    state, _ = read_official_checkpoint(path)
+    marker = tmp_path / "ran"
+    evil = _RunsCommand(f"touch {marker}") if payload == "posix.system" else _Evaluates()
+    torch.save({"config": evil, "state_dict": state}, path)
+    refused = re.escape(f"{path}: refused to load the global {payload}")
+    with pytest.raises(UnsafeCheckpointError, match=refused):
+        read_official_checkpoint(path)
+    with pytest.raises(UnsafeCheckpointError, match=refused):
+        main([str(path), "--output", str(tmp_path / "converted")])
+    assert not marker.exists() and not (tmp_path / "converted").exists()
 
 
 def test_recbole_item_order_is_first_appearance_over_targets_then_histories(tmp_path):
