@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from common import mean_and_error, plus_minus, recipe_flags, train_run
-from modeling_missrec.pipelines.training import list_checkpoints
+from modeling_missrec.pipelines.training import list_checkpoints, recover_interrupted_saves
 from modeling_missrec.pipelines.training.loop import ID_MODES  # the order auto trains and its tie rule follows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,10 @@ def run_once(
     print(f"accuracy: {domain} {mode} {variant} seed {seed}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     # Long runs checkpoint every epoch: a run killed with its session continues where it stopped.
-    killed = any(list_checkpoints(models) for models in (folder / "checkpoints").glob("*"))
+    models = sorted((folder / "checkpoints").glob("*"))
+    for interrupted in models:  # a save the kill cut short counts once finished
+        recover_interrupted_saves(interrupted)
+    killed = any(list_checkpoints(checkpoints) for checkpoints in models)
     resume = ["--resume_from_checkpoint", "latest"] if killed else []
     results = train_run([*argv, "--checkpointing_steps", "epoch", *(resume or ["--overwrite_output_dir=true"])])
     record = {"domain": domain, "mode": mode, "variant": variant, "seed": seed, "argv": argv}

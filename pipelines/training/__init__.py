@@ -3,7 +3,13 @@ fine-tuning strategy trains and the LoRA adapter (`finetuning`), resumable check
 interest discovery as a training step and a `transformers` `Trainer` callback (`interest_discovery`), and the
 training logs and curves (`tracking`)."""
 
-from .checkpointing import TrainingProgress, list_checkpoints, load_best_weights, save_checkpoint
+from .checkpointing import (
+    TrainingProgress,
+    list_checkpoints,
+    load_best_weights,
+    recover_interrupted_saves,
+    save_checkpoint,
+)
 from .finetuning import STRATEGIES, apply_finetuning_strategy, match_catalogue_modalities
 from .interest_discovery import InterestDiscoveryCallback, discover_interests_on_every_rank
 from .loop import (
@@ -43,6 +49,7 @@ __all__ = [
     "plot_curves",
     "run_trackers",
     "run_training",
+    "recover_interrupted_saves",
     "save_checkpoint",
     "train_and_evaluate",
     "training_collator",

@@ -6,6 +6,11 @@ sampler, the RNG states of every process), the best weights so far (`best_model.
 `progress.json` (epoch, batches done in it, best score, per-epoch history, the recipe settings, whether the
 model finished). It is written to a hidden temporary folder and renamed when complete, so a run killed while
 saving leaves the previous checkpoints intact; the newest `total_limit` are kept.
+
+No kill loses a checkpoint. `progress.json` is written last and atomically, so a folder holding it is complete. A
+folder saved again under the same step is first renamed aside (`.replaced-step-N`), and one pruned is renamed
+(`.discarded-step-N`) before it is deleted, so no partial folder ever carries a checkpoint's name. What a kill
+leaves in between, [`recover_interrupted_saves`] finishes before a run resumes.
 """
 
 from __future__ import annotations
@@ -22,9 +27,14 @@ from accelerate import Accelerator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ...utils_missrec import write_atomically
+
 PROGRESS_FILE = "progress.json"
 BEST_WEIGHTS_FILE = "best_model.safetensors"
 PREFIX = "step-"
+TEMPORARY = ".tmp-"  # a save in progress (complete once it holds progress.json)
+REPLACED = ".replaced-"  # a checkpoint being replaced by a new save of its step
+DISCARDED = ".discarded-"  # a checkpoint being deleted
 
 
 @dataclass
@@ -101,7 +111,7 @@ def save_checkpoint(
     """
     root = Path(root)
     final = root / f"{PREFIX}{progress.global_step:08d}"
-    temporary = root / f".tmp-{final.name}"
+    temporary = root / f"{TEMPORARY}{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -110,14 +120,65 @@ def save_checkpoint(
     if accelerator.is_main_process:
         if best_state is not None:
             save_file({k: v.contiguous() for k, v in best_state.items()}, str(temporary / BEST_WEIGHTS_FILE))
-        (temporary / PROGRESS_FILE).write_text(json.dumps(dataclasses.asdict(progress), indent=1))
-        if final.exists():  # the same step saved again (e.g. the end of training right after an epoch end)
-            shutil.rmtree(final)
-        temporary.rename(final)
+        progress_json = json.dumps(dataclasses.asdict(progress), indent=1).encode()
+        write_atomically(temporary / PROGRESS_FILE, lambda file: file.write(progress_json))
+        _install(temporary, final)
         for old in list_checkpoints(root)[:-total_limit]:
-            shutil.rmtree(old)
+            _discard(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _install(temporary: Path, final: Path) -> None:
+    """Rename the complete save `temporary` to `final`; a checkpoint already there (the same step saved again, e.g.
+    the end of training right after an epoch end) is renamed aside first and deleted last."""
+    replaced = final.with_name(REPLACED + final.name)
+    if final.exists():
+        final.rename(replaced)
+    temporary.rename(final)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def _discard(folder: Path) -> None:
+    """Delete a checkpoint folder, taking its name away first: a kill midway leaves no partial checkpoint."""
+    doomed = folder.with_name(DISCARDED + folder.name)
+    folder.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def recover_interrupted_saves(root: str | os.PathLike) -> list[str]:
+    """Finish the saves a kill interrupted in the checkpoint folder `root`; call it on one process, before resuming.
+
+    A complete temporary save (its `progress.json` written) becomes its checkpoint, replacing an older one of the
+    same step; an incomplete one is deleted. A checkpoint renamed aside for a replacement that never happened gets
+    its name back. Folders being discarded are deleted.
+
+    Returns:
+        One line per folder acted on, for the log (empty when nothing was interrupted).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    done = []
+    for folder in sorted(root.iterdir()):
+        name = folder.name
+        if name.startswith(DISCARDED):
+            shutil.rmtree(folder)
+            done.append(f"deleted {name}, whose deletion was interrupted")
+        elif name.startswith(TEMPORARY) and (folder / PROGRESS_FILE).is_file():
+            _install(folder, root / name.removeprefix(TEMPORARY))
+            done.append(f"completed the save of {name.removeprefix(TEMPORARY)}, interrupted before its rename")
+        elif name.startswith(TEMPORARY):
+            shutil.rmtree(folder)
+            done.append(f"deleted {name}, a save interrupted before it was complete")
+    for folder in sorted(root.glob(f"{REPLACED}*")):  # its replacement, if complete, was installed above
+        final = root / folder.name.removeprefix(REPLACED)
+        if final.exists():
+            shutil.rmtree(folder)
+        else:
+            folder.rename(final)
+            done.append(f"restored {final.name}, whose replacement was interrupted")
+    return done
 
 
 def saved_interest_table_shape(state: dict[str, torch.Tensor] | str | os.PathLike) -> tuple[int, ...] | None:

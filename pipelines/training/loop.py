@@ -63,11 +63,13 @@ from .checkpointing import (
     load_best_weights,
     match_interest_table,
     read_progress,
+    recover_interrupted_saves,
     save_checkpoint,
     saved_interest_table_shape,
 )
 from .finetuning import apply_finetuning_strategy, match_catalogue_modalities
 from .interest_discovery import discover_interests_on_every_rank
+from .output_lock import locked_output_dir
 from .tracking import plot_curves, run_trackers, scalar_config
 
 PRETRAINING_INTEREST_RATIO, FINETUNING_INTEREST_RATIO = 0.02, 0.5  # the paper's
@@ -437,6 +439,11 @@ def prepare_output_dir(accelerator: Accelerator, args: TrainingRecipe) -> None:
     checkpoints = Path(args.output_dir) / "checkpoints"
     if args.resume_from_checkpoint is not None:
         checkpoints = Path(args.resume_run_dir) / "checkpoints"
+        if accelerator.is_main_process:
+            for model in sorted(checkpoints.glob("*")):
+                for line in recover_interrupted_saves(model):
+                    accelerator.print(f"{model}: {line}")
+        accelerator.wait_for_everyone()
         if not any(list_checkpoints(p) for p in checkpoints.glob("*")):
             raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint in {checkpoints}")
     elif checkpoints.is_dir() and any(checkpoints.iterdir()):
@@ -459,23 +466,26 @@ def print_results(accelerator: Accelerator, rows: dict[str, dict]) -> None:
 
 def run_training(args: TrainingRecipe) -> dict:
     """Run a recipe as `train.py` does: train MISSRec and the baselines, print the results table, and save the
-    model, `metrics.json`, the training log and the curves under `args.output_dir`.
+    model, `metrics.json`, the training log and the curves under `args.output_dir`, which the run holds locked
+    (a second run into it is refused while this one lives).
 
     Returns:
         The results written to `metrics.json`.
     """
-    trackers = run_trackers(args.report_to, args.output_dir, resume=args.resume_from_checkpoint is not None)
-    accelerator = Accelerator(log_with=trackers, project_dir=args.output_dir)
-    prepare_output_dir(accelerator, args)
-    accelerator.init_trackers("missrec", config=scalar_config(dataclasses.asdict(args)))
-    with accelerator.main_process_first():  # the main process builds the datasets cache, the others reuse it
-        domain = load_training_data(args)
-    results, table = train_and_evaluate(accelerator, args, domain)
-    # The DDP models of train_and_evaluate are gone; their reducers must be freed while every rank is still
-    # here: a gloo process group destroyed after its peer exited can wait forever.
-    gc.collect()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # The launcher's RANK, not Accelerate's state: that singleton must first be built by the Accelerator below.
+    with locked_output_dir(args.output_dir, holder=os.environ.get("RANK", "0") == "0"):
+        trackers = run_trackers(args.report_to, args.output_dir, resume=args.resume_from_checkpoint is not None)
+        accelerator = Accelerator(log_with=trackers, project_dir=args.output_dir)
+        prepare_output_dir(accelerator, args)
+        accelerator.init_trackers("missrec", config=scalar_config(dataclasses.asdict(args)))
+        with accelerator.main_process_first():  # the main process builds the datasets cache, the others reuse it
+            domain = load_training_data(args)
+        results, table = train_and_evaluate(accelerator, args, domain)
+        # The DDP models of train_and_evaluate are gone; their reducers must be freed while every rank is still
+        # here: a gloo process group destroyed after its peer exited can wait forever.
+        gc.collect()
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
     print_results(accelerator, table)
     size = f"{results['saved_megabytes']:.2f} MB" if "saved_megabytes" in results else "saved"
     if "pretrained_megabytes" in results:

@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from ...configuration import TrainingRecipe, load_preset
 from ..data import MultiModalDomain, catalogue_features
 from .loop import fit_missrec, fit_sasrec, id_modes_to_try, load_training_data
+from .output_lock import locked_output_dir
 
 try:
     import optuna
@@ -176,18 +177,18 @@ def run_study(
     for settings in fixed:  # fail before training, not at the trial
         apply_settings(args, settings or {})
     output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    runner = TrialRunner(args, seeds, output / "trials.json", model)
-    for number, settings in enumerate(fixed):
-        runner.run(f"fixed-{number}", settings or {})
-    if n_trials:
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=storage,
-            load_if_exists=storage is not None,
-            direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=sampler_seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5),
-        )
-        study.optimize(runner.objective(space), n_trials=n_trials)
+    with locked_output_dir(output):  # two studies into one trials.json would interleave their records
+        runner = TrialRunner(args, seeds, output / "trials.json", model)
+        for number, settings in enumerate(fixed):
+            runner.run(f"fixed-{number}", settings or {})
+        if n_trials:
+            study = optuna.create_study(
+                study_name=study_name,
+                storage=storage,
+                load_if_exists=storage is not None,
+                direction="maximize",
+                sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5),
+            )
+            study.optimize(runner.objective(space), n_trials=n_trials)
     return runner.records

@@ -100,13 +100,52 @@ def test_the_adapter_reloads_in_another_process_and_reproduces_the_test_metrics(
         assert metrics["exclude_history"][key] == pytest.approx(saved["test_exclude_history"][key], abs=1e-4)
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
+# Runs train.py (argv after the folder name), SIGKILLing it the moment the checkpoint folder named argv[1] loses
+# that name (deleted or renamed aside): the heart of a save that replaces a step saved before.
+KILL_WHEN_GONE = """
+import os, pathlib, runpy, shutil, signal, sys
+watched = sys.argv.pop(1)
+rename, rmtree = pathlib.Path.rename, shutil.rmtree
+
+def die_if_gone(path):
+    if pathlib.Path(path).name == watched and not pathlib.Path(path).exists():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def renaming(self, target):
+    moved = rename(self, target)
+    die_if_gone(self)
+    return moved
+
+def removing(path, *args, **kwargs):
+    rmtree(path, *args, **kwargs)
+    die_if_gone(path)
+
+pathlib.Path.rename, shutil.rmtree = renaming, removing
+sys.argv = sys.argv[1:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
+    """Killed mid-epoch, and killed inside the save that replaces its only checkpoint (the end of epoch 1 saves
+    step 12 again, right after the step save of batch 12)."""
     env = run_env(tmp_path)
     small = {"num_users": 300, "num_items": 100, "epochs": 3, "baselines": "[]", "checkpointing_steps": 3}
-    small["checkpoints_total_limit"] = 2  # 12 batches per epoch: checkpoints at batches 3, 6, 9 of each epoch
+    small["checkpoints_total_limit"] = 2  # 12 batches per epoch: checkpoints at batches 3, 6, 9, 12 of each epoch
 
-    def command(output_dir: Path, *extra: str) -> list[str]:
-        return [sys.executable, "train.py", *flags({**small, "output_dir": output_dir}), *extra]
+    def command(output_dir: Path, *extra: str, **changed) -> list[str]:
+        return [sys.executable, "train.py", *flags({**small, **changed, "output_dir": output_dir}), *extra]
+
+    def assert_resumes_as_uninterrupted(killed: Path, **changed) -> None:
+        subprocess.run(
+            command(killed, "--resume_from_checkpoint", "latest", **changed),
+            cwd=REPO, env=env, check=True, capture_output=True, timeout=RUN_LIMIT_S,
+        )  # fmt: skip
+        resumed, expected = (json.loads((d / "metrics.json").read_text()) for d in (killed, uninterrupted))
+        losses = [e["loss"] for e in resumed["epochs"]]
+        assert losses == pytest.approx([e["loss"] for e in expected["epochs"]], abs=1e-4)
+        for key, value in expected["test"].items():
+            assert resumed["test"][key] == pytest.approx(value, abs=1e-4), key
 
     uninterrupted = tmp_path / "uninterrupted"
     subprocess.run(command(uninterrupted), cwd=REPO, env=env, check=True, capture_output=True, timeout=RUN_LIMIT_S)
@@ -124,12 +163,14 @@ def test_a_run_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupted_run(t
     latest = read_progress(list_checkpoints(checkpoints)[-1])
     assert latest.epoch == 1 and latest.step > 0, "the kill should land mid-epoch"
     assert not (killed / "metrics.json").exists()
+    assert_resumes_as_uninterrupted(killed)
 
-    subprocess.run(
-        command(killed, "--resume_from_checkpoint", "latest"),
-        cwd=REPO, env=env, check=True, capture_output=True, timeout=RUN_LIMIT_S,
+    in_replace = tmp_path / "killed-in-replace"
+    launcher = [sys.executable, "-c", KILL_WHEN_GONE, "step-00000012"]
+    run = subprocess.run(
+        [*launcher, *command(in_replace, checkpoints_total_limit=1)[1:]], cwd=REPO, env=env, capture_output=True,
+        timeout=RUN_LIMIT_S,
     )  # fmt: skip
-    resumed, expected = (json.loads((d / "metrics.json").read_text()) for d in (killed, uninterrupted))
-    assert [e["loss"] for e in resumed["epochs"]] == pytest.approx([e["loss"] for e in expected["epochs"]], abs=1e-4)
-    for key, value in expected["test"].items():
-        assert resumed["test"][key] == pytest.approx(value, abs=1e-4), key
+    assert run.returncode == -9, run.stderr[-2000:]  # killed inside the replace, its only checkpoint renamed away
+    assert not list_checkpoints(checkpoint_root(in_replace, "MISSRec"))
+    assert_resumes_as_uninterrupted(in_replace, checkpoints_total_limit=1)
