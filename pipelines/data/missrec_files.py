@@ -8,14 +8,22 @@ A folder holds, for a domain `<D>` (tab separated, each text file starting with 
 - `<D>.text` (optional): `item_id:token  text:token_seq`, the ASIN and the item's text;
 - `<D>.feat1CLS` (text), `<D>.feat3CLS` (image), optional `<D>.feat2CLS` (an alternative text view): raw
   little-endian float32, one row per item index. An all-zero row means the modality is missing. A domain needs
-  the text file, the image file or both (a text-only domain has no `feat3CLS`); each file's width is inferred
-  from its size (bytes / 4 / number of items), so CLIP (512), MiniLM (384) or any other encoder's features load.
+  the text file, the image file or both (a text-only domain has no `feat3CLS`);
+- `<D>.feature_widths.json` (optional, written by this project): each feature file's width, e.g.
+  `{"feat1CLS": 384, "feat3CLS": 512}`.
+
+A feature file's width is its size over the number of items (bytes / 4 / N). Read alone, that is ambiguous: a
+file cut short by a multiple of N floats reads as narrower features, every row shifted. So the width must be
+recorded (`feature_widths.json`, or `text_dim` / `image_dim` given) or be one of the encoders' widths in
+[`COMMON_FEATURE_WIDTHS`]; any other, or one that disagrees with the record, is an error naming the file and the
+sizes.
 
 Every malformed line raises a `ValueError` naming the file and the line; nothing is silently dropped.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +38,10 @@ INTER_HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token"
 TEXT_HEADER = "item_id:token\ttext:token_seq"
 SPLIT_FILES = {"train": "train.inter", "validation": "valid.inter", "test": "test.inter"}
 FEATURE_FILES = {"text_features": "feat1CLS", "alt_text_features": "feat2CLS", "image_features": "feat3CLS"}
+WIDTHS_FILE = "feature_widths.json"
+# The output widths of common encoders: MiniLM 384; CLIP ViT-B 512; BERT-base, CLIP ViT-L 768; BERT-large, CLIP
+# ViT-H 1024; ViT-H/14 1280; OpenAI ada-002 1536; ResNet-50 2048; text-embedding-3-large 3072; VGG 4096; and 256.
+COMMON_FEATURE_WIDTHS = (256, 384, 512, 768, 1024, 1280, 1536, 2048, 3072, 4096)
 
 
 def _path(folder: str | os.PathLike, domain: str, suffix: str, required: bool = True) -> Path | None:
@@ -141,20 +153,54 @@ def feature_width(path: str | os.PathLike, num_items: int) -> int:
 def read_feature_file(path: str | os.PathLike, num_items: int, dim: int | None = None) -> np.ndarray:
     """A raw float32 feature file as a read-only `[num_items, dim]` memory map (no copy).
 
-    `dim=None` infers the width from the file size ([`feature_width`]); a given `dim` is checked against it.
+    `dim=None` infers the width from the file size ([`feature_width`]) and accepts it only if it is one of
+    [`COMMON_FEATURE_WIDTHS`]; a given `dim` (the recorded or expected width) is checked against the size.
     """
     if dim is None:
         dim = feature_width(path, num_items)
+        if dim not in COMMON_FEATURE_WIDTHS:
+            raise ValueError(
+                f"{path}: {os.path.getsize(path)} bytes over {num_items} items is {dim} floats per item, a width no "
+                f"common encoder has ({', '.join(map(str, COMMON_FEATURE_WIDTHS))}): the file is cut short or "
+                f"belongs to another item index. If {dim} is right, record it in the folder's "
+                f'<domain>.{WIDTHS_FILE} (e.g. {{"{Path(path).suffix[1:]}": {dim}}}) or pass text_dim / image_dim'
+            )
     size = os.path.getsize(path)
-    if size % (4 * dim):
-        raise ValueError(f"{path}: {size} bytes is not a whole number of float32 rows of width {dim}")
-    if size // (4 * dim) != num_items:
-        raise ValueError(f"{path}: {size // (4 * dim)} rows of width {dim}, but item2index lists {num_items} items")
+    if size != 4 * dim * num_items:
+        rows = f"{size // (4 * dim)} rows" if size % (4 * dim) == 0 else "not a whole number of float32 rows"
+        raise ValueError(
+            f"{path}: {size} bytes is {rows} of width {dim}, but item2index lists {num_items} items "
+            f"({4 * dim * num_items} bytes): the file is cut short or belongs to another item index or width"
+        )
     features = np.memmap(path, dtype="<f4", mode="r", shape=(num_items, dim))
     if not np.isfinite(features).all():
         row = int(np.flatnonzero(~np.isfinite(features).all(1))[0])
         raise ValueError(f"{path}: row {row} (item index {row}) holds NaN or Inf")
     return features
+
+
+def read_recorded_widths(folder: str | os.PathLike, domain: str) -> dict[str, int]:
+    """The feature widths `<domain>.feature_widths.json` records (`{"feat1CLS": 384, ...}`; `{}` without one)."""
+    path = Path(folder) / f"{domain}.{WIDTHS_FILE}"
+    if not path.is_file():
+        return {}
+    try:
+        widths = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
+    suffixes = set(FEATURE_FILES.values())
+    if not isinstance(widths, dict) or any(
+        k not in suffixes or not isinstance(v, int) or isinstance(v, bool) or v < 1 for k, v in widths.items()
+    ):
+        raise ValueError(f"{path}: expected {{suffix: width}} over {sorted(suffixes)} with positive integer widths")
+    return widths
+
+
+def expected_width(recorded: int | None, given: int | None, path: Path) -> int | None:
+    """The width a feature file must have: the one given by the caller and the recorded one must agree."""
+    if recorded is not None and given is not None and recorded != given:
+        raise ValueError(f"{path}: the folder records width {recorded}, but width {given} was asked for")
+    return given if given is not None else recorded
 
 
 def read_missrec_folder(
@@ -181,11 +227,12 @@ def read_missrec_folder(
     splits = {
         name: _read_inter(_path(folder, domain, suffix), users, len(item_index)) for name, suffix in SPLIT_FILES.items()
     }
-    features = {}
+    features, recorded = {}, read_recorded_widths(folder, domain)
     for name, suffix in FEATURE_FILES.items():
         path = _path(folder, domain, suffix, required=False)
         if path is not None:
-            dim = image_dim if name == "image_features" else text_dim
+            given = image_dim if name == "image_features" else text_dim
+            dim = expected_width(recorded.get(suffix), given, Path(path))
             features[name] = read_feature_file(path, len(item_index), dim)
     if "text_features" not in features and "image_features" not in features:
         raise FileNotFoundError(
@@ -243,8 +290,18 @@ def write_missrec_folder(data: DomainData, folder: str | os.PathLike) -> Path:
             for r in range(len(split))
         )
         write_atomically(folder / f"{name}.{suffix}", lines([INTER_HEADER + "\n", *rows]))
+    widths = {}
     for feature_name, suffix in FEATURE_FILES.items():
         if feature_name in data.features:
             table = np.ascontiguousarray(data.features[feature_name], dtype="<f4")
             write_atomically(folder / f"{name}.{suffix}", table.tofile)
+            widths[suffix] = table.shape[1]
+    write_feature_widths(folder, name, widths)
     return folder
+
+
+def write_feature_widths(folder: str | os.PathLike, domain: str, widths: dict[str, int]) -> None:
+    """Record each feature file's width in `<domain>.feature_widths.json` (entries for other files kept)."""
+    path = Path(folder) / f"{domain}.{WIDTHS_FILE}"
+    merged = {**read_recorded_widths(folder, domain), **widths}
+    write_atomically(path, lambda file: file.write(json.dumps(merged, sort_keys=True).encode()))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ...utils_missrec import write_atomically
 from .feature_extraction import extract_catalogue_text_features
-from .missrec_files import FEATURE_FILES, SPLIT_FILES, read_missrec_folder
+from .missrec_files import FEATURE_FILES, SPLIT_FILES, WIDTHS_FILE, read_missrec_folder, write_feature_widths
 
 
 def reencode_text_features(
@@ -69,5 +69,10 @@ def reencode_text_features(
         progress=progress,
     ).astype("<f4", copy=False)
     write_atomically(output / f"{domain}.{FEATURE_FILES['text_features']}", table.tofile)
+    widths = {FEATURE_FILES["text_features"]: table.shape[1]}
+    if FEATURE_FILES["image_features"] in suffixes:
+        widths[FEATURE_FILES["image_features"]] = data.features["image_features"].shape[1]
+    (output / f"{domain}.{WIDTHS_FILE}").unlink(missing_ok=True)  # an earlier copy's record
+    write_feature_widths(output, domain, widths)
     shutil.rmtree(output / ".feature_shards", ignore_errors=True)
     return output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -235,6 +236,32 @@ def test_bad_feature_files_and_missing_files(scientific_copy):
     (scientific_copy / "Scientific.valid.inter").unlink()
     with pytest.raises(FileNotFoundError, match="Scientific.valid.inter"):
         read_missrec_folder(scientific_copy, "Scientific")
+
+
+def test_a_feature_file_cut_by_whole_rows_is_not_read_as_narrower_features(scientific_copy, tmp_path):
+    """1585 items x 512 floats cut by 2 x 1585 floats is a whole 510 floats per item: every row would shift."""
+    feat = scientific_copy / "Scientific.feat1CLS"
+    feat.write_bytes(feat.read_bytes()[: -1585 * 2 * 4])
+    with pytest.raises(ValueError, match=r"feat1CLS: 3233400 bytes over 1585 items is 510 floats per item, a width no "):
+        read_missrec_folder(scientific_copy, "Scientific")
+    with pytest.raises(ValueError, match="not a whole number of float32 rows of width 512, but item2index lists 1585"):
+        read_missrec_folder(scientific_copy, "Scientific", text_dim=512)
+
+    # a folder this project writes records its widths, uncommon ones included; the record is checked
+    small = make_demo_domain(num_users=40, num_items=30, seed=0, text_dim=16, image_dim=24)
+    folder = write_missrec_folder(small, tmp_path / "small")
+    assert json.loads((folder / "demo.feature_widths.json").read_text()) == {"feat1CLS": 16, "feat3CLS": 24}
+    assert read_missrec_folder(folder, "demo").features["image_features"].shape == (30, 24)
+    image = folder / "demo.feat3CLS"
+    image.write_bytes(image.read_bytes()[: -30 * 8 * 4])  # 16 floats per item: the text width, cut
+    with pytest.raises(ValueError, match=r"demo.feat3CLS: 1920 bytes is 20 rows of width 24, but item2index lists 30"):
+        read_missrec_folder(folder, "demo")
+    with pytest.raises(ValueError, match="the folder records width 16, but width 32 was asked for"):
+        read_missrec_folder(folder, "demo", text_dim=32)
+    (folder / "demo.feature_widths.json").unlink()  # without the record, 16 is no common encoder's width
+    with pytest.raises(ValueError, match=r"record it in the folder's <domain>.feature_widths.json .*feat1CLS.*: 16"):
+        read_missrec_folder(folder, "demo")
+    assert read_missrec_folder(folder, "demo", text_dim=16, image_dim=16).features["text_features"].shape == (30, 16)
 
 
 def test_config_errors(tmp_path):
