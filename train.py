@@ -26,13 +26,15 @@ each model writes resumable checkpoints (`--resume_from_checkpoint latest` conti
 
 from __future__ import annotations
 
-from modeling_missrec.configuration import parse_recipe_args
+from modeling_missrec.configuration import errors_in_one_line, parse_recipe_args
 from modeling_missrec.pipelines.training import run_training
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the recipe of `--config` (default: the demo recipe) with its `--key value` overrides."""
-    return run_training(parse_recipe_args(argv, description=__doc__))
+    """Run the recipe of `--config` (default: the demo recipe) with its `--key value` overrides; an error in the
+    input is one line (`--debug` keeps its traceback)."""
+    with errors_in_one_line("train.py", argv):
+        return run_training(parse_recipe_args(argv, description=__doc__))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,13 @@ import argparse
 from pathlib import Path
 
 import yaml
-from modeling_missrec.configuration import TrainingRecipe, default_recipe_path, load_recipe
+from modeling_missrec.configuration import (
+    DEBUG_HELP,
+    TrainingRecipe,
+    default_recipe_path,
+    errors_in_one_line,
+    load_recipe,
+)
 from modeling_missrec.pipelines.training import tuning
 
 
@@ -47,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
         default="missrec",
         help="what the trials train: MISSRec or the SASRec baseline",
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     options, overrides = parser.parse_known_args(argv)
     args = load_recipe(options.config, overrides)
     if not options.space and not options.trials:
@@ -55,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    with errors_in_one_line("tune.py", argv):
+        return run(argv)
+
+
+def run(argv: list[str] | None) -> list[dict]:
+    """Parse the command line, run the trials, print their table."""
     options, args = parse_args(argv)
     if tuning.optuna is None:
         raise SystemExit('tune.py needs Optuna: pip install -e ".[tune]"')

@@ -3,13 +3,23 @@ read by `recipe`), Accelerate configs (`accelerate/`) and search spaces for `tun
 `modeling_missrec.configuration`."""
 
 from .presets import available_presets, check_config_overrides, load_preset
-from .recipe import TrainingRecipe, default_recipe_path, load_recipe, parse_config_overrides, parse_recipe_args
+from .recipe import (
+    DEBUG_HELP,
+    TrainingRecipe,
+    default_recipe_path,
+    errors_in_one_line,
+    load_recipe,
+    parse_config_overrides,
+    parse_recipe_args,
+)
 
 __all__ = [
+    "DEBUG_HELP",
     "TrainingRecipe",
     "available_presets",
     "check_config_overrides",
     "default_recipe_path",
+    "errors_in_one_line",
     "load_preset",
     "load_recipe",
     "parse_config_overrides",

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,6 +384,24 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | No
     return TrainingRecipe(**values)
 
 
+# What a user's input can get wrong (a data file, a folder, a recipe value, a diverging loss): reported in one line.
+INPUT_ERRORS = (ValueError, OSError, FloatingPointError)
+DEBUG_HELP = "show an error's full traceback (default: one line naming the file, line or key at fault)"
+
+
+@contextmanager
+def errors_in_one_line(program: str, argv: list[str] | None) -> Iterator[None]:
+    """Turn an [`INPUT_ERRORS`] error into one line, `<program>: error: <message>`, and exit status 1, unless
+    `--debug` is in `argv` (`None`: `sys.argv`), which keeps the traceback. Messages name the file and line (data),
+    the folder (runs) or the key (recipes) at fault, so the traceback adds nothing for a user."""
+    try:
+        yield
+    except INPUT_ERRORS as error:
+        if "--debug" in (sys.argv[1:] if argv is None else argv):
+            raise
+        raise SystemExit(f"{program}: error: {error} (--debug shows the traceback)") from None
+
+
 def parse_recipe_args(argv: list[str] | None = None, description: str | None = None) -> TrainingRecipe:
     """The recipe of a command line: `--config RECIPE.yaml` (default: the demo recipe) and `--key value`
     overrides of any recipe key; `--help` prints `description` and lists the keys and the model presets.
@@ -392,6 +413,7 @@ def parse_recipe_args(argv: list[str] | None = None, description: str | None = N
         f"Model presets: {', '.join(available_presets())}.",
     )
     parser.add_argument("--config", default=None, help=f"YAML recipe (default: {default_recipe_path()})")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args, overrides = parser.parse_known_args(argv)
     try:
         return load_recipe(args.config, overrides)

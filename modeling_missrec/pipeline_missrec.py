@@ -25,6 +25,7 @@ import os
 import sys
 import types
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -84,6 +85,13 @@ def _is_single_history(inputs: Any) -> bool:
         return True  # includes the empty history []
     if all(isinstance(x, (list, tuple, torch.Tensor, np.ndarray)) for x in inputs):
         return False
+    odd = next(
+        (x for x in inputs if not _is_scalar(x) and not isinstance(x, (list, tuple, torch.Tensor, np.ndarray))), None
+    )
+    if odd is not None:  # e.g. 3.0: ids are never floats
+        raise ValueError(
+            f"history entries must be item ids (int) or source ids (str), got {odd!r} ({type(odd).__name__})"
+        )
     raise ValueError("inputs mix item ids and lists: pass one history (a flat list) or a list of histories")
 
 
@@ -280,6 +288,9 @@ class SequentialRecommendationPipeline(Pipeline):
         source_ids = items.get("source_ids")
         if source_ids is not None:
             source_ids = [str(s) for s in source_ids]
+            repeated = sorted(s for s, n in Counter(source_ids).items() if n > 1)
+            if repeated:
+                raise ValueError(f"cold_start_items source_ids must be unique; repeated: {repeated[:5]}")
             clash = [s for s in source_ids if self.item_metadata is not None and s in self._source_ids()]
             if len(source_ids) != rows or clash:
                 raise ValueError(

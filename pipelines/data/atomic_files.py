@@ -38,6 +38,7 @@ import numpy as np
 
 from .domain_data import DomainData, leave_one_out
 from .feature_extraction import TEXT_KINDS, extract_catalogue_text_features
+from .text_files import open_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def read_header(path: Path, header_line: str) -> list[tuple[str, str]]:
 
 def _lines(path: Path, columns: int) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of every non-blank line after the header; a line without `columns` fields raises."""
-    with open(path, encoding="utf-8") as f:
+    with open_utf8(path) as f:
         next(f, None)
         for lineno, line in enumerate(f, 2):
             line = line.rstrip("\n").rstrip("\r")
@@ -84,7 +85,7 @@ def _lines(path: Path, columns: int) -> Iterator[tuple[int, list[str]]]:
 
 def _columns_of(path: Path, wanted: Sequence[str]) -> tuple[list[tuple[str, str]], list[int]]:
     """The header of an atomic file and the positions of its `wanted` columns (a missing one raises)."""
-    with open(path, encoding="utf-8") as f:
+    with open_utf8(path) as f:
         header = read_header(path, f.readline())
     names = [name for name, _ in header]
     missing = [name for name in wanted if name not in names]

@@ -33,6 +33,7 @@ import numpy as np
 
 from ...utils_missrec import write_atomically
 from .domain_data import DomainData, SequenceSplit
+from .text_files import open_utf8
 
 INTER_HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token"
 TEXT_HEADER = "item_id:token\ttext:token_seq"
@@ -55,7 +56,7 @@ def _path(folder: str | os.PathLike, domain: str, suffix: str, required: bool = 
 
 def _rows(path: Path, columns: int, header: str | None = None) -> Iterator[tuple[int, list[str]]]:
     """(line number, tab-separated fields) of each line after the optional `header`; a wrong count raises."""
-    with open(path, encoding="utf-8") as f:
+    with open_utf8(path) as f:
         if header is not None and (first := f.readline().rstrip("\n")) != header:
             raise ValueError(f"{path}:1: expected the header {header!r}, got {first!r}")
         for lineno, line in enumerate(f, 1 if header is None else 2):
@@ -125,6 +126,22 @@ def _read_inter(path: Path, users: np.ndarray, num_items: int) -> SequenceSplit:
                 f"{path}:{linenos[row]}: item index {ids[bad[0]]} is not in item2index (0..{num_items - 1})"
             )
     return SequenceSplit(users[user_ids], offsets, items + 1, targets + 1)
+
+
+def _check_split(path: Path, split: SequenceSplit, name: str) -> None:
+    """A split must hold rows, and an evaluation split one row per user (a duplicate would be ranked twice)."""
+    if len(split) == 0:
+        raise ValueError(f"{path}: no rows after the header: the {name} split of a domain cannot be empty")
+    if name == "train":
+        return
+    users, first = np.unique(split.users.astype(str), return_index=True)
+    if len(users) < len(split):
+        row = int(np.setdiff1d(np.arange(len(split)), first)[0])
+        earlier = int(np.flatnonzero(split.users.astype(str) == str(split.users[row]))[0])
+        raise ValueError(
+            f"{path}:{row + 2}: user {split.users[row]!r} already has a {name} row (line {earlier + 2}): "
+            "leave-one-out evaluation holds one row per user"
+        )
 
 
 def _read_texts(path: Path | None, item_index: dict[str, int]) -> np.ndarray:
@@ -227,6 +244,8 @@ def read_missrec_folder(
     splits = {
         name: _read_inter(_path(folder, domain, suffix), users, len(item_index)) for name, suffix in SPLIT_FILES.items()
     }
+    for name, suffix in SPLIT_FILES.items():
+        _check_split(_path(folder, domain, suffix), splits[name], name)
     features, recorded = {}, read_recorded_widths(folder, domain)
     for name, suffix in FEATURE_FILES.items():
         path = _path(folder, domain, suffix, required=False)

@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = ".missrec-run.lock"
 
 
-class OutputDirInUseError(RuntimeError):
-    """Another live run holds the output folder."""
+class OutputDirInUseError(FileExistsError):
+    """Another live run holds the output folder (its lock file exists)."""
 
 
 def _owner_alive(owner: dict) -> bool:

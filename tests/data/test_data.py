@@ -242,7 +242,7 @@ def test_a_feature_file_cut_by_whole_rows_is_not_read_as_narrower_features(scien
     """1585 items x 512 floats cut by 2 x 1585 floats is a whole 510 floats per item: every row would shift."""
     feat = scientific_copy / "Scientific.feat1CLS"
     feat.write_bytes(feat.read_bytes()[: -1585 * 2 * 4])
-    with pytest.raises(ValueError, match=r"feat1CLS: 3233400 bytes over 1585 items is 510 floats per item, a width no "):
+    with pytest.raises(ValueError, match=r"feat1CLS: 3233400 bytes over 1585 items is 510 floats per item, a width no"):
         read_missrec_folder(scientific_copy, "Scientific")
     with pytest.raises(ValueError, match="not a whole number of float32 rows of width 512, but item2index lists 1585"):
         read_missrec_folder(scientific_copy, "Scientific", text_dim=512)
