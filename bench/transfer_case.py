@@ -85,7 +85,7 @@ def ensure_inputs(pretrained: Path) -> dict:
         "test": metrics["test"],
         "popularity_test": metrics["popularity_test"],
     }
-    if not (REENCODED_SCIENTIFIC / "Scientific.feat1CLS").is_file():
+    if not (REENCODED_SCIENTIFIC / "Scientific.feature_widths.json").is_file():  # written last; older copies lack it
         reencode_text_features(SHARED / "amazon-scientific-mm", "Scientific", REENCODED_SCIENTIFIC)
     return report
 

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
+import traceback
 import types
 import typing
 from collections.abc import Iterator
@@ -30,6 +32,8 @@ LR_SCHEDULES = (
     "polynomial",
     "inverse_sqrt",
 )
+BASELINES = ("sasrec", "scratch", "content-knn")
+ZERO_SHOT = {("finetune", "full", "inductive"), ("finetune", "full", "auto")}  # (stage, strategy, id_mode) of epochs 0
 
 
 def default_recipe_path() -> Path:
@@ -82,6 +86,8 @@ class TrainingRecipe:
         max_eval_examples: validate and test on a seeded random sample of this many users of each split (`None`:
             all). Full ranking over a large mixed catalogue costs minutes a pass on a CPU; the sample bounds it.
         epochs, batch_size, learning_rate, seed: optimisation (AdamW; with `weight_decay` 0 it is the paper's Adam).
+            `epochs: 0` with `pretrained` is zero-shot: the pre-trained model is evaluated and saved as it is, its
+            interests discovered on this catalogue, nothing trained (inductive, strategy `full`).
         lr_scheduler_type: the learning-rate schedule over `epochs`, by its `transformers.get_scheduler` name:
             `"constant"` (the paper's), `"constant_with_warmup"`, `"linear"`, `"cosine"`, `"cosine_with_restarts"`,
             `"polynomial"` or `"inverse_sqrt"`; all but `"constant"` start with `warmup_ratio` of the optimiser
@@ -105,9 +111,10 @@ class TrainingRecipe:
         metrics_at: the cut-offs K of HR@K, NDCG@K and MRR@K in validation and `metrics.json`; must include 10
             (early stopping) and 50 (the results table). The official MISSRec code prints each cut-off one rank
             deeper: add 11 and 51 to compare with its numbers.
-        baselines: trained and evaluated beside MISSRec, drawn from `"sasrec"` and `"scratch"` (MISSRec from
-            `preset` with the same fine-tuning budget, to measure what pre-training brings; needs `pretrained`).
-            Popularity is always reported.
+        baselines: trained and evaluated beside MISSRec, drawn from `"sasrec"`, `"scratch"` (MISSRec from
+            `preset` with the same fine-tuning budget, to measure what pre-training brings; needs `pretrained`)
+            and `"content-knn"` (untrained: items by the cosine of their text features to the mean of the last
+            items', the number of items chosen on validation). Popularity is always reported.
         output_dir: where the model and `metrics.json` go.
         overwrite_output_dir: a run that does not resume refuses an `output_dir` holding checkpoints unless this
             is set (they are then deleted).
@@ -214,7 +221,18 @@ class TrainingRecipe:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name}={value!r} must be an integer >= 1 or null")
-        integers = ("epochs", "batch_size", "eval_batch_size", "num_users", "num_items", "gradient_accumulation_steps")
+        integers = ("batch_size", "eval_batch_size", "num_users", "num_items", "gradient_accumulation_steps")
+        if not isinstance(self.epochs, int) or self.epochs < 0 or (self.epochs == 0 and self.pretrained is None):
+            raise ValueError(f"epochs={self.epochs!r} must be an integer >= 1 (0: zero-shot, with pretrained)")
+        if self.epochs == 0 and (self.stage, self.strategy, self.id_mode) not in ZERO_SHOT:
+            raise ValueError(
+                f"epochs=0 evaluates the pre-trained model as it is (zero-shot): stage finetune, strategy full and "
+                f"id_mode inductive or auto, not {self.stage}, {self.strategy}, {self.id_mode}"
+            )
+        if self.epochs == 0 and {"sasrec", "scratch"} & set(self.baselines):
+            raise ValueError(
+                f"epochs=0 trains nothing, so baselines {self.baselines} would be untrained: use [content-knn]"
+            )
         for name in integers:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
@@ -227,8 +245,8 @@ class TrainingRecipe:
             raise ValueError(f"metrics_at={cutoffs!r} must be a list of integers >= 1")
         if not {10, 50} <= set(cutoffs) or len(set(cutoffs)) != len(cutoffs):
             raise ValueError(f"metrics_at={cutoffs!r} must hold 10 (early stopping) and 50 (the table), each once")
-        if not isinstance(self.baselines, list) or not set(self.baselines) <= {"sasrec", "scratch"}:
-            raise ValueError(f"baselines={self.baselines!r} must be a list drawn from ['sasrec', 'scratch']")
+        if not isinstance(self.baselines, list) or not set(self.baselines) <= set(BASELINES):
+            raise ValueError(f"baselines={self.baselines!r} must be a list drawn from {list(BASELINES)}")
         if "scratch" in self.baselines and self.pretrained is None:
             raise ValueError("baseline 'scratch' compares a pre-trained model with one from scratch: set pretrained")
         if not self.learning_rate > 0:
@@ -391,15 +409,18 @@ DEBUG_HELP = "show an error's full traceback (default: one line naming the file,
 
 @contextmanager
 def errors_in_one_line(program: str, argv: list[str] | None) -> Iterator[None]:
-    """Turn an [`INPUT_ERRORS`] error into one line, `<program>: error: <message>`, and exit status 1, unless
-    `--debug` is in `argv` (`None`: `sys.argv`), which keeps the traceback. Messages name the file and line (data),
-    the folder (runs) or the key (recipes) at fault, so the traceback adds nothing for a user."""
+    """Turn an [`INPUT_ERRORS`] error into one line, `<program>: error: <message> (traceback: FILE; ...)`, and exit
+    status 1, unless `--debug` is in `argv` (`None`: `sys.argv`), which keeps the traceback. Messages name the
+    file and line (data), the folder (runs) or the key (recipes) at fault; the traceback goes to a file, so an
+    error that is a bug, not bad input, can still be traced without a rerun."""
     try:
         yield
     except INPUT_ERRORS as error:
         if "--debug" in (sys.argv[1:] if argv is None else argv):
             raise
-        raise SystemExit(f"{program}: error: {error} (--debug shows the traceback)") from None
+        with tempfile.NamedTemporaryFile("w", prefix=f"{program}-error-", suffix=".log", delete=False) as log:
+            traceback.print_exc(file=log)
+        raise SystemExit(f"{program}: error: {error} (traceback: {log.name}; --debug prints it)") from None
 
 
 def parse_recipe_args(argv: list[str] | None = None, description: str | None = None) -> TrainingRecipe:

@@ -12,6 +12,8 @@ import string
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -237,3 +239,24 @@ def save_tiny_clip(folder: str | Path, *, projection_dim: int = 16, seed: int = 
     torch.manual_seed(seed)
     CLIPModel(config).eval().save_pretrained(folder)
     return str(folder)
+
+
+_HOLD_FOLDER = """
+import sys, time
+from modeling_missrec.pipelines.training.output_lock import locked_output_dir
+with locked_output_dir(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+@contextmanager
+def held_by_another_run(folder: str | Path) -> Iterator[int]:
+    """Hold `folder`'s run lock in another process while the block runs; yields that process's pid."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_FOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

@@ -2,7 +2,7 @@
 serving call) and names the message it must produce.
 
 Folders and recipes go through `train.py`'s own `main`, which reports an input error as one line,
-`train.py: error: <message> (--debug shows the traceback)`, and exits with status 1 (2 for a recipe, from the
+`train.py: error: <message> (traceback: FILE; --debug prints it)`, and exits with status 1 (2 for a recipe, from the
 argument parser); serving calls go to the `sequential-recommendation` pipeline and raise `ValueError`.
 """
 
@@ -11,15 +11,12 @@ from __future__ import annotations
 import dataclasses
 import re
 import runpy
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, tiny_model
+from helpers import REPO, held_by_another_run, tiny_model
 from modeling_missrec.pipelines.data.demo_data import make_demo_domain
 from modeling_missrec.pipelines.data.missrec_files import write_missrec_folder
 from transformers import pipeline
@@ -123,7 +120,8 @@ def test_a_broken_data_folder_is_one_line_naming_the_file_and_line(name, tmp_pat
     argv = ["--data_dir", str(folder), "--domain", "Shop", "--epochs", "1", "--output_dir", str(tmp_path / "out")]
     status, err = run_train_main(argv, capsys)
     assert status == 1 and err.startswith("train.py: error: ") and "Traceback" not in err
-    assert err.endswith("(--debug shows the traceback)") and "\n" not in err.strip(), err
+    assert "\n" not in err.strip() and (log := re.search(r" \(traceback: (\S+); --debug prints it\)$", err)), err
+    assert "Traceback (most recent call last)" in Path(log.group(1)).read_text()
     assert re.search(message, err), err
     with pytest.raises((ValueError, OSError), match=message):  # --debug: the exception itself
         TRAIN_MAIN([*argv, "--debug"])
@@ -146,17 +144,6 @@ def test_a_broken_recipe_names_the_file_or_key(name, tmp_path, capsys):
     assert status in (1, 2) and "Traceback" not in err and re.search(message, err), err
 
 
-HOLD = textwrap.dedent(
-    """
-    import sys, time
-    from modeling_missrec.pipelines.training.output_lock import locked_output_dir
-    with locked_output_dir(sys.argv[1]):
-        print("held", flush=True)
-        time.sleep(120)
-    """
-)
-
-
 def test_run_folders_held_or_holding_checkpoints(tmp_path, capsys):
     tiny = ["--num_users", "60", "--num_items", "40", "--epochs", "1", "--baselines", "[]"]
     (tmp_path / "old" / "checkpoints" / "MISSRec" / "step-00000003").mkdir(parents=True)
@@ -166,14 +153,9 @@ def test_run_folders_held_or_holding_checkpoints(tmp_path, capsys):
     assert status == 1 and "holds checkpoints of an earlier run" in err, err  # a quoted "false" is False
     assert (tmp_path / "old" / "checkpoints" / "MISSRec" / "step-00000003").is_dir()
 
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, tmp_path / "held"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_by_another_run(tmp_path / "held") as pid:
         status, err = run_train_main([*tiny, "--output_dir", str(tmp_path / "held")], capsys)
-        assert status == 1 and f"is in use by another run (process {holder.pid} on " in err, err
-    finally:
-        holder.kill()
-        holder.wait()
+        assert status == 1 and f"is in use by another run (process {pid} on " in err, err
 
 
 @pytest.fixture(scope="module")

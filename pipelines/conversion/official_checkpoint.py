@@ -48,8 +48,8 @@ class _RecBoleObject:
 
 
 # The only real globals an official checkpoint's pickle may name: the tensor and storage rebuilders `torch.save`
-# writes, dtypes and devices (RecBole's config holds `torch.device`), and plain containers. Each builds data and
-# calls nothing a pickle could steer.
+# writes, dtypes and devices (RecBole's config holds `torch.device`), plain containers and numpy scalars (as
+# torch's own `weights_only` loading allows them). Each builds data and calls nothing a pickle could steer.
 _STORAGES = ("Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
 _DTYPES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 ALLOWED_GLOBALS = frozenset(
@@ -59,12 +59,16 @@ ALLOWED_GLOBALS = frozenset(
     | {("torch", dtype) for dtype in _DTYPES}
     | {("torch", "device"), ("torch", "Size"), ("torch", "Tensor"), ("torch.nn.parameter", "Parameter")}
     | {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset")}
+    # numpy scalars (a fine-tuned checkpoint's `best_valid_score` is an np.float64) and the bytes they carry
+    | {(f"numpy.{core}.multiarray", "scalar") for core in ("core", "_core")}
+    | {("numpy", "dtype"), ("_codecs", "encode")}
 )
-# Modules whose classes are replaced by inert stand-ins: RecBole's (its config, its enums) and the official
-# repository's own top-level modules (its config names the model class, `missrec.MISSRec`). A stand-in only keeps
-# the arguments and state it is given, so no name under these modules can run code.
+# Modules whose classes are replaced by inert stand-ins: RecBole's (its config, its enums), PyYAML's (the config
+# keeps `yaml_loader = yaml.FullLoader`) and the official repository's own top-level modules (its config names the
+# model class, `missrec.MISSRec`). A stand-in only keeps the arguments and state it is given, so no name under
+# these modules can run code.
 STAND_IN_MODULES = frozenset(
-    {"recbole", "missrec", "data", "trainer", "utils", "model_utils", "cluster_utils", "torchpq"}
+    {"recbole", "yaml", "missrec", "data", "trainer", "utils", "model_utils", "cluster_utils", "torchpq"}
     | {"finetune", "ddp_finetune", "ddp_pretrain"}
 )
 

@@ -14,9 +14,10 @@ A folder holds, for a domain `<D>` (tab separated, each text file starting with 
 
 A feature file's width is its size over the number of items (bytes / 4 / N). Read alone, that is ambiguous: a
 file cut short by a multiple of N floats reads as narrower features, every row shifted. So the width must be
-recorded (`feature_widths.json`, or `text_dim` / `image_dim` given) or be one of the encoders' widths in
-[`COMMON_FEATURE_WIDTHS`]; any other, or one that disagrees with the record, is an error naming the file and the
-sizes.
+recorded (`feature_widths.json`, or `text_dim` / `image_dim` given); otherwise it must be one of the encoders'
+widths in [`COMMON_FEATURE_WIDTHS`], and the domain's unrecorded files must share it (as the released folders'
+CLIP features do). Anything else, or a width that disagrees with the record, is an error naming the files and
+the sizes.
 
 Every malformed line raises a `ValueError` naming the file and the line; nothing is silently dropped.
 """
@@ -246,13 +247,22 @@ def read_missrec_folder(
     }
     for name, suffix in SPLIT_FILES.items():
         _check_split(_path(folder, domain, suffix), splits[name], name)
-    features, recorded = {}, read_recorded_widths(folder, domain)
+    features, recorded, inferred = {}, read_recorded_widths(folder, domain), {}
     for name, suffix in FEATURE_FILES.items():
         path = _path(folder, domain, suffix, required=False)
         if path is not None:
             given = image_dim if name == "image_features" else text_dim
             dim = expected_width(recorded.get(suffix), given, Path(path))
             features[name] = read_feature_file(path, len(item_index), dim)
+            if dim is None:
+                inferred[suffix] = features[name].shape[1]
+    if len(set(inferred.values())) > 1:  # a common width cut to another common width (512 -> 256) shows here
+        widths = ", ".join(f"{domain}.{suffix} {width}" for suffix, width in inferred.items())
+        raise ValueError(
+            f"{Path(folder) / domain}: the feature files' widths, inferred from their sizes, differ ({widths}): one "
+            f"may be cut short. If they are right (two encoders), record them in {domain}.{WIDTHS_FILE}, e.g. "
+            + json.dumps({suffix: width for suffix, width in inferred.items()})
+        )
     if "text_features" not in features and "image_features" not in features:
         raise FileNotFoundError(
             f"{Path(folder) / domain}: neither {domain}.feat1CLS (text) nor {domain}.feat3CLS (image) exists; "

@@ -8,15 +8,16 @@ from contextlib import contextmanager
 from typing import TextIO
 
 
-def _first_undecodable_line(path: str | os.PathLike) -> tuple[int, int, int]:
-    """(line number, column, byte) of the first byte of `path` that is not UTF-8 (all 1-based but the byte)."""
+def _first_undecodable_line(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """(line number, column, byte) of the first byte of `path` that is not UTF-8 (all 1-based but the byte), or
+    None when every line decodes."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 return lineno, error.start + 1, raw[error.start]
-    raise AssertionError(f"{path} decodes as UTF-8 line by line")  # only called after a decoding error
+    return None
 
 
 @contextmanager
@@ -27,7 +28,10 @@ def open_utf8(path: str | os.PathLike) -> Iterator[TextIO]:
         try:
             yield f
         except UnicodeDecodeError:
-            lineno, column, byte = _first_undecodable_line(path)
+            where = _first_undecodable_line(path)
+            if where is None:  # not this file's bytes
+                raise
+            lineno, column, byte = where
             raise ValueError(
                 f"{path}:{lineno}: byte 0x{byte:02x} at column {column} is not UTF-8: save the file as UTF-8 "
                 "(e.g. `iconv -f latin1 -t utf-8`)"

@@ -134,6 +134,8 @@ def _install(temporary: Path, final: Path) -> None:
     the end of training right after an epoch end) is renamed aside first and deleted last."""
     replaced = final.with_name(REPLACED + final.name)
     if final.exists():
+        if replaced.exists():  # left by an earlier interrupted replace that no resume finished
+            shutil.rmtree(replaced)
         final.rename(replaced)
     temporary.rename(final)
     shutil.rmtree(replaced, ignore_errors=True)

@@ -13,6 +13,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -55,6 +56,7 @@ from ..data import (
     mix_domains,
 )
 from ..evaluation import PopularityRecommender, evaluate_ranking
+from ..evaluation.content_knn import select_window
 from .checkpointing import (
     TrainingProgress,
     check_settings,
@@ -69,7 +71,7 @@ from .checkpointing import (
 )
 from .finetuning import apply_finetuning_strategy, match_catalogue_modalities
 from .interest_discovery import discover_interests_on_every_rank
-from .output_lock import locked_output_dir
+from .output_lock import launcher_rank, locked_output_dir
 from .tracking import plot_curves, run_trackers, scalar_config
 
 PRETRAINING_INTEREST_RATIO, FINETUNING_INTEREST_RATIO = 0.02, 0.5  # the paper's
@@ -210,9 +212,12 @@ def fit_sasrec(
 
 def id_modes_to_try(args: TrainingRecipe, from_scratch: bool = False) -> tuple[str, ...]:
     """The id modes a run trains MISSRec in: the recipe's, or for `id_mode: auto` both (transductive first), except
-    that a transductive pre-trained model only fine-tunes transductively."""
+    that a transductive pre-trained model only fine-tunes transductively and a zero-shot run (`epochs: 0`) is
+    inductive."""
     if args.id_mode != "auto":
         return (args.id_mode,)
+    if args.epochs == 0:  # zero-shot: ids that were never trained on this catalogue would score noise
+        return ("inductive",)
     if args.pretrained is not None and not from_scratch and pretrained_config(args).id_mode == "transductive":
         return ("transductive",)
     return ID_MODES
@@ -247,7 +252,10 @@ def fit_missrec(
         length = model.config.max_seq_length
         valid = SequenceCollator(domain.sequences["validation"], length)
         collator = training_collator(mode_args, domain, length)
-        model, _, histories[mode] = fit(logger, name, model, collator, valid, mode_args, on_epoch_end)
+        if args.epochs == 0:
+            model, histories[mode] = evaluate_zero_shot(name, model, valid, mode_args)
+        else:
+            model, _, histories[mode] = fit(logger, name, model, collator, valid, mode_args, on_epoch_end)
         score = max(row["ndcg@10"] for row in histories[mode])
         if kept is None or score > kept[0]:
             kept = (score, model, mode_args)
@@ -255,6 +263,26 @@ def fit_missrec(
     if len(modes) > 1:
         logger.print(f"id_mode auto: {chosen.id_mode} (best validation NDCG@10 {best_score:.4f})")
     return model, chosen, histories
+
+
+def evaluate_zero_shot(
+    name: str, model: torch.nn.Module, valid: SequenceCollator, args: TrainingRecipe
+) -> tuple[torch.nn.Module, list[dict]]:
+    """`epochs: 0`: the pre-trained model as it is on this catalogue, nothing trained. Its interests are discovered on
+    the catalogue's features (as every epoch of a training run does) and it is scored on the validation split.
+
+    Returns:
+        The prepared model and its history: one row, epoch 0, with the validation metrics.
+    """
+    accelerator = Accelerator()
+    model = accelerator.prepare(model)
+    model.eval()
+    discover_interests_on_every_rank(model)
+    protocol = args.validation_protocol
+    evaluation = {"batch_size": args.eval_batch_size, "ks": args.metrics_at, "accelerator": accelerator}
+    metrics = evaluate_ranking(ranking_model(accelerator, model), valid, protocols=(protocol,), **evaluation)[protocol]
+    accelerator.print(f"{name} zero-shot (nothing trained): valid ndcg@10 {metrics['ndcg@10']:.4f}")
+    return model, [{"epoch": 0, **metrics}]
 
 
 def training_collator(args: TrainingRecipe, domain: MultiModalDomain, max_seq_length: int) -> SequenceCollator:
@@ -472,8 +500,10 @@ def run_training(args: TrainingRecipe) -> dict:
     Returns:
         The results written to `metrics.json`.
     """
-    # The launcher's RANK, not Accelerate's state: that singleton must first be built by the Accelerator below.
-    with locked_output_dir(args.output_dir, holder=os.environ.get("RANK", "0") == "0"):
+    folders = {os.path.realpath(f) for f in (args.output_dir, args.resume_run_dir) if f is not None}
+    with contextlib.ExitStack() as held:  # resuming finishes the other run's interrupted saves: hold it too
+        for folder in sorted(folders):
+            held.enter_context(locked_output_dir(folder, holder=launcher_rank() == 0))
         trackers = run_trackers(args.report_to, args.output_dir, resume=args.resume_from_checkpoint is not None)
         accelerator = Accelerator(log_with=trackers, project_dir=args.output_dir)
         prepare_output_dir(accelerator, args)
@@ -513,6 +543,7 @@ def train_and_evaluate(
     train = training_collator(chosen, domain, max_seq_length)
     loaders = {split: SequenceCollator(domain.sequences[split], max_seq_length) for split in ("validation", "test")}
     label = "MISSRec" if args.pretrained is None else f"MISSRec (pre-trained, {args.strategy})"
+    label = "MISSRec (pre-trained, zero-shot)" if args.epochs == 0 else label
     scorers = {label: ("", ranking_model(accelerator, model))}
     if "scratch" in args.baselines:
         scratch, scratch_args, histories = fit_missrec(accelerator, args, domain, features, from_scratch=True)
@@ -521,6 +552,15 @@ def train_and_evaluate(
     if "sasrec" in args.baselines:
         sasrec, results["sasrec_epochs"] = fit_sasrec(accelerator, args, domain, max_seq_length)
         scorers["SASRec"] = ("sasrec_", sasrec)
+    if "content-knn" in args.baselines:
+        if "text_features" not in features:
+            raise ValueError("baseline 'content-knn' ranks items by their text features, and the domain has none")
+        evaluation = {"batch_size": args.eval_batch_size, "accelerator": accelerator}
+        knn, windows = select_window(
+            features["text_features"], loaders["validation"], args.validation_protocol, **evaluation
+        )
+        results["content_knn_window"], results["content_knn_valid_ndcg@10"] = knn.window, windows
+        scorers[f"Content-kNN (last {knn.window})"] = ("content_knn_", knn)
     popularity = PopularityRecommender(train.targets, domain.num_items)
     scorers["Popularity"] = ("popularity_", popularity)
 
@@ -556,5 +596,6 @@ def train_and_evaluate(
             for name, key in (("MISSRec", "epochs"), ("MISSRec-scratch", "scratch_epochs"), ("SASRec", "sasrec_epochs"))
             if key in results
         }
-        plot_curves(histories, os.path.join(args.output_dir, "curves.png"))
+        if args.epochs > 0:  # a zero-shot run has no training curve
+            plot_curves(histories, os.path.join(args.output_dir, "curves.png"))
     return results, {name: results[f"{prefix}test"] for name, (prefix, _) in scorers.items()}

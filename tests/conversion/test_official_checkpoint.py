@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import sys
@@ -10,6 +11,7 @@ import types
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import official_transformer, random_histories, rec, tiny_model
 from modeling_missrec.pipelines.conversion.official_checkpoint import (
     UnsafeCheckpointError,
@@ -25,10 +27,18 @@ NUM_ITEMS = 30
 
 
 class Config:
-    """What the official trainer pickles as `checkpoint["config"]` (RecBole's Config keeps its settings here)."""
+    """What the official trainer pickles as `checkpoint["config"]`: RecBole's Config keeps its settings in
+    `final_config_dict`, its YAML loader class, and enums of its own among the settings."""
 
     def __init__(self, settings: dict) -> None:
         self.final_config_dict = settings
+        self.yaml_loader = yaml.FullLoader
+
+
+class ModelType(enum.Enum):
+    """RecBole's `recbole.utils.enum_type.ModelType`, pickled among the settings."""
+
+    SEQUENTIAL = 2
 
 
 class MISSRec:
@@ -65,6 +75,7 @@ def save_official_checkpoint(
         state, stage = {k: v for k, v in state.items() if not k.startswith(catalogue)}, "pretrain"
     settings = {"n_heads": model.config.num_attention_heads, "train_stage": stage, "model": MISSRec} | settings
     settings |= {"device": torch.device("cpu"), "ITEM_ID_FIELD": "item_id", "topk": [10, 50]}  # as RecBole keeps
+    settings |= {"MODEL_TYPE": ModelType.SEQUENTIAL, "valid_metric_bigger": True}
     with monkeypatch.context() as patch:  # the classes' modules exist only while saving, as in the official repo
         for name, value in (("recbole", None), ("recbole.config", None), ("recbole.config.configurator", Config)):
             module = types.ModuleType(name)
@@ -72,10 +83,20 @@ def save_official_checkpoint(
                 module.Config = value
             patch.setitem(sys.modules, name, module)
         patch.setattr(Config, "__module__", "recbole.config.configurator")
+        patch.setitem(sys.modules, "recbole.utils.enum_type", types.SimpleNamespace(ModelType=ModelType))
+        patch.setattr(ModelType, "__module__", "recbole.utils.enum_type")
         patch.setitem(sys.modules, "missrec", types.SimpleNamespace(MISSRec=MISSRec))
         patch.setattr(MISSRec, "__module__", "missrec")
         state = {k: v.detach().clone() for k, v in state.items()}
-        torch.save({"config": Config(settings), "epoch": 7, "state_dict": state}, path)
+        # what the official trainer saves beside the weights: a numpy best score and the optimiser's state
+        trained = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
+        optimizer = torch.optim.Adam(trained)
+        for parameter in trained:
+            parameter.grad = torch.ones_like(parameter)
+        optimizer.step()  # its state holds tensors (exp_avg, exp_avg_sq, step)
+        checkpoint = {"config": Config(settings), "epoch": 7, "cur_step": 3, "best_valid_score": np.float64(0.0812)}
+        checkpoint |= {"state_dict": state, "other_parameter": None, "optimizer": optimizer.state_dict()}
+        torch.save(checkpoint, path)
 
 
 def scores_of(model: MISSRecModel) -> torch.Tensor:

@@ -241,11 +241,17 @@ def test_bad_feature_files_and_missing_files(scientific_copy):
 def test_a_feature_file_cut_by_whole_rows_is_not_read_as_narrower_features(scientific_copy, tmp_path):
     """1585 items x 512 floats cut by 2 x 1585 floats is a whole 510 floats per item: every row would shift."""
     feat = scientific_copy / "Scientific.feat1CLS"
-    feat.write_bytes(feat.read_bytes()[: -1585 * 2 * 4])
+    whole = feat.read_bytes()
+    feat.write_bytes(whole[: -1585 * 2 * 4])
     with pytest.raises(ValueError, match=r"feat1CLS: 3233400 bytes over 1585 items is 510 floats per item, a width no"):
         read_missrec_folder(scientific_copy, "Scientific")
     with pytest.raises(ValueError, match="not a whole number of float32 rows of width 512, but item2index lists 1585"):
         read_missrec_folder(scientific_copy, "Scientific", text_dim=512)
+    feat.write_bytes(whole)
+    image = scientific_copy / "Scientific.feat3CLS"  # cut to half: 256 is a common width too
+    image.write_bytes(image.read_bytes()[: 1585 * 256 * 4])
+    with pytest.raises(ValueError, match=r"widths, inferred from their sizes, differ \(Scientific.feat1CLS 512, Scien"):
+        read_missrec_folder(scientific_copy, "Scientific")
 
     # a folder this project writes records its widths, uncommon ones included; the record is checked
     small = make_demo_domain(num_users=40, num_items=30, seed=0, text_dim=16, image_dim=24)
