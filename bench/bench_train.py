@@ -22,6 +22,8 @@ Cases:
   defaults (`scientific.yaml`, preset `missrec-tuned`) against the official code's means, the issue's +10% target
   and SASRec, every seed of `--seeds`, mean ± standard error; the lever-by-lever ablation from the paper's
   settings, paired over seeds, on validation and test; the real text domains (`--text_domains`) against SASRec.
+  `sampled-softmax`: the `accuracy` case's runs beside the same recipe with `loss: sampled` (128 negatives), paired
+  over seeds.
   Runs are recorded one by one and a re-run resumes. E.g. `python bench/bench_train.py --cases accuracy ablation
   text-domains --seeds 0 1 2 3 4 --output bench/results/bench_accuracy.json`.
 
@@ -43,7 +45,13 @@ import sys
 import time
 from pathlib import Path
 
-from accuracy_case import TEXT_DOMAIN_NAMES, ablation_markdown, accuracy_markdown, run_accuracy_case
+from accuracy_case import (
+    TEXT_DOMAIN_NAMES,
+    ablation_markdown,
+    accuracy_markdown,
+    run_accuracy_case,
+    sampled_softmax_markdown,
+)
 from common import machine_info, memory_status, train_run
 from transfer_case import markdown as transfer_markdown
 from transfer_case import run_real_transfer
@@ -52,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific-mm"
 RECIPES = REPO / "configuration" / "recipes"
 RUNS = REPO / "bench" / "results" / "runs"
-ACCURACY_CASES = ("accuracy", "ablation", "text-domains")  # issue 21: see accuracy_case.py
+ACCURACY_CASES = ("accuracy", "ablation", "text-domains", "sampled-softmax")  # see accuracy_case.py
 CASES = ("transductive", "inductive", "transfer", "real-transfer", *ACCURACY_CASES)
 DEFAULT_CASES = ("transductive", "inductive", "transfer")
 TABLE_METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50")  # the test metrics of the table
@@ -242,6 +250,7 @@ def markdown(results: list[dict]) -> str:
     ]
     others = {"real-transfer": transfer_markdown, "accuracy": accuracy_markdown, "text-domains": accuracy_markdown}
     others["ablation"] = ablation_markdown
+    others["sampled-softmax"] = sampled_softmax_markdown
     transfers = [others[result["case"]](result) for result in results if result["case"] in others]
     results = [result for result in results if result["case"] not in others]
     for result in results:

@@ -97,6 +97,12 @@ class TrainingRecipe:
             LayerNorm gains), >= 0 (the paper: 0).
         max_grad_norm: clip the gradients' global norm to this before each optimiser step (`None`: no clipping, the
             paper's).
+        loss: MISSRec's fine-tuning softmax: `"full"` (over the whole catalogue, the paper's) or `"sampled"` (over
+            each batch's targets plus `num_negatives` sampled items, logQ-corrected; only those items are embedded
+            and scored, which is what makes catalogues of millions of items trainable). SASRec keeps the full one.
+        num_negatives: the negatives a batch of the sampled softmax draws (shared by its rows).
+        negative_sampling: where they are drawn from: `"uniform"` over the catalogue or `"popularity"` (by how
+            often each item is a training target).
         report_to: where the per-epoch losses and metrics go: `"jsonl"` (`output_dir/train_log.jsonl`, always
             available), any Accelerate tracker (`"tensorboard"`, `"wandb"`, `"mlflow"`, ...; it must be
             installed), or `"all"` (jsonl and every installed Accelerate tracker). Local trackers write under
@@ -154,6 +160,9 @@ class TrainingRecipe:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
+    loss: str = "full"
+    num_negatives: int = 1024
+    negative_sampling: str = "uniform"
     report_to: list[str] = field(default_factory=lambda: ["jsonl"])
     seed: int = 0
     gradient_accumulation_steps: int = 1
@@ -188,6 +197,14 @@ class TrainingRecipe:
             raise ValueError(f"text_fields={self.text_fields!r} must be a list of .item column names or null")
         if self.sasrec_learning_rate is not None and not self.sasrec_learning_rate > 0:
             raise ValueError(f"sasrec_learning_rate={self.sasrec_learning_rate!r} must be > 0 or null")
+        if self.loss not in ("full", "sampled"):
+            raise ValueError(f"loss={self.loss!r} is not one of ['full', 'sampled']")
+        if self.loss == "sampled" and self.stage != "finetune":
+            raise ValueError("loss='sampled' is fine-tuning's softmax; pre-training contrasts within the batch already")
+        if self.negative_sampling not in ("uniform", "popularity"):
+            raise ValueError(f"negative_sampling={self.negative_sampling!r} is not one of ['uniform', 'popularity']")
+        if not isinstance(self.num_negatives, int) or self.num_negatives < 1:
+            raise ValueError(f"num_negatives={self.num_negatives!r} must be an integer >= 1")
         if self.validation_protocol not in ("official", "exclude_history"):
             raise ValueError(
                 f"validation_protocol={self.validation_protocol!r} is not one of ['official', 'exclude_history']"

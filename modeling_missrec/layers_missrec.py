@@ -126,12 +126,71 @@ def catalogue_cross_entropy(
         return F.cross_entropy(scores[:, 1:], labels - 1, label_smoothing=label_smoothing)
     classes = ~excluded
     classes[:, 0] = False
-    log_probs = scores.masked_fill(~classes, float("-inf")).log_softmax(1)
-    loss = -log_probs.gather(1, labels[:, None]).squeeze(1)
+    return _cross_entropy_over(scores, labels, classes, label_smoothing)
+
+
+def _cross_entropy_over(
+    logits: torch.Tensor, targets: torch.Tensor, classes: torch.Tensor, label_smoothing: float
+) -> torch.Tensor:
+    """Mean cross-entropy of `targets` `[B]` over the columns `classes` `[B, C]` (bool) of `logits` `[B, C]` only;
+    smoothed mass is spread over those classes."""
+    log_probs = logits.masked_fill(~classes, float("-inf")).log_softmax(1)
+    loss = -log_probs.gather(1, targets[:, None]).squeeze(1)
     if label_smoothing:
         uniform = -log_probs.masked_fill(~classes, 0.0).sum(1) / classes.sum(1)
         loss = (1 - label_smoothing) * loss + label_smoothing * uniform
     return loss.mean()
+
+
+def validate_candidates(candidate_ids: torch.Tensor, log_q: torch.Tensor, num_items: int) -> None:
+    """Check the candidates of a sampled softmax: `[C]` sorted distinct ids in `1..num_items`, `log_q` `[C]`."""
+    if candidate_ids.ndim != 1 or not len(candidate_ids) or log_q.shape != candidate_ids.shape:
+        raise ValueError(
+            f"candidate_ids {tuple(candidate_ids.shape)} and candidate_log_q {tuple(log_q.shape)} must be [C], [C]"
+        )
+    if (
+        not bool((candidate_ids[1:] > candidate_ids[:-1]).all())
+        or candidate_ids[0] < 1
+        or candidate_ids[-1] > num_items
+    ):
+        raise ValueError(f"candidate_ids must be sorted distinct item ids in 1..{num_items}")
+
+
+def candidate_columns(candidate_ids: torch.Tensor, item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where `item_ids` (any shape) are among the sorted `candidate_ids` `[C]`: `(columns, is_candidate)`, both of
+    `item_ids`' shape (a column is meaningless where `is_candidate` is False)."""
+    columns = torch.searchsorted(candidate_ids, item_ids).clamp_max(len(candidate_ids) - 1)
+    return columns, candidate_ids[columns] == item_ids
+
+
+def sampled_cross_entropy(
+    logits: torch.Tensor,
+    target_columns: torch.Tensor,
+    log_q: torch.Tensor,
+    label_smoothing: float = 0.0,
+    excluded: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The sampled softmax cross-entropy with the logQ correction (Yi et al., RecSys 2019): each candidate's
+    logit is lowered by the log of how often the sampler proposes it, so popular candidates, which appear as
+    negatives more often than the catalogue softmax would weigh them, are not over-penalised.
+
+    Args:
+        logits: `[B, C]` logits of the candidates shared by the batch.
+        target_columns: `[B]` long, each row's target among the candidates.
+        log_q: `[C]` log of each candidate's expected count in a batch's candidate set (a constant gives the
+            uncorrected softmax over the candidates).
+        label_smoothing, excluded: as in [`catalogue_cross_entropy`] (`excluded` `[B, C]`).
+
+    Returns:
+        `()` the mean loss. With every catalogue item a candidate exactly once (`log_q` constant), it equals
+        [`catalogue_cross_entropy`] on the same logits.
+    """
+    corrected = logits - log_q.to(logits.dtype)
+    if excluded is None:
+        return F.cross_entropy(corrected, target_columns, label_smoothing=label_smoothing)
+    classes = ~excluded
+    classes[torch.arange(len(target_columns), device=classes.device), target_columns] = True
+    return _cross_entropy_over(corrected, target_columns, classes, label_smoothing)
 
 
 def keep_most_recent(

@@ -27,6 +27,7 @@ from .layers_missrec import (
     MISSRecItemFusion,
     MISSRecRepeatBias,
     PackedLayout,
+    candidate_columns,
     catalogue_cross_entropy,
     init_standard_weights,
     interest_memory_layout,
@@ -35,11 +36,13 @@ from .layers_missrec import (
     longest_first,
     modality_tokens,
     row_buckets,
+    sampled_cross_entropy,
+    validate_candidates,
     validate_history,
     validate_labels,
 )
 from .layers_missrec import first_values as _first
-from .scoring_missrec import ItemIndex, add_history_offsets, history_items, history_mask, join_id_scores, serving_state
+from .scoring_missrec import ItemIndex, add_history_offsets, history_items, join_id_scores, serving_state
 from .utils_missrec import unwrap_missrec
 
 FeatureTable = torch.Tensor | np.ndarray
@@ -948,6 +951,8 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
         item_seq: torch.Tensor,
         lengths: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        candidate_ids: torch.Tensor | None = None,
+        candidate_log_q: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> MISSRecSequentialRecommendationOutput | tuple:
         """
@@ -955,35 +960,68 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
             item_seq: `[B, L]` long, left-aligned histories (0 = padding, most recent last).
             lengths: `[B]` items per history (default: counted).
             labels: `[B]` next item ids. With them the output carries the loss.
+            candidate_ids: `[C]` sorted distinct item ids, holding every label: the sampled softmax (for large
+                catalogues). Items are scored, and the loss taken, among these only, and only their embeddings
+                are computed. None: the full catalogue.
+            candidate_log_q: `[C]` the log of each candidate's expected count in a batch's candidate set (the
+                logQ correction of [`sampled_cross_entropy`]); required with `candidate_ids`.
             return_dict: return a `ModelOutput` (default) or a tuple.
 
         Returns:
-            [`MISSRecSequentialRecommendationOutput`] (`scores` `[B, num_items + 1]`).
+            [`MISSRecSequentialRecommendationOutput`] (`scores` `[B, num_items + 1]`, or `[B, C]` over the
+            candidates).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         base = self.base
-        catalogue, projections = base._tables_for_forward()
+        sampled = candidate_ids is not None
+        if sampled and (labels is None or candidate_log_q is None):
+            raise ValueError("candidate_ids trains the sampled softmax: give labels and candidate_log_q too")
+        catalogue, projections = (None, None) if sampled else base._tables_for_forward()
         seq, diversity = base._encode(
             item_seq, lengths, catalogue=catalogue, with_diversity=labels is not None, interest_projections=projections
         )
-        raw = base.score_items(seq, catalogue=catalogue)
-        offsets = None if base.repeat_bias is None else base.repeat_bias(item_seq, lengths)
+        raw = base.score_items(seq, candidate_ids, catalogue=catalogue)
+        if sampled:
+            validate_candidates(candidate_ids, candidate_log_q, self.config.num_items)
+
+        def to_columns(item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Where items land among the scored columns, and whether they are there at all."""
+            if not sampled:
+                return item_ids, torch.ones_like(item_ids, dtype=torch.bool)
+            return candidate_columns(candidate_ids, item_ids)
+
+        offsets = None
+        if base.repeat_bias is not None:
+            rows, items, values = base.repeat_bias(item_seq, lengths)
+            item_columns, inside = to_columns(items)
+            offsets = (rows[inside], item_columns[inside], values[inside])
         scores = raw if offsets is None else add_history_offsets(raw, offsets)
         loss = None
         if labels is not None:
             labels = validate_labels(labels, len(item_seq), self.config.num_items)
+            targets, candidate = to_columns(labels)
+            if not candidate.all():
+                raise ValueError(f"candidate_ids must hold every label; missing: {labels[~candidate][:5].tolist()}")
             smoothing = self.config.label_smoothing
+
+            def cross_entropy(logits: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
+                if not sampled:
+                    return catalogue_cross_entropy(logits, targets, smoothing, excluded)
+                return sampled_cross_entropy(logits, targets, candidate_log_q, smoothing, excluded)
+
             if self.config.exclude_history_in_loss:  # train as you serve: the history gets no probability mass
-                excluded = history_mask(item_seq, scores.shape[1], keep=labels)
-                ranking = catalogue_cross_entropy(raw, labels, smoothing, excluded)
+                rows, items = history_items(item_seq)
+                item_columns, inside = to_columns(items)
+                excluded = torch.zeros_like(raw, dtype=torch.bool)
+                excluded[rows[inside], item_columns[inside]] = True
+                excluded[torch.arange(len(targets), device=raw.device), targets] = False
+                ranking = cross_entropy(raw, excluded)
                 if offsets is not None:
                     # The repeat offsets alone still learn, on the paper's whole softmax, how far a history's own
                     # items rank (what the official protocol ranks): the model's scores are held fixed there.
-                    ranking = ranking + catalogue_cross_entropy(
-                        add_history_offsets(raw.detach(), offsets), labels, smoothing
-                    )
+                    ranking = ranking + cross_entropy(add_history_offsets(raw.detach(), offsets))
             else:
-                ranking = catalogue_cross_entropy(scores, labels, smoothing)
+                ranking = cross_entropy(scores)
             loss = ranking + self.config.diversity_loss_weight * diversity
         output = MISSRecSequentialRecommendationOutput(
             loss=loss, scores=scores, sequence_embeddings=seq, diversity_loss=diversity

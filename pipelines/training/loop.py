@@ -55,6 +55,7 @@ from ..data import (
     load_domain,
     mix_domains,
 )
+from ..data.negative_sampling import SampledCandidates
 from ..evaluation import PopularityRecommender, evaluate_ranking
 from ..evaluation.content_knn import select_window
 from .checkpointing import (
@@ -285,10 +286,16 @@ def evaluate_zero_shot(
     return model, [{"epoch": 0, **metrics}]
 
 
-def training_collator(args: TrainingRecipe, domain: MultiModalDomain, max_seq_length: int) -> SequenceCollator:
-    """Training batches; with the augmented views of pre-training for `stage: pretrain`."""
+def training_collator(
+    args: TrainingRecipe, domain: MultiModalDomain, max_seq_length: int
+) -> SequenceCollator | SampledCandidates:
+    """Training batches; with the augmented views of pre-training for `stage: pretrain`, and with the candidates of
+    the sampled softmax for `loss: sampled`."""
     if args.stage == "finetune":
-        return SequenceCollator(domain.sequences["train"], max_seq_length)
+        batches = SequenceCollator(domain.sequences["train"], max_seq_length)
+        if args.loss == "full":
+            return batches
+        return SampledCandidates(batches, domain.num_items, args.num_negatives, args.negative_sampling, args.seed)
     text = {}
     if args.word_drop_ratio > 0:
         text = {name: feature_matrix(domain.items, name) for name in ("text_features", "alt_text_features")}

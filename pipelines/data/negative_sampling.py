@@ -1,0 +1,92 @@
+"""The candidates of the sampled softmax (`loss: sampled`): a batch's own targets plus sampled negatives, with the
+logQ correction each needs, so that fine-tuning on a catalogue of millions of items embeds and scores a few
+thousand items a step instead of all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .collator import SequenceCollator
+
+NEGATIVE_SAMPLING = ("uniform", "popularity")
+
+
+class SampledCandidates:
+    """Wraps a training [`SequenceCollator`]: every batch also gets `candidate_ids` `[C]` (sorted distinct: the
+    batch's targets and `num_negatives` items drawn from the proposal) and `candidate_log_q` `[C]`, the log of
+    each candidate's expected count in such a set: `B * p(c) + K * Q(c)`, where `p` is the share of training
+    examples that target c (a batch's targets are a sample of them) and `Q` the proposal of the negatives
+    (`uniform` over the catalogue, or `popularity`: the training targets' share, each item counted once more so
+    that every item can be drawn). [`MISSRecForSequentialRecommendation`] subtracts it from the logits (Yi et
+    al., RecSys 2019).
+
+    Draws depend only on the seed, the epoch and the batch's rows, like the collator's augmentations, so a
+    resumed run draws the same negatives.
+
+    Args:
+        collator: the training batches.
+        num_items: catalogue size N.
+        num_negatives: K, the negatives drawn per batch (shared by its rows).
+        distribution: `"uniform"` or `"popularity"`.
+        seed: seed of the draws.
+    """
+
+    def __init__(
+        self,
+        collator: SequenceCollator,
+        num_items: int,
+        num_negatives: int,
+        distribution: str = "uniform",
+        seed: int = 0,
+    ):
+        if distribution not in NEGATIVE_SAMPLING:
+            raise ValueError(f"distribution={distribution!r} is not one of {list(NEGATIVE_SAMPLING)}")
+        if num_negatives < 1:
+            raise ValueError(f"num_negatives={num_negatives} must be >= 1")
+        self.collator, self.num_items, self.num_negatives = collator, num_items, num_negatives
+        self.distribution, self.seed = distribution, seed
+        counts = np.bincount(collator.targets, minlength=num_items + 1)[1:].astype(np.float64)
+        self.target_share = counts / counts.sum()  # [N]: p
+        if distribution == "uniform":
+            self.proposal = np.full(num_items, 1.0 / num_items)  # [N]: Q
+        else:
+            self.proposal = (counts + 1) / (counts + 1).sum()
+        self.cumulative = np.cumsum(self.proposal)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """The training targets (as the wrapped collator's)."""
+        return self.collator.targets
+
+    def __len__(self) -> int:
+        return len(self.collator)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.collator.set_epoch(epoch)
+
+    def draw(self, labels: np.ndarray, generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates `[C]` (1-based ids, sorted distinct) of a batch with targets `labels` `[B]`, and their
+        `[C]` log expected counts."""
+        if self.distribution == "uniform":
+            negatives = generator.integers(1, self.num_items + 1, size=self.num_negatives)
+        else:
+            draws = generator.random(self.num_negatives) * self.cumulative[-1]
+            negatives = np.searchsorted(self.cumulative, draws, side="right").clip(max=self.num_items - 1) + 1
+        candidates = np.unique(np.concatenate([labels, negatives]))
+        expected = len(labels) * self.target_share[candidates - 1] + self.num_negatives * self.proposal[candidates - 1]
+        return candidates, np.log(expected)
+
+    def __call__(self, rows: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        rows = np.asarray(rows, dtype=np.int64)
+        batch = self.collator(rows)
+        # Another stream than the augmentations' (the trailing 1), identified by the batch's rows as they are.
+        generator = np.random.default_rng(
+            [self.seed, self.collator.epoch, int(rows[0]) if len(rows) else 0, len(rows), 1]
+        )
+        candidates, log_q = self.draw(batch["labels"].numpy(), generator)
+        batch["candidate_ids"] = torch.from_numpy(candidates.astype(np.int64))
+        batch["candidate_log_q"] = torch.from_numpy(log_q.astype(np.float32))
+        return batch
