@@ -106,9 +106,8 @@ def run_train_main(argv: list[str], capsys) -> tuple[int, str]:
     """`python train.py ARGV` in this process: (exit status, stderr)."""
     with pytest.raises(SystemExit) as exited:
         TRAIN_MAIN(argv)
-    return exited.value.code if isinstance(exited.value.code, int) else 1, str(
-        exited.value.code
-    ) + capsys.readouterr().err
+    code = exited.value.code
+    return (code, capsys.readouterr().err) if isinstance(code, int) else (1, str(code))
 
 
 @pytest.mark.parametrize("name", FOLDERS)
@@ -122,6 +121,7 @@ def test_a_broken_data_folder_is_one_line_naming_the_file_and_line(name, tmp_pat
     assert status == 1 and err.startswith("train.py: error: ") and "Traceback" not in err
     assert "\n" not in err.strip() and (log := re.search(r" \(traceback: (\S+); --debug prints it\)$", err)), err
     assert "Traceback (most recent call last)" in Path(log.group(1)).read_text()
+    Path(log.group(1)).unlink()
     assert re.search(message, err), err
     with pytest.raises((ValueError, OSError), match=message):  # --debug: the exception itself
         TRAIN_MAIN([*argv, "--debug"])
