@@ -179,7 +179,8 @@ def sampled_cross_entropy(
         target_columns: `[B]` long, each row's target among the candidates.
         log_q: `[C]` log of each candidate's expected count in a batch's candidate set (a constant gives the
             uncorrected softmax over the candidates).
-        label_smoothing, excluded: as in [`catalogue_cross_entropy`] (`excluded` `[B, C]`).
+        label_smoothing, excluded: as in [`catalogue_cross_entropy`] (`excluded` `[B, C]`; the target must not be
+            excluded).
 
     Returns:
         `()` the mean loss. With every catalogue item a candidate exactly once (`log_q` constant), it equals
@@ -188,9 +189,7 @@ def sampled_cross_entropy(
     corrected = logits - log_q.to(logits.dtype)
     if excluded is None:
         return F.cross_entropy(corrected, target_columns, label_smoothing=label_smoothing)
-    classes = ~excluded
-    classes[torch.arange(len(target_columns), device=classes.device), target_columns] = True
-    return _cross_entropy_over(corrected, target_columns, classes, label_smoothing)
+    return _cross_entropy_over(corrected, target_columns, ~excluded, label_smoothing)
 
 
 def keep_most_recent(

@@ -976,13 +976,13 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
         sampled = candidate_ids is not None
         if sampled and (labels is None or candidate_log_q is None):
             raise ValueError("candidate_ids trains the sampled softmax: give labels and candidate_log_q too")
+        if sampled:
+            validate_candidates(candidate_ids, candidate_log_q, self.config.num_items)
         catalogue, projections = (None, None) if sampled else base._tables_for_forward()
         seq, diversity = base._encode(
             item_seq, lengths, catalogue=catalogue, with_diversity=labels is not None, interest_projections=projections
         )
         raw = base.score_items(seq, candidate_ids, catalogue=catalogue)
-        if sampled:
-            validate_candidates(candidate_ids, candidate_log_q, self.config.num_items)
 
         def to_columns(item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """Where items land among the scored columns, and whether they are there at all."""

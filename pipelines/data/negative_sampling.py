@@ -56,11 +56,6 @@ class SampledCandidates:
             self.proposal = (counts + 1) / (counts + 1).sum()
         self.cumulative = np.cumsum(self.proposal)
 
-    @property
-    def targets(self) -> np.ndarray:
-        """The training targets (as the wrapped collator's)."""
-        return self.collator.targets
-
     def __len__(self) -> int:
         return len(self.collator)
 

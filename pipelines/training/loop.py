@@ -243,7 +243,8 @@ def fit_missrec(
     """
     modes = id_modes_to_try(args, from_scratch)
     if args.id_mode == "auto" and len(modes) == 1:
-        logger.print(f"id_mode auto: {args.pretrained} is transductive, so only transductive is trained")
+        why = "a zero-shot run is" if args.epochs == 0 else f"{args.pretrained} is"
+        logger.print(f"id_mode auto: {why} {modes[0]}, so only {modes[0]} is evaluated or trained")
     kept, histories = None, {}
     for mode in modes:
         mode_args = dataclasses.replace(args, id_mode=mode)
@@ -252,10 +253,10 @@ def fit_missrec(
         model = missrec_to_train(mode_args, features, from_scratch)
         length = model.config.max_seq_length
         valid = SequenceCollator(domain.sequences["validation"], length)
-        collator = training_collator(mode_args, domain, length)
         if args.epochs == 0:
             model, histories[mode] = evaluate_zero_shot(name, model, valid, mode_args)
         else:
+            collator = training_collator(mode_args, domain, length)
             model, _, histories[mode] = fit(logger, name, model, collator, valid, mode_args, on_epoch_end)
         score = max(row["ndcg@10"] for row in histories[mode])
         if kept is None or score > kept[0]:
@@ -547,7 +548,6 @@ def train_and_evaluate(
     if len(histories) > 1:
         results["id_mode_epochs"] = histories
     max_seq_length = unwrap_missrec(accelerator.unwrap_model(model)).config.max_seq_length
-    train = training_collator(chosen, domain, max_seq_length)
     loaders = {split: SequenceCollator(domain.sequences[split], max_seq_length) for split in ("validation", "test")}
     label = "MISSRec" if args.pretrained is None else f"MISSRec (pre-trained, {args.strategy})"
     label = "MISSRec (pre-trained, zero-shot)" if args.epochs == 0 else label
@@ -568,7 +568,8 @@ def train_and_evaluate(
         )
         results["content_knn_window"], results["content_knn_valid_ndcg@10"] = knn.window, windows
         scorers[f"Content-kNN (last {knn.window})"] = ("content_knn_", knn)
-    popularity = PopularityRecommender(train.targets, domain.num_items)
+    train_targets = SequenceCollator(domain.sequences["train"], max_seq_length).targets
+    popularity = PopularityRecommender(train_targets, domain.num_items)
     scorers["Popularity"] = ("popularity_", popularity)
 
     both = {
