@@ -18,6 +18,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_missrec import CATALOGUE_FIELDS, MISSRecConfig
+from .index_missrec import MISSRecItemIndex
 from .interest_missrec import ClusteringResult, assign_to_nearest, dpc_knn, interest_tokens, kmeans
 from .layers_missrec import (
     MISSRecAttention,
@@ -42,7 +43,7 @@ from .layers_missrec import (
     validate_labels,
 )
 from .layers_missrec import first_values as _first
-from .scoring_missrec import ItemIndex, add_history_offsets, history_items, join_id_scores, serving_state
+from .scoring_missrec import ItemIndex, add_history_offsets, history_items, join_id_scores
 from .utils_missrec import unwrap_missrec
 
 FeatureTable = torch.Tensor | np.ndarray
@@ -901,6 +902,14 @@ class MISSRecModel(MISSRecPreTrainedModel):
         output = MISSRecModelOutput(sequence_embeddings=seq, diversity_loss=diversity)
         return output if return_dict else output.to_tuple()
 
+    def build_item_index(self, kind: str = "exact", **options) -> MISSRecItemIndex:
+        """The item index that serves this model's catalogue, as the weights are now: `"exact"` (brute force) or
+        `"approximate"` (HNSW candidates re-scored exactly; needs faiss). Build it again after changing the weights
+        or the catalogue. `options`: see [`MISSRecItemIndex.build`] (`table_dtype`, `candidates`, `ef_search`, ...).
+        """
+        self._check_catalogue()
+        return MISSRecItemIndex.build(self, kind, **options)
+
 
 class _MISSRecHead(MISSRecPreTrainedModel):
     """A MISSRec head: the [`MISSRecModel`] (`self.missrec`) and a training objective, with no weights of its own
@@ -931,6 +940,10 @@ class _MISSRecHead(MISSRecPreTrainedModel):
     def reusing_weight_tables(self) -> contextlib.AbstractContextManager:
         """[`MISSRecModel.reusing_weight_tables`] of the base (for evaluation loops)."""
         return self.base.reusing_weight_tables()
+
+    def build_item_index(self, kind: str = "exact", **options) -> MISSRecItemIndex:
+        """[`MISSRecModel.build_item_index`] of the base (with its active adapter, if any)."""
+        return self.base.build_item_index(kind, **options)
 
 
 class MISSRecForSequentialRecommendation(_MISSRecHead):
@@ -1038,10 +1051,11 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
         exclude_history: bool = True,
         candidates: torch.Tensor | None = None,
         new_items: dict[str, FeatureTable] | None = None,
+        index: MISSRecItemIndex | None = None,
         check_inputs: bool = True,
     ) -> MISSRecRecommendationOutput:
-        """The exact top-`top_k` items of every history, ranked by the scores `forward` gives (served by a cached
-        [`ItemIndex`], rebuilt when a weight or the catalogue changes).
+        """The top-`top_k` items of every history, ranked by the scores `forward` gives: exactly, from the weights
+        as they are, or by `index`.
 
         Args:
             item_seq: `[B, L]` long, left-aligned histories (0 = padding, most recent last); the whole history, of
@@ -1052,6 +1066,8 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
             candidates: `[C]` long catalogue item ids: rank only these (default: the whole catalogue).
             new_items: items that are not in the catalogue, ranked beside it from their features alone (inductive
                 models): `{"text_features": [n, dt], "image_features": [n, di]}`; their ids are `N + 1 .. N + n`.
+            index: a [`MISSRecItemIndex`] of this model ([`build_item_index`]), reused across calls (exact or
+                approximate); without it each call builds an exact one (the whole catalogue's item embeddings).
             check_inputs: False skips validating `item_seq` (for a caller that built it from ids it has checked,
                 with exact `lengths`: the serving pipeline).
 
@@ -1076,10 +1092,13 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
         num_candidates = (num_items if candidates is None else len(candidates)) + (0 if new is None else new.num_items)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_candidates:
             raise ValueError(f"top_k={top_k!r} must be an integer in [1, {num_candidates}] (the candidates)")
-        index, tables = serving_state(base)
+        if index is None:
+            index = base.build_item_index()
+        else:
+            index.check(base)
         item_seq = item_seq.to(base.device)
         lengths = None if lengths is None else lengths.to(base.device)
-        seq = base.embed_sequences(item_seq, lengths, check_inputs=check_inputs, **tables)
+        seq = base.embed_sequences(item_seq, lengths, check_inputs=check_inputs, **index.tables)
         excluded = offsets = None
         if exclude_history:
             rows, ids = history_items(item_seq)

@@ -15,8 +15,8 @@ the model's.
 
 This file is Hub remote code: `pipe.save_pretrained(folder)` copies it (with `served_files_missrec.py` and
 `utils_missrec.py`) next to the model files; like every remote-code file it imports only the files beside it and
-torch, numpy, safetensors, transformers and, optionally, peft, so `pipeline(..., trust_remote_code=True)` works
-where the package is not installed.
+torch, numpy, safetensors, transformers and, optionally, peft and faiss (the approximate index), so
+`pipeline(..., trust_remote_code=True)` works where the package is not installed.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from torch import nn
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .index_missrec import INDEX_KINDS, MISSRecItemIndex
 from .served_files_missrec import ITEM_METADATA_FILE, load_item_metadata, load_missrec_adapter
 from .utils_missrec import unwrap_missrec
 
@@ -96,7 +97,7 @@ def _is_single_history(inputs: Any) -> bool:
 
 
 class SequentialRecommendationPipeline(Pipeline):
-    """Recommends the next items of user histories with a MISSRec model (exact full-catalogue ranking).
+    """Recommends the next items of user histories with a MISSRec model (full-catalogue ranking, exact by default).
 
     Inputs: one history or a list of histories, each a list of catalogue item ids (`1..N`) or source ids (with
     `item_metadata.json`), most recent last (a 2-D tensor is a padded batch, 0 = padding).
@@ -117,8 +118,11 @@ class SequentialRecommendationPipeline(Pipeline):
         batch_size (`int`, default 256): histories scored together.
 
     Construction: `pipeline("sequential-recommendation", model=..., trust_remote_code=True)`, optionally with
-    `adapter=` (a LoRA adapter folder or Hub id, loaded by [`load_missrec_adapter`]) and `item_metadata=` (a dict
-    or folder; default: the model's or adapter's `item_metadata.json`).
+    `adapter=` (a LoRA adapter folder or Hub id, loaded by [`load_missrec_adapter`]), `item_metadata=` (a dict
+    or folder; default: the model's or adapter's `item_metadata.json`) and `index=`: `"exact"` (default),
+    `"approximate"` (needs faiss) or a built [`MISSRecItemIndex`], with `index_options=` (a dict for
+    `build_item_index`: `table_dtype`, `candidates`, ...). The pipeline builds the index once and serves from it:
+    after changing the model's weights or catalogue, call `pipe.rebuild_index()`.
 
     Returns:
         Per history a list of `{"item_id": int, "source_id": str | None, "score": float, "text"?: str | None}`,
@@ -131,12 +135,29 @@ class SequentialRecommendationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_video_processor = False
 
-    def __init__(self, model: nn.Module, *args, adapter: str | None = None, item_metadata: Any = None, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        *args,
+        adapter: str | None = None,
+        item_metadata: Any = None,
+        index: str | MISSRecItemIndex = "exact",
+        index_options: Mapping[str, Any] | None = None,
+        **kwargs,
+    ):
         if adapter is not None:
             model = load_missrec_adapter(model, adapter)
         super().__init__(model, *args, **kwargs)
         self.model.eval()
         self.recommender = _recommender(self.model)  # the model as a MISSRecForSequentialRecommendation
+        if isinstance(index, MISSRecItemIndex):
+            index.check(self.recommender.base)
+            self.index, self.index_options = index, {"kind": index.kind}
+        elif index in INDEX_KINDS:
+            self.index_options = {"kind": index, **(index_options or {})}
+            self.rebuild_index()
+        else:
+            raise ValueError(f"index={index!r} must be one of {list(INDEX_KINDS)} or a MISSRecItemIndex")
         inner = unwrap_missrec(self.model)
         if item_metadata is None:
             item_metadata = getattr(self.model, "missrec_item_metadata", None)
@@ -149,6 +170,13 @@ class SequentialRecommendationPipeline(Pipeline):
             item_metadata = load_item_metadata(item_metadata)
         self.item_metadata = item_metadata
         self._source_index: tuple[Any, int, dict[str, int]] | None = None  # (metadata, num_items, index)
+
+    def rebuild_index(self) -> MISSRecItemIndex:
+        """Build the item index again from the model as it is now (after training, a new catalogue, another
+        adapter or any weight edit), with the kind and options the pipeline was built with."""
+        options = dict(self.index_options)
+        self.index = self.recommender.build_item_index(options.pop("kind"), **options)
+        return self.index
 
     def get_inference_context(self):
         """`torch.inference_mode`: it skips the autograd bookkeeping `no_grad` still does (about 8% of a
@@ -356,6 +384,7 @@ class SequentialRecommendationPipeline(Pipeline):
         if top_k > num_candidates:
             raise ValueError(f"top_k={top_k} is larger than the {num_candidates} candidate items")
         rank = {"top_k": top_k, "exclude_history": exclude_history, "candidates": allowed, "check_inputs": False}
+        rank["index"] = self.index
         rank["new_items"] = None if cold is None else cold["features"]
         if empty is None:
             # `preprocess` built the histories from known ids, with their lengths: the model need not check them.

@@ -147,7 +147,7 @@ def test_readme_using_the_model_snippets_run(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ the remote-code rule
 PACKAGE = REPO / "modeling_missrec"
 PACKAGE_GLUE = {"__init__.py", "auto.py", "demo.py"}  # registrations and entry points: never copied into a folder
-THIRD_PARTY = {"torch", "numpy", "safetensors", "transformers", "peft"}
+THIRD_PARTY = {"torch", "numpy", "safetensors", "transformers", "peft", "faiss"}  # peft, faiss: optional
 
 
 def test_remote_code_files_import_only_each_other():

@@ -15,7 +15,6 @@ from modeling_missrec.pipelines.training.finetuning import apply_finetuning_stra
 from transformers import pipeline
 
 from modeling_missrec.pipeline_missrec import TASK, SequentialRecommendationPipeline
-from modeling_missrec.scoring_missrec import clear_serving_cache, serving_state
 from modeling_missrec.served_files_missrec import (
     CATALOGUE_FILE,
     ITEM_METADATA_FILE,
@@ -188,68 +187,38 @@ def test_scoring_in_item_chunks_equals_one_chunk(monkeypatch):
     assert not {4, 9, 2} & {r["item_id"] for r in chunked[-1]}
 
 
-def test_catalogue_embeddings_are_cached_and_invalidated():
+def test_the_pipeline_serves_its_index_until_it_is_rebuilt():
+    """The index is a snapshot: an in-place weight edit (one no version counter sees) changes nothing served until
+    `rebuild_index()`, after which the pipeline serves the new ranking, the exact scores of the edited model."""
     model = tiny_model(NUM_ITEMS)
     pipe = recommender(model)
-    pipe([1, 2], top_k=3)
-    index = serving_state(model)[0]
-    pipe([3], top_k=3)
-    assert serving_state(model)[0] is index  # no change, no rebuild
-    with torch.no_grad():
-        model.text_adaptor.weight.mul_(2)  # an in-place update, as an optimizer step makes
-    assert serving_state(model)[0] is not index
-    index = serving_state(model)[0]
-    model.discover_interests()  # new interests change the sequence side only: the item index stays valid
-    assert serving_state(model)[0] is index
-    model.set_catalogue(text_features=model.text_features[1:] * 2, image_features=model.image_features[1:])
-    model.discover_interests()
-    assert serving_state(model)[0] is not index
     items, lengths = random_histories(4, 6, NUM_ITEMS)
     assert_matches_model(model, pipe, items, lengths, top_k=10)
-    new_ids = model.extend_catalogue(
-        text_features=torch.randn(5, FEATURE_DIM), image_features=torch.randn(5, FEATURE_DIM)
-    )
-    assert new_ids.tolist() == list(range(41, 46))
-    assert serving_state(model)[0].num_items == 45
+    before = pipe(items, top_k=10, exclude_history=False)
+    model.text_adaptor.weight.data.mul_(-2)  # into .data: invisible to versions and storage alike
+    model.encoder[0].self_attention.block.k_proj.weight.data.mul_(3)  # the interest projections' side
+    assert same(pipe(items, top_k=10, exclude_history=False), before)
+    pipe.rebuild_index()
+    assert not same(pipe(items, top_k=10, exclude_history=False), before)
+    assert_matches_model(model, pipe, items, lengths, top_k=10)
+    assert set(pipe.index.tables) == {"catalogue", "interest_projections"}
+
+
+def test_an_index_of_another_catalogue_is_refused_naming_both():
+    model = tiny_model(NUM_ITEMS)
+    pipe = recommender(model)
+    model.extend_catalogue(text_features=torch.randn(5, FEATURE_DIM), image_features=torch.randn(5, FEATURE_DIM))
+    with pytest.raises(ValueError, match=r"num_items differ.*num_items=40.*num_items=45.*rebuild_index"):
+        pipe([1, 2], top_k=3)
+    pipe.rebuild_index()
     pipe.item_metadata = None  # the metadata describes 40 items, the catalogue now has 45
+    items, lengths = random_histories(4, 6, NUM_ITEMS)
     assert_matches_model(model, pipe, items, lengths, top_k=45)
-
-
-def test_weights_replaced_through_data_are_served_fresh_and_data_writes_need_clear_serving_cache():
-    """`p.data = other` (a new storage, same version) is seen; a write into `p.data` is invisible to any version
-    check, and `clear_serving_cache` is the documented way to serve it."""
-    model = tiny_model(NUM_ITEMS)
-    pipe = recommender(model)
-    items, lengths = random_histories(4, 6, NUM_ITEMS)
-    pipe([1, 2], top_k=3)
-    model.text_adaptor.weight.data = model.text_adaptor.weight.data * -3
-    model.encoder[0].self_attention.block.q_proj.weight.data = torch.randn_like(
-        model.encoder[0].self_attention.block.q_proj.weight
-    )
-    assert_matches_model(model, pipe, items, lengths, top_k=10)
-    model.image_adaptor.weight.data.mul_(-2)
-    clear_serving_cache(model)
-    assert_matches_model(model, pipe, items, lengths, top_k=10)
-
-
-def test_sequence_side_tables_are_cached_and_invalidated():
-    model = tiny_model(NUM_ITEMS)
-    pipe = recommender(model)
-    items, lengths = random_histories(4, 6, NUM_ITEMS)
-    assert_matches_model(model, pipe, items, lengths, top_k=10)
-    _, tables = serving_state(model)
-    assert set(tables) == {"catalogue", "interest_projections"}
-    assert serving_state(model)[1]["interest_projections"] is tables["interest_projections"]  # no change, no rebuild
-    with torch.no_grad():
-        model.encoder[0].self_attention.block.k_proj.weight.mul_(3)  # an optimizer-like in-place step
-    assert serving_state(model)[1]["interest_projections"] is not tables["interest_projections"]
-    assert_matches_model(model, pipe, items, lengths, top_k=10)
-    model.config.interest_seed += 1
-    model.discover_interests()  # new centroids
-    assert_matches_model(model, pipe, items, lengths, top_k=10)
-    with torch.no_grad():
-        model.image_adaptor.weight.mul_(2)  # the adapted catalogue the histories are looked up in
-    assert_matches_model(model, pipe, items, lengths, top_k=10)
+    other = tiny_model(NUM_ITEMS, id_mode="transductive")
+    with pytest.raises(ValueError, match=r"id_mode differ.*id_mode=inductive.*id_mode=transductive"):
+        rec(other).recommend(items, index=model.build_item_index())
+    with pytest.raises(ValueError, match="must be one of"):
+        recommender(model, index="nearest")
 
 
 def test_cold_start_items_are_ranked_from_their_features_alone():
@@ -288,11 +257,12 @@ def test_peft_wrapped_model_serves_its_adapted_scores():
     pipe = recommender(model)
     items, lengths = random_histories(5, 8, NUM_ITEMS, seed=2)
     assert_matches_model(model, pipe, items, lengths, top_k=10)
-    with torch.no_grad():  # change an adapter-only weight: the cached embeddings must follow
+    with torch.no_grad():  # change adapter-only weights: the rebuilt index serves them
         model.base_model.model.text_adaptor.modules_to_save["default"].weight.add_(0.5)
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
+    pipe.rebuild_index()
     assert_matches_model(model, pipe, items, lengths, top_k=10)
 
 
@@ -575,17 +545,20 @@ def test_importing_the_package_registers_the_task_and_needs_no_remote_code_flag(
 
 def test_a_catalogue_set_under_inference_mode_is_served_fresh():
     """Issue 20, defect 2 (the inference-mode half): a catalogue set and clustered under `torch.inference_mode()`
-    is served, and what is served is the new catalogue (the serving cache compared inference tensors' versions,
-    which they do not track, and raised)."""
+    is served once the index is rebuilt, and what is served is the new catalogue (the retired serving cache compared
+    inference tensors' versions, which they do not track, and raised)."""
     model = tiny_model(num_items=30)
     pipe = pipeline(TASK, model=model)
-    pipe([[1, 2, 3]], top_k=5)  # builds the cached index of the first catalogue
+    pipe([[1, 2, 3]], top_k=5)  # served by the index of the first catalogue
     generator = torch.Generator().manual_seed(7)
     features = {m: torch.randn(25, FEATURE_DIM, generator=generator) for m in model.config.modality_names}
     with torch.inference_mode():
         model.set_catalogue(**{f"{m}_features": t for m, t in features.items()})
         model.discover_interests()
     assert not model.interest_centroids.is_inference()
+    with pytest.raises(ValueError, match="num_items=30.*num_items=25"):
+        pipe([[1, 2, 3]], top_k=5)
+    pipe.rebuild_index()
     served = pipe([[1, 2, 3]], top_k=5, exclude_history=False)[0]
     with torch.no_grad():
         scores = rec(model)(torch.tensor([[1, 2, 3]])).scores[0]
