@@ -166,6 +166,7 @@ def export_model(
     base_model_id: str | None = None,
     data_dir: str | None = None,
     dataset_id: str | None = None,
+    item_index: str | None = None,
 ) -> Path:
     """Write a Hub-ready folder for a `train.py` run: a full model or, when the run saved one, a LoRA adapter.
 
@@ -179,6 +180,9 @@ def export_model(
             `base_model`).
         data_dir: where the run's domain files are, when not where the recipe says.
         dataset_id: the Hub dataset of the training data, for the card's metadata.
+        item_index: full models only: also save the catalogue's item index of this kind (`"exact"` or
+            `"approximate"`) as `item_index.safetensors`, which `pipeline(..., index=FOLDER)` serves without
+            building it.
 
     Returns:
         The output folder.
@@ -195,11 +199,15 @@ def export_model(
 
     target = repo_id or str(out.resolve())
     if (run_dir / "adapter_config.json").is_file():
+        if item_index is not None:
+            raise ValueError("item_index is saved with full models: an adapter's index is built where it is served")
         return _export_adapter(
             run_dir, out, metrics, domain, domain_cache, target, base_model, base_model_id, dataset_id
         )
     model = MISSRecModel.from_pretrained(run_dir).eval()
     pipeline(TASK, model=model).save_pretrained(out)  # weights, config (auto_map, custom_pipelines), remote code
+    if item_index is not None:
+        model.build_item_index(item_index).save_pretrained(out)
     metadata = _item_metadata(run_dir, out, model.config.num_items, domain)
     shared = write_shareable_metrics(metrics, out)
     card = model_card(
@@ -292,6 +300,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--data_dir", help="the run's domain files, when not where the recipe says")
     model.add_argument("--dataset_id", help="Hub dataset of the training data, for the card")
     model.add_argument(
+        "--item_index",
+        choices=["exact", "approximate"],
+        help="full models: also save the catalogue's item index (item_index.safetensors) for the pipeline to load",
+    )
+    model.add_argument(
         "--space",
         action="store_true",
         help="also write the demo page as the folder's app (app.py, requirements.txt): a Hub Space",
@@ -322,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             base_model_id=args.base_model_id,
             data_dir=args.data_dir,
             dataset_id=args.dataset_id,
+            item_index=args.item_index,
         )
         repo_type = "model"
         if args.space:

@@ -120,7 +120,8 @@ class SequentialRecommendationPipeline(Pipeline):
     Construction: `pipeline("sequential-recommendation", model=..., trust_remote_code=True)`, optionally with
     `adapter=` (a LoRA adapter folder or Hub id, loaded by [`load_missrec_adapter`]), `item_metadata=` (a dict
     or folder; default: the model's or adapter's `item_metadata.json`) and `index=`: `"exact"` (default),
-    `"approximate"` (needs faiss) or a built [`MISSRecItemIndex`], with `index_options=` (a dict for
+    `"approximate"` (needs faiss), a folder holding a saved index (`item_index.safetensors`, e.g. the exported
+    model's own) or a built [`MISSRecItemIndex`], with `index_options=` (a dict for
     `build_item_index`: `table_dtype`, `candidates`, ...). The pipeline builds the index once and serves from it:
     after changing the model's weights or catalogue, call `pipe.rebuild_index()`.
 
@@ -141,7 +142,7 @@ class SequentialRecommendationPipeline(Pipeline):
         *args,
         adapter: str | None = None,
         item_metadata: Any = None,
-        index: str | MISSRecItemIndex = "exact",
+        index: str | os.PathLike | MISSRecItemIndex = "exact",
         index_options: Mapping[str, Any] | None = None,
         **kwargs,
     ):
@@ -156,8 +157,14 @@ class SequentialRecommendationPipeline(Pipeline):
         elif index in INDEX_KINDS:
             self.index_options = {"kind": index, **(index_options or {})}
             self.rebuild_index()
+        elif isinstance(index, (str, os.PathLike)) and os.path.isdir(index):  # a folder with a saved index
+            self.index = MISSRecItemIndex.from_pretrained(index, self.recommender.base)
+            self.index_options = {"kind": self.index.kind}
         else:
-            raise ValueError(f"index={index!r} must be one of {list(INDEX_KINDS)} or a MISSRecItemIndex")
+            raise ValueError(
+                f"index={index!r} must be one of {list(INDEX_KINDS)}, a folder holding a saved index, or a "
+                "MISSRecItemIndex"
+            )
         inner = unwrap_missrec(self.model)
         if item_metadata is None:
             item_metadata = getattr(self.model, "missrec_item_metadata", None)

@@ -24,6 +24,7 @@ from modeling_missrec.pipelines.training.finetuning import apply_finetuning_stra
 from transformers import pipeline
 
 from modeling_missrec import MISSRecModel
+from modeling_missrec.index_missrec import INDEX_FILE
 from modeling_missrec.pipeline_missrec import TASK
 from modeling_missrec.served_files_missrec import load_item_metadata
 
@@ -289,3 +290,18 @@ def test_export_space_serves_the_demo_page_without_the_package(demo_run, tmp_pat
     stdout = run_script_without_package(code, tmp_path)
     expected = [r["item_id"] for r in pipeline(TASK, model=model)([3, 9, 4], top_k=5)]
     assert ast.literal_eval(stdout.strip().splitlines()[-1]) == expected
+
+
+def test_an_exported_item_index_is_served_from_the_folder(demo_run, tmp_path):
+    """`export model --item_index approximate` saves the index beside the weights; `pipeline(..., index=FOLDER)`
+    serves it in a fresh load without building it, with the top-k of the exact index."""
+    run, model, _, _ = demo_run
+    out = tmp_path / "export"
+    assert main(["model", "--run_dir", str(run), "--output_dir", str(out), "--item_index", "approximate"]) == 0
+    assert (out / INDEX_FILE).is_file()
+    served = pipeline(TASK, model=str(out), index=str(out))
+    assert served.index.kind == "approximate"
+    histories = [[1, 2, 3], [7], [4, 9, 11, 5]]
+    assert served(histories, top_k=5) == pipeline(TASK, model=str(out))(histories, top_k=5)
+    with pytest.raises(ValueError, match="must be one of"):
+        pipeline(TASK, model=str(out), index=str(tmp_path / "missing"))
