@@ -317,11 +317,13 @@ class ItemIndex:
             excluded = None if excluded is None else to_allow_list(excluded)
             offsets = None if offsets is None else to_allow_list(offsets)
         chunk = max(1, min(num, _CHUNK_ELEMENTS // max(1, batch * width)))
-        buffer = sequence_embeddings.new_empty(batch * chunk * width)
-        # A half table is read in half precision and widened chunk by chunk (the matmul runs in float32).
+        # A half table is widened to float32 chunk by chunk (the matmul runs in float32), in chunks whose widened
+        # copy is as small as a chunk of scores: a copy of the whole table per request would cost more than the scan.
         widened = None
         if matrix.dtype != torch.float32:
+            chunk = max(1, min(chunk, _CHUNK_ELEMENTS // (matrix.shape[0] * width)))
             widened = sequence_embeddings.new_empty(matrix.shape[0] * chunk * width)
+        buffer = sequence_embeddings.new_empty(batch * chunk * width)
         scratch = (sequence_embeddings.new_empty(batch * chunk), sequence_embeddings.new_empty(batch * chunk))
         values, indices = [], []
         for start in range(0, num, chunk):
