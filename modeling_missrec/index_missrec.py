@@ -105,8 +105,8 @@ class HNSWCandidates:
         *,
         hnsw_m: int = 32,
         ef_construction: int = 40,
-        ef_search: int = 64,
-        candidates: int = 64,
+        ef_search: int = 256,
+        candidates: int = 256,
         show_progress: bool = False,
     ) -> HNSWCandidates:
         """Graphs over the columns of `exact`. Their vectors stay float32 whatever the table's precision: faiss's
@@ -186,8 +186,8 @@ class MISSRecItemIndex:
         table_dtype: torch.dtype | str = torch.float32,
         hnsw_m: int = 32,
         ef_construction: int = 40,
-        ef_search: int = 64,
-        candidates: int = 64,
+        ef_search: int = 256,
+        candidates: int = 256,
         show_progress: bool = False,
     ) -> MISSRecItemIndex:
         """The index of a `MISSRecModel`'s catalogue and weights as they are now.

@@ -42,7 +42,11 @@ def test_approximate_index_asked_for_every_candidate_is_exact(overrides, exclude
     approximate = model.build_item_index("approximate", candidates=NUM_ITEMS)
     assert approximate.kind == "approximate" and exact.kind == "exact"
     expected_ids, expected_scores = ranked(model, exact, items, lengths, top_k=10, exclude_history=exclude_history)
+    rescored = []
+    scan = approximate.exact.top_k
+    approximate.exact.top_k = lambda seq, k, rows=None, *args: rescored.append(rows) or scan(seq, k, rows, *args)
     ids, scores = ranked(model, approximate, items, lengths, top_k=10, exclude_history=exclude_history)
+    assert len(rescored) == 1 and rescored[0] is not None  # the proposals were re-scored, not the catalogue scanned
     assert torch.equal(ids, expected_ids)
     torch.testing.assert_close(scores, expected_scores)
     if exclude_history:
