@@ -337,6 +337,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Scientific and 100k items only, fewer requests")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "bench_serve.json"))
+    parser.add_argument(
+        "--cases", nargs="+", choices=list(CASES), help="run only these, replacing their rows in --output's results"
+    )
     parser.add_argument("--worker", choices=list(CASES), help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -346,15 +349,19 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_case(args.worker, args.quick)))
         return
-    cases = [c for c in CASES if not args.quick or c in QUICK]
+    cases = args.cases or [c for c in CASES if not args.quick or c in QUICK]
+    output = Path(args.output)
+    kept = []  # with --cases, the other cases' rows of the earlier run
+    if args.cases and output.is_file():
+        kept = [r for r in json.loads(output.read_text())["results"] if r["case"] not in args.cases]
     results = []
     for case in cases:  # each case in its own process: a clean heap and an honest peak memory
         command = [sys.executable, __file__, "--worker", case] + (["--quick"] if args.quick else [])
         done = subprocess.run(command, check=True, capture_output=True, text=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"{case}: done", file=sys.stderr)
+    results = sorted(kept + results, key=lambda r: list(CASES).index(r["case"]))
     print(markdown(results))
-    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"machine": machine_info(), "quick": args.quick, "results": results}, indent=2))
     print(f"\nWrote {output}")
