@@ -133,9 +133,9 @@ class MISSRecRecommendationOutput(ModelOutput):
     item_ids: torch.LongTensor | None = None
 
 
-# The catalogue and interest buffers are model state that later code compares by version (the serving cache) and
-# may update in place: created under `torch.inference_mode()` they would be inference tensors, which track no
-# version and refuse in-place updates outside it. So the methods that write them run outside inference mode.
+# The catalogue and interest buffers are model state that later code (training, `extend_catalogue`) may update in
+# place: created under `torch.inference_mode()` they would be inference tensors, which refuse in-place updates
+# outside it. So the methods that write them run outside inference mode.
 writes_catalogue_state = torch.inference_mode(False)
 
 
