@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 from .auto import AutoModelForSequentialRecommendation
 from .configuration_missrec import MISSRecConfig
 from .configuration_sasrec import SASRecConfig
+from .index_missrec import MISSRecItemIndex
 from .interest_missrec import ClusteringResult, dpc_knn, interest_tokens, kmeans
 from .modeling_missrec import (
     MISSRecForPreTraining,
@@ -46,6 +47,7 @@ __all__ = [
     "MISSRecConfig",
     "MISSRecForPreTraining",
     "MISSRecForSequentialRecommendation",
+    "MISSRecItemIndex",
     "MISSRecModel",
     "MISSRecModelOutput",
     "MISSRecPreTrainedModel",
