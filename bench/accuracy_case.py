@@ -8,8 +8,9 @@ code and SASRec, per seed, with the mean and its standard error.
   (`scientific-paper.yaml`), then each lever added to the row above; the last row's settings are the tuned
   defaults (`tests/test_tuning.py` checks the chain ends exactly at `scientific.yaml`), so its runs are the
   `accuracy` case's. Validation (best epoch) and test NDCG@10 per seed; differences paired over seeds.
-- `text-domains`: each real text domain of `../shared/data/text-domains/` (none was used to choose the settings,
-  except that `text-domain.yaml`'s `id_mode: auto` was adopted after both modes had been measured on them)
+- `text-domains`: each real text domain of `../shared/data/text-domains/` (`text-domain.yaml`'s `id_mode: auto`
+  was adopted after both modes had been measured on them, and its score temperature chosen on Beauty's and checked
+  on LastFM's validation; MovieLens100K, Yelp and Games took no part in any choice)
   in both id modes, `text-domain.yaml` (the tuned defaults, MiniLM text) on the domain's full data, one SASRec
   per domain and seed likewise (with the recipe's `sasrec_*` settings). Records go to
   `bench/results/runs/accuracy-full-data/`; the runs of the earlier sampled case (a seeded 10,000-example
