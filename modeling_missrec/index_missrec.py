@@ -178,10 +178,6 @@ class MISSRecItemIndex:
     def kind(self) -> str:
         return "exact" if self.candidates is None else "approximate"
 
-    @property
-    def num_items(self) -> int:
-        return self.exact.num_items
-
     def __repr__(self) -> str:
         return f"MISSRecItemIndex(kind={self.kind!r}, {_describe(self.signature)}, dtype={self.exact.matrix.dtype})"
 

@@ -156,13 +156,6 @@ def validate_candidates(candidate_ids: torch.Tensor, log_q: torch.Tensor, num_it
         raise ValueError(f"candidate_ids must be sorted distinct item ids in 1..{num_items}")
 
 
-def candidate_columns(candidate_ids: torch.Tensor, item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where `item_ids` (any shape) are among the sorted `candidate_ids` `[C]`: `(columns, is_candidate)`, both of
-    `item_ids`' shape (a column is meaningless where `is_candidate` is False)."""
-    columns = torch.searchsorted(candidate_ids, item_ids).clamp_max(len(candidate_ids) - 1)
-    return columns, candidate_ids[columns] == item_ids
-
-
 def sampled_cross_entropy(
     logits: torch.Tensor,
     target_columns: torch.Tensor,

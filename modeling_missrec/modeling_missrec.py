@@ -28,7 +28,6 @@ from .layers_missrec import (
     MISSRecItemFusion,
     MISSRecRepeatBias,
     PackedLayout,
-    candidate_columns,
     catalogue_cross_entropy,
     init_standard_weights,
     interest_memory_layout,
@@ -43,7 +42,14 @@ from .layers_missrec import (
     validate_labels,
 )
 from .layers_missrec import first_values as _first
-from .scoring_missrec import ItemIndex, add_history_offsets, history_items, join_id_scores
+from .scoring_missrec import (
+    ItemIndex,
+    add_history_offsets,
+    candidate_columns,
+    history_items,
+    history_mask,
+    join_id_scores,
+)
 from .utils_missrec import unwrap_missrec
 
 FeatureTable = torch.Tensor | np.ndarray
@@ -1023,11 +1029,7 @@ class MISSRecForSequentialRecommendation(_MISSRecHead):
                 return sampled_cross_entropy(logits, targets, candidate_log_q, smoothing, excluded)
 
             if self.config.exclude_history_in_loss:  # train as you serve: the history gets no probability mass
-                rows, items = history_items(item_seq)
-                item_columns, inside = to_columns(items)
-                excluded = torch.zeros_like(raw, dtype=torch.bool)
-                excluded[rows[inside], item_columns[inside]] = True
-                excluded[torch.arange(len(targets), device=raw.device), targets] = False
+                excluded = history_mask(item_seq, raw.shape[1], keep=targets, candidate_ids=candidate_ids)
                 ranking = cross_entropy(raw, excluded)
                 if offsets is not None:
                     # The repeat offsets alone still learn, on the paper's whole softmax, how far a history's own

@@ -119,11 +119,30 @@ def history_items(item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, item_seq[rows, positions]
 
 
-def history_mask(item_seq: torch.Tensor, num_columns: int, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """`[B, num_columns]` bool, True at the column (item id) of every item of each history `item_seq` `[B, L]`
-    ([`history_items`]), except each row's `keep` item (`[B]`, the target: it is never excluded)."""
+def candidate_columns(candidate_ids: torch.Tensor, item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where `item_ids` (any shape) are among the sorted `candidate_ids` `[C]`: `(columns, is_candidate)`, both of
+    `item_ids`' shape (a column is meaningless where `is_candidate` is False). A binary search, not a table of all
+    items: a sampled softmax or an approximate index scores a few hundred of millions."""
+    columns = torch.searchsorted(candidate_ids, item_ids).clamp_max(len(candidate_ids) - 1)
+    return columns, candidate_ids[columns] == item_ids
+
+
+def history_mask(
+    item_seq: torch.Tensor,
+    num_columns: int,
+    keep: torch.Tensor | None = None,
+    candidate_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`[B, num_columns]` bool, True at the column of every item of each history `item_seq` `[B, L]`
+    ([`history_items`]), except each row's `keep` column (`[B]`, the target: it is never excluded). A column is the
+    item id, or with `candidate_ids` (`[C]` sorted, `num_columns = C`) the item's position among them (history items
+    that are not candidates have no column)."""
     mask = torch.zeros(len(item_seq), num_columns, dtype=torch.bool, device=item_seq.device)
-    mask[history_items(item_seq)] = True
+    rows, items = history_items(item_seq)
+    if candidate_ids is not None:
+        items, inside = candidate_columns(candidate_ids, items)
+        rows, items = rows[inside], items[inside]
+    mask[rows, items] = True
     if keep is not None:
         mask[torch.arange(len(item_seq), device=item_seq.device), keep] = False
     return mask
@@ -307,11 +326,9 @@ class ItemIndex:
                 weight = weight[item_rows]
         num = matrix.shape[1] // width
         if item_rows is not None:
-            # Index rows -> positions in the sorted allow-list (rows outside it are not scored); a binary search,
-            # not a table of all N rows: the approximate index re-scores a few hundred rows of millions.
+            # Index rows -> positions in the sorted allow-list (rows outside it are not scored).
             def to_allow_list(pairs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-                local = torch.searchsorted(item_rows, pairs[1]).clamp_max(len(item_rows) - 1)
-                inside = item_rows[local] == pairs[1]
+                local, inside = candidate_columns(item_rows, pairs[1])
                 return (pairs[0][inside], local[inside], *(extra[inside] for extra in pairs[2:]))
 
             excluded = None if excluded is None else to_allow_list(excluded)
