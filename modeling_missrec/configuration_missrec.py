@@ -115,7 +115,13 @@ class MISSRecConfig(PretrainedConfig):
         max_seq_length (`int`, *optional*, defaults to 50):
             Longest history the model reads; longer histories keep their most recent items.
         score_temperature (`float`, *optional*, defaults to 0.07):
-            Logits are cosine similarities divided by this temperature.
+            Logits are cosine similarities divided by this temperature (with `learn_score_temperature`, its
+            starting value).
+        learn_score_temperature (`bool`, *optional*, defaults to `False`):
+            Learn the score temperature in training (the paper: fixed), in log space from `score_temperature`, as
+            CLIP learns its logit scale ([`MISSRecScoreTemperature`]; never below 0.01). A softmax over a large
+            catalogue needs sharper logits than one over a small catalogue, so a fixed value suits only catalogues
+            of the size it was chosen on.
         seq_seq_loss_weight (`float`, *optional*, defaults to 1e-3):
             λ, the weight of the sequence-sequence contrastive term in pre-training.
         diversity_loss_weight (`float`, *optional*, defaults to 1e-4):
@@ -171,6 +177,7 @@ class MISSRecConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         max_seq_length: int = 50,
         score_temperature: float = 0.07,
+        learn_score_temperature: bool = False,
         seq_seq_loss_weight: float = 1e-3,
         diversity_loss_weight: float = 1e-4,
         label_smoothing: float = 0.0,
@@ -214,6 +221,8 @@ class MISSRecConfig(PretrainedConfig):
         _check_positive("initializer_range", initializer_range)
         _check_int("max_seq_length", max_seq_length, 1)
         _check_positive("score_temperature", score_temperature)
+        if not isinstance(learn_score_temperature, bool):
+            raise ValueError(f"learn_score_temperature={learn_score_temperature!r} must be True or False")
         _check_positive("seq_seq_loss_weight", seq_seq_loss_weight, allow_zero=True)
         _check_positive("diversity_loss_weight", diversity_loss_weight, allow_zero=True)
         if not 0.0 <= label_smoothing < 1.0:
@@ -252,6 +261,7 @@ class MISSRecConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.max_seq_length = max_seq_length
         self.score_temperature = score_temperature
+        self.learn_score_temperature = learn_score_temperature
         self.seq_seq_loss_weight = seq_seq_loss_weight
         self.label_smoothing = label_smoothing
         self.exclude_history_in_loss = exclude_history_in_loss

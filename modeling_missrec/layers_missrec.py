@@ -10,6 +10,8 @@ Also here, shared by MISSRec and the SASRec baseline: validation and truncation 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -742,3 +744,22 @@ class MISSRecRepeatBias(nn.Module):
         seen_later = ((item_seq[:, :, None] == item_seq[:, None, :]) & later).any(-1)
         rows, cols = (present & ~seen_later).nonzero(as_tuple=True)
         return rows, item_seq[rows, cols], self.weight[recency[rows, cols]]
+
+
+class MISSRecScoreTemperature(nn.Module):
+    """The learned score temperature τ (`config.learn_score_temperature`): logits are cosines divided by it.
+
+    Kept as `log(1 / τ)`, as CLIP keeps its logit scale, so that steps are relative, starting from
+    `config.score_temperature`. τ is held at or above `MIN_TEMPERATURE` (CLIP's bound): a sharper softmax only
+    memorises the training targets.
+    """
+
+    MIN_TEMPERATURE = 0.01
+
+    def __init__(self, config: MISSRecConfig):
+        super().__init__()
+        self.log_inverse = nn.Parameter(torch.tensor(-math.log(config.score_temperature)))
+
+    def forward(self) -> torch.Tensor:
+        """`()`: the temperature τ."""
+        return self.log_inverse.clamp(max=-math.log(self.MIN_TEMPERATURE)).neg().exp()

@@ -27,6 +27,7 @@ from .layers_missrec import (
     MISSRecEncoderLayer,
     MISSRecItemFusion,
     MISSRecRepeatBias,
+    MISSRecScoreTemperature,
     PackedLayout,
     catalogue_cross_entropy,
     init_standard_weights,
@@ -209,6 +210,8 @@ class MISSRecPreTrainedModel(PreTrainedModel):
                 init.constant_(module.id_weight, math.log(0.5))
         elif isinstance(module, MISSRecRepeatBias):
             init.zeros_(module.weight)
+        elif isinstance(module, MISSRecScoreTemperature):
+            init.constant_(module.log_inverse, -math.log(self.config.score_temperature))
         elif isinstance(module, MISSRecModel):
             d = self.config.hidden_size
             bound = math.sqrt(6.0 / (d + 3 * d))  # xavier_uniform_ of the packed [3d, d] matrix
@@ -259,6 +262,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self.decoder_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.item_fusion = MISSRecItemFusion(config)
         self.repeat_bias = MISSRecRepeatBias(config) if config.repeat_bias else None
+        self.learned_temperature = MISSRecScoreTemperature(config) if config.learn_score_temperature else None
         self._register_catalogue_buffers(config.num_items, config.num_interests)
         self._weight_tables: dict[str, object] | None = None  # see `reusing_weight_tables`
         self.post_init()
@@ -389,6 +393,22 @@ class MISSRecModel(MISSRecPreTrainedModel):
             raise ValueError("the model already has repeat offsets")
         self.config.repeat_bias = True
         self.repeat_bias = MISSRecRepeatBias(self.config).to(self.position_embeddings.weight.device, self.dtype)
+
+    def add_learned_temperature(self) -> None:
+        """Switch the learned score temperature on ([`MISSRecScoreTemperature`], `config.learn_score_temperature`),
+        starting at `config.score_temperature` (the scores do not change until it is trained): how a model with a
+        fixed temperature is fine-tuned, or an adapter loaded, with a learned one."""
+        if self.learned_temperature is not None:
+            raise ValueError("the model already learns its score temperature")
+        self.config.learn_score_temperature = True
+        self.learned_temperature = MISSRecScoreTemperature(self.config).to(
+            self.position_embeddings.weight.device, self.dtype
+        )
+
+    def score_temperature(self) -> torch.Tensor | float:
+        """The temperature the cosine logits are divided by: the learned one (a `()` tensor), or
+        `config.score_temperature`."""
+        return self.config.score_temperature if self.learned_temperature is None else self.learned_temperature()
 
     def add_learned_id_weight(self) -> None:
         """Switch the learned id share on (`config.learned_id_weight`), starting at the paper's 1/3 (the scores do
@@ -868,7 +888,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
         logits = self.item_fusion(modality_logits, self.item_presence(item_ids), item_ids)
         if "id" in items:
             logits = join_id_scores(sequence_embeddings @ items["id"].T, logits, id_share=self.item_fusion.id_share())
-        logits = logits / self.config.score_temperature
+        logits = logits / self.score_temperature()
         if item_ids is None:
             logits[:, 0] = torch.finfo(logits.dtype).min
         return logits
@@ -1165,7 +1185,7 @@ class MISSRecForPreTraining(_MISSRecHead):
         duplicate = (labels[:, None] == labels[None]) & (targets[:, None] != targets[None])
         scores = scores.masked_fill(duplicate, torch.finfo(scores.dtype).min)
         seq_item = F.cross_entropy(scores, targets)
-        seq_seq = F.cross_entropy(seq @ seq_aug.T / cfg.score_temperature, targets)
+        seq_seq = F.cross_entropy(seq @ seq_aug.T / base.score_temperature(), targets)
         diversity = diversity + diversity_aug
         loss = seq_item + cfg.seq_seq_loss_weight * seq_seq + cfg.diversity_loss_weight * diversity
         output = MISSRecPreTrainingOutput(

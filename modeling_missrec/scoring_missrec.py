@@ -234,7 +234,7 @@ class ItemIndex:
             model.modality_names,
             model.item_fusion.mode,
             weight,
-            model.config.score_temperature,
+            float(torch.as_tensor(model.score_temperature()).detach()),
             num_items=num_items,
             hidden_size=model.config.hidden_size,
             has_id=has_id,

@@ -50,7 +50,7 @@ INTEREST_KEYS = (
     "interest_seed",
 )
 # How the adapted model scores (fine-tuning may set them on top of its base: `config_overrides`), likewise carried.
-SCORING_KEYS = ("score_temperature", "repeat_bias", "learned_id_weight")
+SCORING_KEYS = ("score_temperature", "learn_score_temperature", "repeat_bias", "learned_id_weight")
 # Config keys an adapter's base must share with the base it was trained on (id_mode is handled on its own).
 SIGNATURE_KEYS = (
     "model_type",
@@ -325,6 +325,8 @@ def load_missrec_adapter(
         scoring = dict(metadata.get("scoring_settings", {}))
         if scoring.pop("repeat_bias", False) and getattr(base, "repeat_bias", None) is None:
             base.add_repeat_bias()  # before PEFT loads: the adapter carries the trained offsets
+        if scoring.pop("learn_score_temperature", False) and getattr(base, "learned_temperature", None) is None:
+            base.add_learned_temperature()  # likewise: the adapter carries the trained temperature
         if scoring.pop("learned_id_weight", False) and not base.config.learned_id_weight:
             base.add_learned_id_weight()  # likewise: the adapter carries the trained share (with item_fusion)
         base.config.update(scoring)

@@ -1,7 +1,8 @@
 """Fine-tuning strategies for a pre-trained MISSRec: what trains, and the PEFT LoRA adapter.
 
 - `"frozen"` (the paper): the Transformer (encoder and decoder) and the position embedding are frozen; the
-  modality adaptors, the input LayerNorm, the fusion weight and the item-id embedding (transductive) train.
+  modality adaptors, the input LayerNorm, the fusion weight, the item-id embedding (transductive), the repeat
+  offsets and the learned temperature (when the model has them) train.
 - `"lora"`: LoRA on every attention and feed-forward projection (`q_proj`, `k_proj`, `v_proj`, `o_proj`,
   `fc1`, `fc2`), and the modules the frozen strategy trains are saved whole with the adapter
   (`modules_to_save`). PEFT matches `modules_to_save` by name suffix, so the `LayerNorm`s of the
@@ -31,7 +32,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
 def trained_in_frozen_mode(model: nn.Module) -> list[str]:
     """Names of the top-level modules that train under the `"frozen"` strategy (those the model has)."""
     names = [f"{m}_adaptor" for m in model.modality_names] + ["LayerNorm", "item_fusion"]
-    for optional in ("item_id_embeddings", "repeat_bias"):
+    for optional in ("item_id_embeddings", "repeat_bias", "learned_temperature"):
         if getattr(model, optional, None) is not None:
             names.append(optional)
     return names

@@ -442,12 +442,16 @@ def fit(
         loss = progress.loss_sum / progress.step
         seconds = {"train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
         learning_rate = scheduler.get_last_lr()[0]
-        progress.history.append(
-            {"epoch": epoch + 1, "loss": loss, "learning_rate": learning_rate, **seconds, **metrics}
-        )
+        row = {"epoch": epoch + 1, "loss": loss, "learning_rate": learning_rate, **seconds, **metrics}
+        if missrec is not None and missrec.learned_temperature is not None:
+            row["score_temperature"] = float(missrec.score_temperature().detach())
+        progress.history.append(row)
         logged = {f"{name}/train_loss": loss, f"{name}/learning_rate": learning_rate}
+        if "score_temperature" in row:
+            logged[f"{name}/score_temperature"] = row["score_temperature"]
         logger.log({**logged, **{f"{name}/valid_{k}": v for k, v in metrics.items()}}, step=epoch + 1)
-        accelerator.print(f"{name} epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {metrics['ndcg@10']:.4f}")
+        learned = f"  score temperature {row['score_temperature']:.4f}" if "score_temperature" in row else ""
+        accelerator.print(f"{name} epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {metrics['ndcg@10']:.4f}{learned}")
         if on_epoch_end is not None:
             on_epoch_end(progress.history[-1])
         progress.epoch, progress.step, progress.loss_sum = epoch + 1, 0, 0.0
