@@ -80,6 +80,10 @@ class TrainingRecipe:
         interest_ratio: K = ceil(interest_ratio * 2N) interests; `None`: the paper's 0.02 for pre-training and
             0.5 for fine-tuning.
         item_drop_ratio, word_drop_ratio: pre-training augmentations (word drop needs `alt_text_features`).
+        in_batch_log_q: pre-training: subtract each in-batch target's log share of the training targets from the
+            sequence->item logits (the logQ correction; the paper: none). A batch's other targets are its
+            negatives, drawn by popularity; uncorrected, popular items are pushed down, which full-catalogue
+            ranking pays for.
         max_train_examples: train on a seeded random sample of this many training examples (of the mix, for
             several domains) instead of all of them (`None`: all). A bound on the cost of an epoch for large or
             dense domains; every model of the run (and the popularity counts) sees the same sample.
@@ -150,6 +154,7 @@ class TrainingRecipe:
     interest_ratio: float | None = None
     item_drop_ratio: float = 0.2
     word_drop_ratio: float = 0.0
+    in_batch_log_q: bool = False
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     epochs: int = 8
@@ -199,6 +204,8 @@ class TrainingRecipe:
             raise ValueError(f"sasrec_learning_rate={self.sasrec_learning_rate!r} must be > 0 or null")
         if self.loss not in ("full", "sampled"):
             raise ValueError(f"loss={self.loss!r} is not one of ['full', 'sampled']")
+        if self.in_batch_log_q and self.stage != "pretrain":
+            raise ValueError("in_batch_log_q corrects pre-training's in-batch loss; fine-tuning: loss='sampled'")
         if self.loss == "sampled" and self.stage != "finetune":
             raise ValueError("loss='sampled' is fine-tuning's softmax; pre-training contrasts within the batch already")
         if self.negative_sampling not in ("uniform", "popularity"):

@@ -1163,6 +1163,7 @@ class MISSRecForPreTraining(_MISSRecHead):
         lengths: torch.Tensor | None = None,
         augmented_lengths: torch.Tensor | None = None,
         augmented_text_features: torch.Tensor | None = None,
+        label_log_q: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> MISSRecPreTrainingOutput | tuple:
         """
@@ -1170,10 +1171,13 @@ class MISSRecForPreTraining(_MISSRecHead):
             item_seq: `[B, L]` histories; labels: `[B]` their next items; lengths: `[B]`.
             augmented_item_seq: `[B, L']` the augmented view (e.g. item drop); augmented_lengths: `[B]`.
             augmented_text_features: `[B, L', text_feature_dim]` alternative text of the augmented view (word drop).
+            label_log_q: `[B]` the log of each label's share of the training targets: subtracted from the in-batch
+                logits of the sequence->item loss (its logQ correction), as the batch's other targets, its
+                negatives, are drawn by popularity. None: the paper's uncorrected loss.
             return_dict: return a `ModelOutput` (default) or a tuple.
 
         Returns:
-            [`MISSRecPreTrainingOutput`] (`scores` `[B, B]` in-batch).
+            [`MISSRecPreTrainingOutput`] (`scores` `[B, B]` in-batch, uncorrected).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         base, cfg = self.base, self.config
@@ -1184,7 +1188,10 @@ class MISSRecForPreTraining(_MISSRecHead):
         scores = base.score_items(seq, labels)
         duplicate = (labels[:, None] == labels[None]) & (targets[:, None] != targets[None])
         scores = scores.masked_fill(duplicate, torch.finfo(scores.dtype).min)
-        seq_item = F.cross_entropy(scores, targets)
+        if label_log_q is not None and label_log_q.shape != labels.shape:
+            raise ValueError(f"label_log_q has shape {tuple(label_log_q.shape)}; expected {tuple(labels.shape)}")
+        logits = scores if label_log_q is None else scores - label_log_q.to(scores.dtype)[None, :]
+        seq_item = F.cross_entropy(logits, targets)
         seq_seq = F.cross_entropy(seq @ seq_aug.T / base.score_temperature(), targets)
         diversity = diversity + diversity_aug
         loss = seq_item + cfg.seq_seq_loss_weight * seq_seq + cfg.diversity_loss_weight * diversity

@@ -1,6 +1,7 @@
 """The candidates of the sampled softmax (`loss: sampled`): a batch's own targets plus sampled negatives, with the
 logQ correction each needs, so that fine-tuning on a catalogue of millions of items embeds and scores a few
-thousand items a step instead of all of them."""
+thousand items a step instead of all of them; and the same correction for pre-training's in-batch negatives
+(`in_batch_log_q`)."""
 
 from __future__ import annotations
 
@@ -84,4 +85,32 @@ class SampledCandidates:
         candidates, log_q = self.draw(batch["labels"].numpy(), generator)
         batch["candidate_ids"] = torch.from_numpy(candidates.astype(np.int64))
         batch["candidate_log_q"] = torch.from_numpy(log_q.astype(np.float32))
+        return batch
+
+
+class InBatchLogQ:
+    """Wraps a pre-training [`SequenceCollator`]: every batch also gets `label_log_q` `[B]`, the log of each target's
+    share of the training targets, which [`MISSRecForPreTraining`] subtracts from its in-batch logits (the logQ
+    correction of Yi et al., RecSys 2019).
+
+    Pre-training contrasts each history with the other targets of its batch, which are a sample of the training
+    targets: an item is a negative as often as it is a target. Uncorrected, the loss pushes popular items down by
+    that frequency, which the in-batch loss never pays for and a ranking over the whole catalogue does.
+    """
+
+    def __init__(self, collator: SequenceCollator):
+        self.collator = collator
+        counts = np.bincount(collator.targets).astype(np.float64)
+        with np.errstate(divide="ignore"):  # items that are never a target are never in a batch either
+            self.log_share = np.log(counts / counts.sum())
+
+    def __len__(self) -> int:
+        return len(self.collator)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.collator.set_epoch(epoch)
+
+    def __call__(self, rows: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        batch = self.collator(rows)
+        batch["label_log_q"] = torch.from_numpy(self.log_share[batch["labels"].numpy()].astype(np.float32))
         return batch

@@ -55,7 +55,7 @@ from ..data import (
     load_domain,
     mix_domains,
 )
-from ..data.negative_sampling import SampledCandidates
+from ..data.negative_sampling import InBatchLogQ, SampledCandidates
 from ..evaluation import PopularityRecommender, evaluate_ranking
 from ..evaluation.content_knn import select_window
 from .checkpointing import (
@@ -289,9 +289,9 @@ def evaluate_zero_shot(
 
 def training_collator(
     args: TrainingRecipe, domain: MultiModalDomain, max_seq_length: int
-) -> SequenceCollator | SampledCandidates:
-    """Training batches; with the augmented views of pre-training for `stage: pretrain`, and with the candidates of
-    the sampled softmax for `loss: sampled`."""
+) -> SequenceCollator | SampledCandidates | InBatchLogQ:
+    """Training batches; with the augmented views of pre-training for `stage: pretrain` (and the logQ correction
+    of its in-batch loss for `in_batch_log_q`), and with the candidates of the sampled softmax for `loss: sampled`."""
     if args.stage == "finetune":
         batches = SequenceCollator(domain.sequences["train"], max_seq_length)
         if args.loss == "full":
@@ -300,7 +300,7 @@ def training_collator(
     text = {}
     if args.word_drop_ratio > 0:
         text = {name: feature_matrix(domain.items, name) for name in ("text_features", "alt_text_features")}
-    return SequenceCollator(
+    views = SequenceCollator(
         domain.sequences["train"],
         max_seq_length,
         item_drop_ratio=args.item_drop_ratio,
@@ -308,6 +308,7 @@ def training_collator(
         seed=args.seed,
         **text,
     )
+    return InBatchLogQ(views) if args.in_batch_log_q else views
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainingRecipe) -> torch.optim.AdamW:
