@@ -16,9 +16,10 @@ The search space is a YAML mapping of recipe keys (a `config_overrides.<attribut
 attribute) to a distribution: `{float: [low, high], log: true}`, `{int: [low, high]}` or
 `{categorical: [a, b, ...]}`. `--trials` is a YAML list of settings (the same keys) run first, as given, before
 the sampler's own trials: the one-lever comparisons of an ablation. Every trial is written to
-`<output_dir>/trials.json` as it finishes (settings, per-seed and mean validation NDCG@10, epochs, seconds; a
-pruned trial is in the Optuna study only); a study with `--storage` (an Optuna database URL) can be resumed or
-inspected with Optuna's tools. Any recipe key is overridden as in `train.py` (`--key value`), for every trial.
+`<output_dir>/trials.json` as it finishes (settings, per-seed and mean validation NDCG@10, epochs, seconds, each
+seed's validation curve; a pruned trial is in the Optuna study only); a study with `--storage` (an Optuna database
+URL) can be resumed or inspected with Optuna's tools. Any recipe key is overridden as in `train.py` (`--key value`),
+for every trial.
 """
 
 from __future__ import annotations

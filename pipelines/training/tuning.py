@@ -30,6 +30,8 @@ OVERRIDE_PREFIX = "config_overrides."
 # Recipe keys holding config attributes: a setting `<key>.<attribute>` sets one of them.
 OVERRIDE_KEYS = ("config_overrides", "sasrec_config_overrides")
 MODELS = ("missrec", "sasrec")
+# What a trial's record keeps of each epoch (per seed): its validation curve, and the temperature when it is learned.
+CURVE_KEYS = ("epoch", "loss", "ndcg@10", "score_temperature")
 # The recipe keys that decide the data a run trains and validates on (`train.load_training_data`).
 DATA_KEYS = ("domain", "data_dir", "source", "text_encoder", "text_fields", "num_users", "num_items")
 DATA_KEYS += ("max_train_examples", "max_eval_examples", "seed")
@@ -106,7 +108,7 @@ class TrialRunner:
 
     def run(self, name: str, settings: dict, on_epoch_end=None) -> float:
         """Mean best validation NDCG@10 of `settings` over the seeds."""
-        started, scores, epochs = time.perf_counter(), [], []
+        started, scores, epochs, curves = time.perf_counter(), [], [], []
         for seed in self.seeds:
             args = apply_settings(self.args, {**settings, "seed": seed})
             # Under `id_mode: auto` a run trains two validation curves; the pruner compares one per trial.
@@ -114,6 +116,7 @@ class TrialRunner:
             score, history = best_validation_ndcg(args, self.domain(args), on_epoch_end=curve, model=self.model)
             scores.append(score)
             epochs.append(max(history, key=lambda row: row["ndcg@10"])["epoch"])
+            curves.append([{key: row[key] for key in CURVE_KEYS if key in row} for row in history])
         value = statistics.fmean(scores)
         self.records.append(
             {
@@ -124,6 +127,7 @@ class TrialRunner:
                 "mean_valid_ndcg@10": value,
                 "best_epochs": epochs,
                 "seconds": time.perf_counter() - started,
+                "curves": curves,
             }
         )
         self.log.write_text(json.dumps(self.records, indent=2))

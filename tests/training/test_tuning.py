@@ -138,6 +138,9 @@ def test_tune_scores_fixed_and_sampled_trials_on_validation_without_reading_test
     # The unchanged recipe scores what train.py's run validated: the same training.
     assert records[0]["mean_valid_ndcg@10"] == pytest.approx(max(e["ndcg@10"] for e in trained["epochs"]), abs=1e-6)
     assert records[1]["mean_valid_ndcg@10"] != records[0]["mean_valid_ndcg@10"]
+    # Each record keeps the validation curve it was scored on.
+    curve = records[0]["curves"][0]
+    assert [row["ndcg@10"] for row in curve] == pytest.approx([e["ndcg@10"] for e in trained["epochs"]], abs=1e-6)
     # id_mode auto scores the better of the two modes' runs
     both = [max(e["ndcg@10"] for e in run["epochs"]) for run in (trained, transductive)]
     assert records[2]["mean_valid_ndcg@10"] == pytest.approx(max(both), abs=1e-6)
