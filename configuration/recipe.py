@@ -87,6 +87,9 @@ class TrainingRecipe:
         max_train_examples: train on a seeded random sample of this many training examples (of the mix, for
             several domains) instead of all of them (`None`: all). A bound on the cost of an epoch for large or
             dense domains; every model of the run (and the popularity counts) sees the same sample.
+        train_user_fraction: train on the examples of a seeded random sample of this share of the training users
+            (all of each sampled user's examples; `None`: every user), in (0, 1]: the few-shot arms of a transfer
+            study. Validation and test keep their users. Applied before `max_train_examples`.
         max_eval_examples: validate and test on a seeded random sample of this many users of each split (`None`:
             all). Full ranking over a large mixed catalogue costs minutes a pass on a CPU; the sample bounds it.
         epochs, batch_size, learning_rate, seed: optimisation (AdamW; with `weight_decay` 0 it is the paper's Adam).
@@ -156,6 +159,7 @@ class TrainingRecipe:
     word_drop_ratio: float = 0.0
     in_batch_log_q: bool = False
     max_train_examples: int | None = None
+    train_user_fraction: float | None = None
     max_eval_examples: int | None = None
     epochs: int = 8
     batch_size: int = 256
@@ -245,6 +249,11 @@ class TrainingRecipe:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name}={value!r} must be an integer >= 1 or null")
+        fraction = self.train_user_fraction
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, int | float)):
+            raise ValueError(f"train_user_fraction={fraction!r} must be a number in (0, 1] or null")
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ValueError(f"train_user_fraction={fraction!r} must be in (0, 1] or null")
         integers = ("batch_size", "eval_batch_size", "num_users", "num_items", "gradient_accumulation_steps")
         if not isinstance(self.epochs, int) or self.epochs < 0 or (self.epochs == 0 and self.pretrained is None):
             raise ValueError(f"epochs={self.epochs!r} must be an integer >= 1 (0: zero-shot, with pretrained)")

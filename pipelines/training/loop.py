@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from datasets import Dataset
 from accelerate.utils import set_seed
 from peft import PeftModel
 from torch.utils.data import DataLoader
@@ -117,6 +118,8 @@ def load_training_data(args: TrainingRecipe) -> MultiModalDomain:
     train = domain.sequences["train"]
     if len(train) == 0:
         raise ValueError(f"domain {domain.name!r} has an empty training split: nothing to train on")
+    if args.train_user_fraction is not None:
+        domain.sequences["train"] = training_user_sample(domain, args.train_user_fraction, args.seed)
     caps = {"train": args.max_train_examples, "validation": args.max_eval_examples, "test": args.max_eval_examples}
     for split, cap in caps.items():
         rows = domain.sequences[split]
@@ -125,6 +128,17 @@ def load_training_data(args: TrainingRecipe) -> MultiModalDomain:
             domain.sequences[split] = rows.select(np.sort(sample))
             domain.build[f"{split}_examples"] = {"sampled": cap, "of": len(rows)}
     return domain
+
+
+def training_user_sample(domain: MultiModalDomain, fraction: float, seed: int) -> Dataset:
+    """The training examples of a seeded random `fraction` of the training users (at least one user), every
+    example of each; the sample is recorded in `domain.build["train_users"]`."""
+    train = domain.sequences["train"]
+    users = np.unique(np.asarray(train["user"]))
+    count = max(1, math.ceil(fraction * len(users)))
+    kept = np.random.default_rng([seed, len(SPLITS)]).choice(users, count, replace=False)  # its own stream
+    domain.build["train_users"] = {"sampled": count, "of": len(users), "fraction": fraction}
+    return train.select(np.flatnonzero(np.isin(np.asarray(train["user"]), kept)))
 
 
 def pretrained_config(args: TrainingRecipe) -> MISSRecConfig:

@@ -34,7 +34,7 @@ MODELS = ("missrec", "sasrec")
 CURVE_KEYS = ("epoch", "loss", "ndcg@10", "score_temperature")
 # The recipe keys that decide the data a run trains and validates on (`train.load_training_data`).
 DATA_KEYS = ("domain", "data_dir", "source", "text_encoder", "text_fields", "num_users", "num_items")
-DATA_KEYS += ("max_train_examples", "max_eval_examples", "seed")
+DATA_KEYS += ("max_train_examples", "train_user_fraction", "max_eval_examples", "seed")
 
 
 def apply_settings(args: TrainingRecipe, settings: dict) -> TrainingRecipe:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import REPO, rec, run_train
+from modeling_missrec.configuration import load_recipe
 from modeling_missrec.configuration.presets import load_preset
 from modeling_missrec.hub_cards.dataset_cards import export_domain
 from modeling_missrec.hub_cards.export import export_model
@@ -23,6 +24,7 @@ from modeling_missrec.pipelines.data.missrec_files import read_missrec_folder, w
 from modeling_missrec.pipelines.data.text_reencoding import reencode_text_features
 from modeling_missrec.pipelines.evaluation.full_ranking import evaluate_ranking
 from modeling_missrec.pipelines.training.finetuning import match_catalogue_modalities
+from modeling_missrec.pipelines.training.loop import load_training_data
 from transformers import pipeline
 
 from modeling_missrec import MISSRecModel
@@ -310,3 +312,23 @@ def test_reencoding_a_folder_keeps_its_data_and_replaces_the_text_features(tmp_p
     assert set(read_missrec_folder(text_only, "Small").features) == {"text_features"}
     with pytest.raises(ValueError, match="is the input folder"):
         reencode_text_features(tmp_path / "clip", "Small", tmp_path / "clip")
+
+
+def test_a_share_of_the_training_users_keeps_all_their_examples(tmp_path, monkeypatch):
+    """`train_user_fraction` trains on a seeded sample of users, every example of each; validation and test keep
+    every user."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    base = ["--domain", "demo", "--num_users", "120", "--num_items", "60"]
+    full = load_training_data(load_recipe(None, base))
+    few = load_training_data(load_recipe(None, [*base, "--train_user_fraction", "0.1"]))
+    users = np.asarray(full.sequences["train"]["user"])
+    kept = np.unique(np.asarray(few.sequences["train"]["user"]))
+    assert len(kept) == 12 and few.build["train_users"] == {"sampled": 12, "of": 120, "fraction": 0.1}
+    assert len(few.sequences["train"]) == np.isin(users, kept).sum()  # every example of a sampled user
+    assert len(few.sequences["validation"]) == len(full.sequences["validation"])
+    again = load_training_data(load_recipe(None, [*base, "--train_user_fraction", "0.1"]))
+    other = load_training_data(load_recipe(None, [*base, "--train_user_fraction", "0.1", "--seed", "1"]))
+    assert np.array_equal(np.unique(np.asarray(again.sequences["train"]["user"])), kept)
+    assert not np.array_equal(np.unique(np.asarray(other.sequences["train"]["user"])), kept)
+    with pytest.raises(ValueError, match="train_user_fraction"):
+        load_recipe(None, [*base, "--train_user_fraction", "0"])
