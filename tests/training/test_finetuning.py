@@ -51,6 +51,16 @@ def test_frozen_strategy_trains_adaptors_layernorm_fusion_and_ids_only():
     assert {"text_adaptor.weight", "item_id_embeddings.weight", "LayerNorm.weight"} <= grads_after_one_step(model)
 
 
+@pytest.mark.parametrize("strategy", ["frozen", "lora"])
+@pytest.mark.parametrize(
+    "module, switch", [("repeat_bias", "repeat_bias"), ("learned_temperature", "learn_score_temperature")]
+)
+def test_every_strategy_trains_the_learned_scoring_modules(strategy, module, switch):
+    model = apply_finetuning_strategy(tiny_model(30, **{switch: True}), strategy, lora_rank=4)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert any(module in name for name in trainable), trainable
+
+
 def test_full_strategy_trains_everything_and_unknown_strategies_fail():
     model = apply_finetuning_strategy(apply_finetuning_strategy(tiny_model(NUM_ITEMS), "frozen"), "full")
     assert all(p.requires_grad for p in model.parameters())
