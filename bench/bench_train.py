@@ -18,6 +18,10 @@ Cases:
 - `real-transfer`: pre-training on real text domains (Beauty + Games + Yelp), then fine-tuning on Scientific and
   MovieLens100K (held out of the mix) against MISSRec from scratch: `frozen`, `lora`, `full`, both id modes, every
   seed of `--seeds`, paired (see `transfer_case.py`; it is not among the default cases: it takes about an hour here).
+- `transfer-profile` (issue 34; see `transfer_profile_case.py`, not among the default cases): a base pre-trained on
+  Beauty + Games + Yelp + LastFM, then Scientific and MovieLens100K zero-shot (beside popularity and content-kNN)
+  and fine-tuned on 1%, 5%, 25% and 100% of their training users, `lora` and `full` against scratch, every seed of
+  `--seeds`, paired, both protocols, cold targets. Runs are recorded one by one and a re-run resumes.
 - `accuracy`, `ablation`, `text-domains` (issue 21; see `accuracy_case.py`, not among the default cases): the tuned
   defaults (`scientific.yaml`, preset `missrec-tuned`) against the official code's means, the issue's +10% target
   and SASRec, every seed of `--seeds`, mean ± standard error; the lever-by-lever ablation from the paper's
@@ -55,13 +59,15 @@ from accuracy_case import (
 from common import machine_info, memory_status, train_run
 from transfer_case import markdown as transfer_markdown
 from transfer_case import run_real_transfer
+from transfer_profile_case import markdown as profile_markdown
+from transfer_profile_case import run_transfer_profile
 
 REPO = Path(__file__).resolve().parents[1]
 SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific-mm"
 RECIPES = REPO / "configuration" / "recipes"
 RUNS = REPO / "bench" / "results" / "runs"
 ACCURACY_CASES = ("accuracy", "ablation", "text-domains", "sampled-softmax")  # see accuracy_case.py
-CASES = ("transductive", "inductive", "transfer", "real-transfer", *ACCURACY_CASES)
+CASES = ("transductive", "inductive", "transfer", "real-transfer", "transfer-profile", *ACCURACY_CASES)
 DEFAULT_CASES = ("transductive", "inductive", "transfer")
 TABLE_METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50")  # the test metrics of the table
 # The official code (gimpong/MM23-MISSRec, unchanged) on this machine, same data, from scratch, capped at 27 epochs
@@ -218,6 +224,8 @@ def run_case(
     """Worker: the case's `train.py` runs in this process; its rows and the process's peak memory."""
     if case == "real-transfer":
         return run_real_transfer(seeds)
+    if case == "transfer-profile":
+        return run_transfer_profile(seeds)
     if case in ACCURACY_CASES:
         return run_accuracy_case(case, seeds, text_domains, recorded_only=recorded)
     started = time.perf_counter()
@@ -250,6 +258,7 @@ def markdown(results: list[dict]) -> str:
     ]
     others = {"real-transfer": transfer_markdown, "accuracy": accuracy_markdown, "text-domains": accuracy_markdown}
     others["ablation"] = ablation_markdown
+    others["transfer-profile"] = profile_markdown
     others["sampled-softmax"] = sampled_softmax_markdown
     transfers = [others[result["case"]](result) for result in results if result["case"] in others]
     results = [result for result in results if result["case"] not in others]
@@ -294,7 +303,7 @@ def verdicts(results: list[dict]) -> list[str]:
     """The issue's targets, each with the measured value and pass / MISS."""
     out = []
     for result in results:
-        if result["case"] in ("real-transfer", *ACCURACY_CASES):  # their tables carry their own verdicts
+        if result["case"] in ("real-transfer", "transfer-profile", *ACCURACY_CASES):  # tables with their verdicts
             continue
         case, rows = result["case"], {row["model"]: row for row in result["rows"]}
         if case in REFERENCE and "MISSRec" in rows:

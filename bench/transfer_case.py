@@ -96,25 +96,28 @@ def cold_rows(domain, max_train_targets: int) -> np.ndarray:
     return np.flatnonzero(counts[np.asarray(domain.sequences["test"]["target"])] <= max_train_targets)
 
 
-def cold_metrics(argv: list[str], variant: str, pretrained: Path) -> dict:
-    """Test metrics of a saved run on its cold-target test users."""
+def cold_metrics(argv: list[str], adapter: bool, pretrained: Path, protocols: tuple[str, ...] = ("official",)) -> dict:
+    """Test metrics (`METRICS`, per protocol) of the model a run saved, on its cold-target test users: `{"users": n,
+    protocol: {...}}` (users only when there are none). `adapter`: the run saved a LoRA adapter on `pretrained`."""
     from modeling_missrec.configuration import parse_recipe_args
     from modeling_missrec.pipelines.data import SequenceCollator
     from modeling_missrec.pipelines.evaluation import evaluate_ranking
     from modeling_missrec.pipelines.training import load_training_data
 
-    from modeling_missrec import MISSRecModel, load_missrec_adapter
+    from modeling_missrec import MISSRecForSequentialRecommendation, load_missrec_adapter
 
     args = parse_recipe_args(argv)
     domain = load_training_data(args)
     rows = cold_rows(domain, COLD_MAX_TRAIN_TARGETS)
-    if variant == "lora":
-        model = load_missrec_adapter(str(pretrained), args.output_dir)
+    if len(rows) == 0:  # every test target is seen often enough in this training sample
+        return {"users": 0}
+    if adapter:
+        model = MISSRecForSequentialRecommendation.from_base(load_missrec_adapter(str(pretrained), args.output_dir))
     else:
-        model = MISSRecModel.from_pretrained(args.output_dir).eval()
+        model = MISSRecForSequentialRecommendation.from_pretrained(args.output_dir)
     test = SequenceCollator(domain.sequences["test"].select(rows), model.config.max_seq_length)
-    metrics = evaluate_ranking(model, test, batch_size=512)["official"]
-    return {"users": len(rows), **{k: metrics[k] for k in METRICS}}
+    metrics = evaluate_ranking(model.eval(), test, batch_size=512, protocols=protocols)
+    return {"users": len(rows), **{p: {k: metrics[p][k] for k in METRICS} for p in protocols}}
 
 
 def run_real_transfer(seeds: list[int], pretrained: Path = PRETRAINED) -> dict:
@@ -133,11 +136,12 @@ def run_real_transfer(seeds: list[int], pretrained: Path = PRETRAINED) -> dict:
                         print(f"real-transfer: {target} {mode} {variant} seed {seed}", file=sys.stderr, flush=True)
                         metrics = train_run(argv)
                         epochs = metrics["epochs"]
+                        cold = cold_metrics(argv, variant == "lora", pretrained)
                         record = {
                             "target": target, "mode": mode, "variant": variant, "seed": seed,
                             "test": {k: metrics["test"][k] for k in METRICS},
                             "popularity_test": {k: metrics["popularity_test"][k] for k in METRICS},
-                            "cold_test": cold_metrics(argv, variant, pretrained),
+                            "cold_test": {"users": cold["users"], **cold.get("official", {})},
                             "best_epoch": max(epochs, key=lambda e: e["ndcg@10"])["epoch"], "epochs_run": len(epochs),
                             "train_seconds": statistics.median(e["train_seconds"] for e in epochs),
                         }  # fmt: skip

@@ -1,0 +1,225 @@
+"""The `transfer-profile` case of `bench_train.py` (issue 34): where does a pre-trained base pay, zero-shot, with a
+few users or with all of them, and would more pre-training change that?
+
+1. The base: `configuration/recipes/pretrain-text-domains.yaml` on every real text domain but the held-out one
+   (`BASE_DOMAINS`), once, into `bench/results/runs/transfer-profile/base/` (reused when there). Scientific is not in
+   the mix either.
+2. Targets (`TARGETS`): Scientific, with its text re-encoded by the same sentence encoder and its CLIP images as
+   given (`scientific.yaml`), and MovieLens100K (`text-domain.yaml`), each with its shipped recipe: the tuned
+   settings, so that pre-trained and scratch models differ only in the pre-training.
+3. Per target:
+   - zero-shot: the base on the target's catalogue, nothing trained (`epochs: 0`), beside popularity and the
+     content-kNN baseline (one run: nothing in it depends on a seed);
+   - per share of the training users (`FRACTIONS`, a seeded user sample: the same users for every arm of a seed)
+     and seed: MISSRec from scratch and the base fine-tuned with `lora` and `full`, under the same budget
+     (`EPOCHS`: smaller samples get more, cheaper epochs; `PATIENCE` epochs without a validation gain stop a run).
+     Below 100% every arm is inductive (a few users teach item ids little); at 100% the target recipe's
+     `id_mode: auto` picks.
+   Each run is a `train.py` run (`common.train_run`) into `RUNS/<target>/<fraction>/<arm>-seed<N>/`; its numbers go
+   to `bench_run.json` there (committed), and a run whose file exists is not trained again.
+4. Test metrics under both protocols (the official one, and the history excluded as the pipeline serves), and on
+   the cold-target test users (target at most `transfer_case.COLD_MAX_TRAIN_TARGETS` times a training target in the
+   run's sample).
+
+The table: mean ± standard error over seeds, and each pre-trained arm's gain over scratch paired per seed, with
+the issue's targets (zero-shot ≥ 1.2 × content-kNN; ≤ 5% of the users: ≥ +20% over scratch; 100%: no loss).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from common import mean_and_error, plus_minus, train_run
+from transfer_case import METRICS, RECIPES, REENCODED_SCIENTIFIC, SHARED, cold_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "bench" / "results" / "runs" / "transfer-profile"
+BASE_RECIPE = RECIPES / "pretrain-text-domains.yaml"
+BASE_DOMAINS = ("Beauty", "Games", "Yelp", "LastFM")  # MovieLens100K held out
+TARGETS = {
+    "Scientific": ["--config", str(RECIPES / "scientific.yaml"), "--data_dir", str(REENCODED_SCIENTIFIC)],
+    "MovieLens100K": [
+        "--config", str(RECIPES / "text-domain.yaml"), "--domain", "MovieLens100K",
+        "--data_dir", str(SHARED / "text-domains" / "MovieLens100K"),
+    ],
+}  # fmt: skip
+FRACTIONS = (0.01, 0.05, 0.25, 1.0)
+ARMS = ("scratch", "lora", "full")
+EPOCHS = {0.01: 40, 0.05: 30, 0.25: 20, 1.0: 15}
+PATIENCE = 5
+PROTOCOLS = {"official": "test", "exclude_history": "test_exclude_history"}  # protocol: metrics.json key
+FEW_SHOT_GAIN, ZERO_SHOT_RATIO = 0.20, 1.2
+ARMS_ORDER = {"zero-shot": 0, **{arm: i + 1 for i, arm in enumerate(ARMS)}}
+
+
+def run_arguments(
+    target_words: list[str], fraction: float | None, arm: str, seed: int, base: Path, folder: Path, epochs: dict
+) -> list[str]:
+    """The `train.py` words of one run: `fraction` None is the zero-shot run (with its baselines)."""
+    argv = [*target_words, "--seed", str(seed), "--output_dir", str(folder), "--overwrite_output_dir=true"]
+    if fraction is None:
+        return [*argv, "--pretrained", str(base), "--epochs", "0", "--id_mode", "inductive", "--strategy", "full",
+                "--baselines", "[content-knn]"]  # fmt: skip
+    argv += ["--train_user_fraction", str(fraction), "--epochs", str(epochs[fraction])]
+    argv += ["--early_stopping_patience", str(PATIENCE), "--baselines", "[]"]
+    if fraction < 1:
+        argv += ["--id_mode", "inductive"]
+    if arm != "scratch":
+        argv += ["--pretrained", str(base), "--strategy", arm]
+    return argv
+
+
+def record_of(results: dict, prefix: str = "") -> dict:
+    """Both protocols' test metrics of one model of a run (`prefix`: the baseline's key prefix in metrics.json)."""
+    return {p: {k: results[f"{prefix}{key}"][k] for k in METRICS} for p, key in PROTOCOLS.items()}
+
+
+def one_run(
+    target: str, fraction: float | None, arm: str, seed: int, base: Path, root: Path, words: list[str], epochs: dict
+) -> dict:
+    """The record of one run (`epochs`: the cap per share of users), trained unless recorded."""
+    folder = root / target / ("zero-shot" if fraction is None else f"{fraction:g}") / f"{arm}-seed{seed}"
+    record_file = folder / "bench_run.json"
+    if record_file.is_file():
+        return json.loads(record_file.read_text())
+    argv = run_arguments(words, fraction, arm, seed, base, folder, epochs)
+    print(f"transfer-profile: {target} {fraction or 'zero-shot'} {arm} seed {seed}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    results = train_run(argv)
+    record = {"target": target, "fraction": fraction, "arm": arm, "seed": seed, "argv": argv}
+    record |= {"wall_seconds": time.perf_counter() - started, "id_mode": results["recipe"]["id_mode"]}
+    record |= {"missrec": record_of(results), "popularity": record_of(results, "popularity_")}
+    record["cold"] = cold_metrics(argv, arm == "lora", base, tuple(PROTOCOLS))
+    record["build"] = {key: results["build"][key] for key in ("train_users",) if key in results["build"]}
+    if "epochs" in results and fraction is not None:
+        record["best_epoch"] = max(results["epochs"], key=lambda e: e["ndcg@10"])["epoch"]
+        record["epochs_run"] = len(results["epochs"])
+    if "content_knn_test" in results:
+        record["content_knn"] = record_of(results, "content_knn_")
+    folder.mkdir(parents=True, exist_ok=True)
+    record_file.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def ensure_base(base: Path, words: list[str]) -> dict:
+    """Pre-train the base with `train.py` `words` unless `base` holds one; what its run recorded."""
+    if not (base / "config.json").is_file():
+        train_run([*words, "--output_dir", str(base), "--overwrite_output_dir=true"])
+    metrics = json.loads((base / "metrics.json").read_text())
+    return {"recipe": metrics["recipe"], "build": metrics.get("build"), "epochs": metrics["epochs"]}
+
+
+def run_transfer_profile(
+    seeds: list[int],
+    targets: dict[str, list[str]] | None = None,
+    fractions: tuple[float, ...] = FRACTIONS,
+    root: Path = RUNS,
+    base_words: list[str] | None = None,
+    epochs: dict[float, int] | None = None,
+) -> dict:
+    """Worker: the base, then every run of the case (resuming from recorded ones). `targets` maps a name to its
+    `train.py` words (default `TARGETS`), `base_words` are the base's (default: `BASE_RECIPE` on `BASE_DOMAINS`),
+    `epochs` the epoch cap per share of users (default `EPOCHS`)."""
+    from modeling_missrec.pipelines.data.text_reencoding import reencode_text_features
+
+    started = time.perf_counter()
+    targets = TARGETS if targets is None else targets
+    base = root / "base"
+    base_words = (
+        ["--config", str(BASE_RECIPE), "--domain", json.dumps(list(BASE_DOMAINS))] if base_words is None else base_words
+    )
+    report = {"base": ensure_base(base, base_words)}
+    if "Scientific" in targets and not (REENCODED_SCIENTIFIC / "Scientific.feature_widths.json").is_file():
+        reencode_text_features(SHARED / "amazon-scientific-mm", "Scientific", REENCODED_SCIENTIFIC)
+    runs, epochs = [], EPOCHS if epochs is None else epochs
+    for target, words in targets.items():
+        runs.append(one_run(target, None, "zero-shot", 0, base, root, words, epochs))
+        for fraction in fractions:
+            for seed in seeds:
+                runs += [one_run(target, fraction, arm, seed, base, root, words, epochs) for arm in ARMS]
+    return report | {"case": "transfer-profile", "wall_seconds": time.perf_counter() - started, "runs": runs}
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Per target, share of users and arm: mean ± standard error over seeds per protocol (all users and cold
+    targets), and the pre-trained arms' relative gain over scratch, paired per seed."""
+    groups: dict[tuple, dict[int, dict]] = {}
+    for run in runs:
+        groups.setdefault((run["target"], run["fraction"], run["arm"]), {})[run["seed"]] = run
+    rows = []
+    for (target, fraction, arm), per_seed in groups.items():
+        seeds = sorted(per_seed)
+        row = {"target": target, "fraction": fraction, "arm": arm, "seeds": seeds}
+        row["id_modes"] = sorted({per_seed[s]["id_mode"] for s in seeds})
+        scratch = groups.get((target, fraction, "scratch"), {})
+        paired = [s for s in seeds if s in scratch]
+        for protocol in PROTOCOLS:
+            ours = [per_seed[s]["missrec"][protocol]["ndcg@10"] for s in seeds]
+            row[protocol] = mean_and_error(ours)
+            cold = [per_seed[s]["cold"][protocol]["ndcg@10"] for s in seeds if per_seed[s]["cold"]["users"]]
+            row[f"cold {protocol}"] = mean_and_error(cold) if cold else None
+            row[f"popularity {protocol}"] = per_seed[seeds[0]]["popularity"][protocol]["ndcg@10"]
+            if "content_knn" in per_seed[seeds[0]]:
+                row[f"content-knn {protocol}"] = per_seed[seeds[0]]["content_knn"][protocol]["ndcg@10"]
+            if arm not in ("scratch", "zero-shot") and paired:
+                gains = [
+                    per_seed[s]["missrec"][protocol]["ndcg@10"] / scratch[s]["missrec"][protocol]["ndcg@10"] - 1
+                    for s in paired
+                ]
+                row[f"gain {protocol}"] = mean_and_error(gains)
+        row["cold_users"] = per_seed[seeds[0]]["cold"]["users"]
+        rows.append(row)
+    return sorted(
+        rows, key=lambda r: (r["target"], -1 if r["fraction"] is None else r["fraction"], ARMS_ORDER[r["arm"]])
+    )
+
+
+def verdict(row: dict, protocol: str) -> str:
+    """The issue's target for a row under `protocol`, with pass / MISS ('' where no target applies)."""
+    if row["arm"] == "zero-shot":
+        knn = row.get(f"content-knn {protocol}")
+        if knn is None:
+            return ""
+        ratio = row[protocol][0] / knn if knn else float("inf")
+        return f"{ratio:.2f} × content-kNN (≥ {ZERO_SHOT_RATIO}): {'pass' if ratio >= ZERO_SHOT_RATIO else 'MISS'}"
+    gain = row.get(f"gain {protocol}")
+    if gain is None:
+        return ""
+    if row["fraction"] <= 0.05:
+        return f"≥ +{100 * FEW_SHOT_GAIN:.0f}%: {'pass' if gain[0] >= FEW_SHOT_GAIN else 'MISS'}"
+    if row["fraction"] == 1:
+        return f"≥ scratch: {'pass' if gain[0] >= 0 else 'MISS'}"
+    return ""
+
+
+def markdown(result: dict) -> str:
+    """The transfer profile: one row per target, share of users and arm; both protocols, the users' first."""
+    lines = [
+        "| target | users | model | id mode | seeds | history excluded: NDCG@10 | vs scratch (paired) | target | "
+        "cold targets | official: NDCG@10 | vs scratch (paired) | target | cold targets |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summarise(result["runs"]):
+        users = "zero-shot" if row["fraction"] is None else f"{100 * row['fraction']:g}%"
+        cells = []
+        for protocol in ("exclude_history", "official"):
+            cells += [plus_minus(row[protocol]), plus_minus(row.get(f"gain {protocol}"), percent=True)]
+            cells += [verdict(row, protocol), plus_minus(row[f"cold {protocol}"])]
+        lines.append(
+            f"| {row['target']} | {users} | {row['arm']} | {'/'.join(row['id_modes'])} | {len(row['seeds'])} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    notes = []
+    for row in summarise(result["runs"]):
+        if row["arm"] == "zero-shot":
+            knn = {p: row.get(f"content-knn {p}") for p in PROTOCOLS}
+            notes.append(
+                f"{row['target']}: popularity {row['popularity exclude_history']:.4f} / "
+                f"{row['popularity official']:.4f}, content-kNN {knn['exclude_history'] or 0:.4f} / "
+                f"{knn['official'] or 0:.4f} (history excluded / official); {row['cold_users']} cold-target test users"
+            )
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes)

@@ -1,0 +1,67 @@
+"""bench/transfer_profile_case.py: the whole case on small demo data (base, zero-shot, shares of users, arms,
+records, resumption) and its table's paired gains and targets against hand-computed values."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+from helpers import REPO
+
+
+@pytest.fixture
+def case(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    return importlib.import_module("transfer_profile_case")
+
+
+def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, monkeypatch, fresh_accelerate_state):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    size = ["--num_users", "150", "--num_items", "80"]
+    base = ["--config", str(REPO / "configuration" / "recipes" / "demo-pretrain.yaml"), *size, "--epochs", "1"]
+    targets = {"demo": ["--domain", "demo", *size, "--batch_size", "64"]}
+    run = {"targets": targets, "fractions": (0.5, 1.0), "root": tmp_path, "base_words": base}
+    result = case.run_transfer_profile([0], **run, epochs={0.5: 1, 1.0: 1})
+    arms = {(r["fraction"], r["arm"]) for r in result["runs"]}
+    assert arms == {(None, "zero-shot")} | {(f, a) for f in (0.5, 1.0) for a in ("scratch", "lora", "full")}
+    half = next(r for r in result["runs"] if r["fraction"] == 0.5 and r["arm"] == "lora")
+    assert half["build"]["train_users"]["fraction"] == 0.5 and half["id_mode"] == "inductive"
+    zero = next(r for r in result["runs"] if r["arm"] == "zero-shot")
+    assert set(zero["content_knn"]) == set(zero["missrec"]) == {"official", "exclude_history"}
+    assert zero["cold"]["users"] == 0 or "ndcg@10" in zero["cold"]["exclude_history"]
+    table = case.markdown(result)
+    assert table.splitlines()[0].index("history excluded") < table.splitlines()[0].index("official")
+    assert "| demo | 50% | lora |" in table and "content-kNN" in table
+    # A second call trains nothing: every run is read from its record.
+    records = sorted(tmp_path.glob("demo/*/*/bench_run.json"))
+    stamps = [p.stat().st_mtime_ns for p in records]
+    again = case.run_transfer_profile([0], **run, epochs={0.5: 1, 1.0: 1})
+    assert [p.stat().st_mtime_ns for p in records] == stamps and again["runs"] == result["runs"]
+
+
+def record(fraction, arm, seed, excluded, official, id_mode="inductive"):
+    metrics = {p: {"ndcg@10": v} for p, v in (("exclude_history", excluded), ("official", official))}
+    cold = {"users": 3, **metrics}
+    out = {"target": "T", "fraction": fraction, "arm": arm, "seed": seed, "id_mode": id_mode}
+    return out | {"missrec": metrics, "popularity": metrics, "cold": cold}
+
+
+def test_gains_are_paired_per_seed_and_checked_against_the_targets(case):
+    runs = [record(0.05, "scratch", 0, 0.10, 0.20), record(0.05, "scratch", 1, 0.20, 0.20)]
+    runs += [record(0.05, "lora", 0, 0.13, 0.22), record(0.05, "lora", 1, 0.24, 0.26)]
+    runs += [record(1.0, "scratch", 0, 0.30, 0.30), record(1.0, "full", 0, 0.29, 0.33)]
+    zero = record(None, "zero-shot", 0, 0.05, 0.06) | {"content_knn": {"exclude_history": {"ndcg@10": 0.04},
+                                                                      "official": {"ndcg@10": 0.06}}}  # fmt: skip
+    rows = {(r["fraction"], r["arm"]): r for r in case.summarise([*runs, zero])}
+    lora = rows[(0.05, "lora")]
+    assert lora["gain exclude_history"][0] == pytest.approx((0.3 + 0.2) / 2)  # +30% and +20%, paired
+    assert lora["gain official"][0] == pytest.approx((0.1 + 0.3) / 2)
+    assert case.verdict(lora, "exclude_history") == "≥ +20%: pass"
+    assert case.verdict(rows[(1.0, "full")], "exclude_history") == "≥ scratch: MISS"
+    assert case.verdict(rows[(1.0, "full")], "official") == "≥ scratch: pass"
+    assert case.verdict(rows[(None, "zero-shot")], "exclude_history") == "1.25 × content-kNN (≥ 1.2): pass"
+    assert case.verdict(rows[(None, "zero-shot")], "official") == "1.00 × content-kNN (≥ 1.2): MISS"
+    assert [(r["fraction"], r["arm"]) for r in case.summarise([*runs, zero])][:2] == [(None, "zero-shot"),
+                                                                                       (0.05, "scratch")]  # fmt: skip
+    json.dumps(case.summarise(runs))  # the rows go into the bench's JSON
