@@ -17,6 +17,9 @@ few users or with all of them, and would more pre-training change that?
      `id_mode: auto` picks.
    Each run is a `train.py` run (`common.train_run`) into `RUNS/<target>/<fraction>/<arm>-seed<N>/`; its numbers go
    to `bench_run.json` there (committed), and a run whose file exists is not trained again.
+   - the budget curve: the base as it was after `BUDGET_EPOCHS` of its `BASE_EPOCHS` (`save_epochs`) fine-tuned
+     with `lora` on `BUDGET_FRACTION` of the users, against that share's scratch runs: would more pre-training
+     change the answer?
 4. Test metrics under both protocols (the official one, and the history excluded as the pipeline serves), and on
    the cold-target test users (target at most `transfer_case.COLD_MAX_TRAIN_TARGETS` times a training target in the
    run's sample).
@@ -46,6 +49,9 @@ TARGETS = {
         "--data_dir", str(SHARED / "text-domains" / "MovieLens100K"),
     ],
 }  # fmt: skip
+# The base's budget: the recipe's CPU-sized sample, this many epochs, and the models after `BUDGET_EPOCHS` kept for
+# the budget curve (fine-tuned with `lora` on `BUDGET_FRACTION` of the users).
+BASE_EPOCHS, BUDGET_EPOCHS, BUDGET_FRACTION = 10, (1, 3, 10), 0.05
 FRACTIONS = (0.01, 0.05, 0.25, 1.0)
 ARMS = ("scratch", "lora", "full")
 EPOCHS = {0.01: 40, 0.05: 30, 0.25: 20, 1.0: 15}
@@ -53,6 +59,12 @@ PATIENCE = 5
 PROTOCOLS = {"official": "test", "exclude_history": "test_exclude_history"}  # protocol: metrics.json key
 FEW_SHOT_GAIN, ZERO_SHOT_RATIO = 0.20, 1.2
 ARMS_ORDER = {"zero-shot": 0, **{arm: i + 1 for i, arm in enumerate(ARMS)}}
+
+
+def arm_order(arm: str) -> tuple[int, int]:
+    """Table order: zero-shot, the arms, then the budget curve's by pre-training epochs."""
+    strategy, _, budget = arm.partition("@")
+    return ARMS_ORDER[strategy], int(budget.removeprefix("epoch-") or 0)
 
 
 def run_arguments(
@@ -67,8 +79,9 @@ def run_arguments(
     argv += ["--early_stopping_patience", str(PATIENCE), "--baselines", "[]"]
     if fraction < 1:
         argv += ["--id_mode", "inductive"]
-    if arm != "scratch":
-        argv += ["--pretrained", str(base), "--strategy", arm]
+    if arm != "scratch":  # `lora@epoch-3`: lora on the base as it was after 3 epochs
+        strategy, _, budget = arm.partition("@")
+        argv += ["--pretrained", str(base / budget if budget else base), "--strategy", strategy]
     return argv
 
 
@@ -119,18 +132,22 @@ def run_transfer_profile(
     root: Path = RUNS,
     base_words: list[str] | None = None,
     epochs: dict[float, int] | None = None,
+    budget_epochs: tuple[int, ...] = BUDGET_EPOCHS,
+    budget_fraction: float = BUDGET_FRACTION,
 ) -> dict:
     """Worker: the base, then every run of the case (resuming from recorded ones). `targets` maps a name to its
-    `train.py` words (default `TARGETS`), `base_words` are the base's (default: `BASE_RECIPE` on `BASE_DOMAINS`),
-    `epochs` the epoch cap per share of users (default `EPOCHS`)."""
+    `train.py` words (default `TARGETS`), `base_words` are the base's (default: `BASE_RECIPE` on `BASE_DOMAINS` for
+    `BASE_EPOCHS`, keeping the models after `BUDGET_EPOCHS`), `epochs` the epoch cap per share of users (default
+    `EPOCHS`); the budget curve fine-tunes the base after each of `budget_epochs` on `budget_fraction` of the users
+    (a share of `fractions`, whose scratch runs it is compared with)."""
     from modeling_missrec.pipelines.data.text_reencoding import reencode_text_features
 
     started = time.perf_counter()
     targets = TARGETS if targets is None else targets
     base = root / "base"
-    base_words = (
-        ["--config", str(BASE_RECIPE), "--domain", json.dumps(list(BASE_DOMAINS))] if base_words is None else base_words
-    )
+    if base_words is None:
+        base_words = ["--config", str(BASE_RECIPE), "--domain", json.dumps(list(BASE_DOMAINS))]
+        base_words += ["--epochs", str(BASE_EPOCHS), "--save_epochs", json.dumps(list(BUDGET_EPOCHS))]
     report = {"base": ensure_base(base, base_words)}
     if "Scientific" in targets and not (REENCODED_SCIENTIFIC / "Scientific.feature_widths.json").is_file():
         reencode_text_features(SHARED / "amazon-scientific-mm", "Scientific", REENCODED_SCIENTIFIC)
@@ -140,6 +157,9 @@ def run_transfer_profile(
         for fraction in fractions:
             for seed in seeds:
                 runs += [one_run(target, fraction, arm, seed, base, root, words, epochs) for arm in ARMS]
+        for budget in budget_epochs:  # the budget curve, beside that share's scratch runs
+            for seed in seeds:
+                runs.append(one_run(target, budget_fraction, f"lora@epoch-{budget}", seed, base, root, words, epochs))
     return report | {"case": "transfer-profile", "wall_seconds": time.perf_counter() - started, "runs": runs}
 
 
@@ -173,7 +193,7 @@ def summarise(runs: list[dict]) -> list[dict]:
         row["cold_users"] = per_seed[seeds[0]]["cold"]["users"]
         rows.append(row)
     return sorted(
-        rows, key=lambda r: (r["target"], -1 if r["fraction"] is None else r["fraction"], ARMS_ORDER[r["arm"]])
+        rows, key=lambda r: (r["target"], -1 if r["fraction"] is None else r["fraction"], arm_order(r["arm"]))
     )
 
 

@@ -135,6 +135,9 @@ class TrainingRecipe:
             gradient accumulation a step is `gradient_accumulation_steps` batches), at the end of
             every epoch (`"epoch"`), or never (`None`). Checkpoints go to `output_dir/checkpoints/<model>/`.
         checkpoints_total_limit: how many checkpoints of each model are kept (the newest).
+        save_epochs: save MISSRec as it is after each of these epochs (its weights and interests then, not the best
+            ones) into `output_dir/epoch-<N>/`, a folder `pretrained` loads: the bases of a pre-training budget
+            curve. `None`: none.
         resume_from_checkpoint: `"latest"` resumes from the newest checkpoints in `output_dir`, a folder resumes
             from that run's; each model resumes where it stopped (a finished one is not trained again).
     """
@@ -183,6 +186,7 @@ class TrainingRecipe:
     overwrite_output_dir: bool = False
     checkpointing_steps: int | str | None = None
     checkpoints_total_limit: int = 2
+    save_epochs: list[int] | None = None
     resume_from_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
@@ -235,6 +239,11 @@ class TrainingRecipe:
             raise ValueError(
                 f"checkpointing_steps={self.checkpointing_steps!r} must be an integer >= 1, 'epoch' or null"
             )
+        if self.save_epochs is not None and not (
+            isinstance(self.save_epochs, list)
+            and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in self.save_epochs)
+        ):
+            raise ValueError(f"save_epochs={self.save_epochs!r} must be a list of epochs >= 1 or null")
         if not isinstance(self.checkpoints_total_limit, int) or self.checkpoints_total_limit < 1:
             raise ValueError(f"checkpoints_total_limit={self.checkpoints_total_limit!r} must be an integer >= 1")
         if self.id_mode not in ("inductive", "transductive", "auto"):
@@ -318,6 +327,7 @@ class TrainingRecipe:
     def training_settings(self) -> dict:
         """The keys that decide what a run computes: a checkpoint resumes only under the same ones."""
         bookkeeping = {"output_dir", "overwrite_output_dir", "checkpointing_steps", "checkpoints_total_limit"}
+        bookkeeping |= {"save_epochs"}
         bookkeeping |= {"resume_from_checkpoint", "early_stopping_patience", "metrics_at", "eval_batch_size"}
         # A schedule spans `epochs`; only under a constant rate can a resumed run change the number of epochs.
         bookkeeping |= {"report_to"} | ({"epochs"} if self.lr_scheduler_type == "constant" else set())

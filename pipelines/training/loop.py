@@ -80,6 +80,16 @@ PRETRAINING_INTEREST_RATIO, FINETUNING_INTEREST_RATIO = 0.02, 0.5  # the paper's
 ID_MODES = ("transductive", "inductive")  # what `id_mode: auto` trains, in this order
 
 
+def save_trained(head: MISSRecForPreTraining | MISSRecForSequentialRecommendation, folder: str | Path) -> None:
+    """Save a trained MISSRec head: the head's folder (any MISSRec Auto class loads it), or for a PEFT model its
+    adapter folder, carrying its domain's catalogue."""
+    if isinstance(head.missrec, PeftModel):
+        head.missrec.save_pretrained(folder)
+        save_catalogue(folder, head.missrec)
+    else:
+        head.save_pretrained(folder)
+
+
 def folder_megabytes(folder: str) -> float:
     """Size of the weight files (`*.safetensors`) in `folder`, in MB."""
     return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 1e6
@@ -467,6 +477,9 @@ def fit(
         logger.log({**logged, **{f"{name}/valid_{k}": v for k, v in metrics.items()}}, step=epoch + 1)
         learned = f"  score temperature {row['score_temperature']:.4f}" if "score_temperature" in row else ""
         accelerator.print(f"{name} epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {metrics['ndcg@10']:.4f}{learned}")
+        if missrec is not None and epoch + 1 in (args.save_epochs or ()) and accelerator.is_main_process:
+            suffix = "" if name == "MISSRec" else f"-{name}"
+            save_trained(unwrapped, Path(args.output_dir) / f"epoch-{epoch + 1}{suffix}")
         if on_epoch_end is not None:
             on_epoch_end(progress.history[-1])
         progress.epoch, progress.step, progress.loss_sum = epoch + 1, 0, 0.0
@@ -605,12 +618,7 @@ def train_and_evaluate(
         )
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
-        head = accelerator.unwrap_model(model)
-        if isinstance(head.missrec, PeftModel):  # an adapter folder, carrying its domain's catalogue
-            head.missrec.save_pretrained(args.output_dir)
-            save_catalogue(args.output_dir, head.missrec)
-        else:  # the head's folder: any MISSRec Auto class loads it
-            head.save_pretrained(args.output_dir)
+        save_trained(accelerator.unwrap_model(model), args.output_dir)
         items = domain.items.select_columns(["source_id", "text"]).to_dict()
         save_item_metadata(args.output_dir, items["source_id"], items["text"], popularity=popularity.counts[1:].long())
         results["saved_megabytes"] = folder_megabytes(args.output_dir)

@@ -19,12 +19,18 @@ def case(monkeypatch):
 def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, monkeypatch, fresh_accelerate_state):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     size = ["--num_users", "150", "--num_items", "80"]
-    base = ["--config", str(REPO / "configuration" / "recipes" / "demo-pretrain.yaml"), *size, "--epochs", "1"]
+    base = ["--config", str(REPO / "configuration" / "recipes" / "demo-pretrain.yaml"), *size, "--epochs", "2"]
+    base += ["--save_epochs", "[1]"]
     targets = {"demo": ["--domain", "demo", *size, "--batch_size", "64"]}
     run = {"targets": targets, "fractions": (0.5, 1.0), "root": tmp_path, "base_words": base}
+    run |= {"budget_epochs": (1,), "budget_fraction": 0.5}
     result = case.run_transfer_profile([0], **run, epochs={0.5: 1, 1.0: 1})
     arms = {(r["fraction"], r["arm"]) for r in result["runs"]}
-    assert arms == {(None, "zero-shot")} | {(f, a) for f in (0.5, 1.0) for a in ("scratch", "lora", "full")}
+    assert arms == {(None, "zero-shot"), (0.5, "lora@epoch-1")} | {
+        (f, a) for f in (0.5, 1.0) for a in ("scratch", "lora", "full")
+    }
+    budget = next(r for r in result["runs"] if r["arm"] == "lora@epoch-1")
+    assert budget["argv"][budget["argv"].index("--pretrained") + 1] == str(tmp_path / "base" / "epoch-1")
     half = next(r for r in result["runs"] if r["fraction"] == 0.5 and r["arm"] == "lora")
     assert half["build"]["train_users"]["fraction"] == 0.5 and half["id_mode"] == "inductive"
     zero = next(r for r in result["runs"] if r["arm"] == "zero-shot")
@@ -32,7 +38,7 @@ def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, mon
     assert zero["cold"]["users"] == 0 or "ndcg@10" in zero["cold"]["exclude_history"]
     table = case.markdown(result)
     assert table.splitlines()[0].index("history excluded") < table.splitlines()[0].index("official")
-    assert "| demo | 50% | lora |" in table and "content-kNN" in table
+    assert "| demo | 50% | lora |" in table and "| demo | 50% | lora@epoch-1 |" in table and "content-kNN" in table
     # A second call trains nothing: every run is read from its record.
     records = sorted(tmp_path.glob("demo/*/*/bench_run.json"))
     stamps = [p.stat().st_mtime_ns for p in records]

@@ -1,5 +1,5 @@
 """The logQ correction of pre-training's in-batch loss (`in_batch_log_q`): the shares by hand, the corrected loss by
-hand on a tiny batch, and `train.py` pre-training with it."""
+hand on a tiny batch, `train.py` pre-training with it; and the models `save_epochs` keeps along a pre-training run."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from modeling_missrec.configuration import load_recipe
 from modeling_missrec.pipelines.data.collator import SequenceCollator
 from modeling_missrec.pipelines.data.loading import load_domain
 from modeling_missrec.pipelines.data.negative_sampling import InBatchLogQ
+
+from modeling_missrec import MISSRecModel
 
 NUM_ITEMS = 30
 
@@ -55,3 +57,18 @@ def test_train_py_pretrains_with_it(tmp_path):
     assert all(np.isfinite(row["loss"]) for row in results["epochs"])
     with pytest.raises(ValueError, match="in_batch_log_q corrects pre-training"):
         load_recipe(None, ["--in_batch_log_q", "true"])
+
+
+def test_save_epochs_keeps_the_bases_of_a_budget_curve(tmp_path, fresh_accelerate_state):
+    """`save_epochs` saves the model as it is after those epochs, each a folder fine-tuning starts from."""
+    argv = ["--stage", "pretrain", "--domain", "[demo-1, demo-2]", "--num_users", "200", "--num_items", "150"]
+    run_train([*argv, "--epochs", "3", "--save_epochs", "[1, 3]", "--output_dir", str(tmp_path / "base")])
+    assert sorted(p.name for p in (tmp_path / "base").glob("epoch-*")) == ["epoch-1", "epoch-3"]
+    first = MISSRecModel.from_pretrained(tmp_path / "base" / "epoch-1")
+    last = MISSRecModel.from_pretrained(tmp_path / "base" / "epoch-3")
+    assert not torch.equal(first.position_embeddings.weight, last.position_embeddings.weight)
+    tuned = run_train(["--pretrained", str(tmp_path / "base" / "epoch-1"), "--num_users", "200", "--num_items", "150",
+                       "--epochs", "1", "--baselines", "[]", "--output_dir", str(tmp_path / "tuned")])  # fmt: skip
+    assert tuned["recipe"]["pretrained"].endswith("epoch-1") and tuned["test"]["ndcg@10"] > 0
+    with pytest.raises(ValueError, match="save_epochs"):
+        load_recipe(None, ["--save_epochs", "[0]"])
