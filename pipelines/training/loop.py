@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from datasets import Dataset
 from accelerate.utils import set_seed
+from datasets import Dataset
 from peft import PeftModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
