@@ -222,7 +222,8 @@ def markdown(result: dict) -> str:
         "cold targets | official: NDCG@10 | vs scratch (paired) | target | cold targets |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in summarise(result["runs"]):
+    rows = summarise(result["runs"])
+    for row in rows:
         users = "zero-shot" if row["fraction"] is None else f"{100 * row['fraction']:g}%"
         cells = []
         for protocol in ("exclude_history", "official"):
@@ -234,7 +235,7 @@ def markdown(result: dict) -> str:
             + " |"
         )
     notes = []
-    for row in summarise(result["runs"]):
+    for row in rows:
         if row["arm"] == "zero-shot":
             knn = {p: row.get(f"content-knn {p}") for p in PROTOCOLS}
             notes.append(
