@@ -3,7 +3,9 @@ few users or with all of them, and would more pre-training change that?
 
 1. The base: `configuration/recipes/pretrain-text-domains.yaml` on every real text domain but the held-out one
    (`BASE_DOMAINS`), once, into `bench/results/runs/transfer-profile/base/` (reused when there). Scientific is not in
-   the mix either.
+   the mix either. Its sanity bar: the base on each of its own domains, nothing trained (ranked within that domain's
+   catalogue, on every test user, as the full-data text-domain case evaluates), against that case's models trained
+   from scratch on the domain alone (`id_mode: auto`; `accuracy_case.FULL_DATA_RUNS`).
 2. Targets (`TARGETS`): Scientific, with its text re-encoded by the same sentence encoder and its CLIP images as
    given (`scientific.yaml`), and MovieLens100K (`text-domain.yaml`), each with its shipped recipe: the tuned
    settings, so that pre-trained and scratch models differ only in the pre-training.
@@ -35,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+from accuracy_case import FULL_DATA_RUNS, PROTOCOL_KEYS, TEXT_DOMAINS, id_mode_auto_runs
 from common import mean_and_error, plus_minus, train_run
 from transfer_case import METRICS, RECIPES, REENCODED_SCIENTIFIC, SHARED, cold_metrics
 
@@ -49,6 +52,18 @@ TARGETS = {
         "--data_dir", str(SHARED / "text-domains" / "MovieLens100K"),
     ],
 }  # fmt: skip
+# The sanity bar's runs: each base domain with the text-domain recipe, as the full-data text-domain case runs it.
+SANITY = {
+    domain: [
+        "--config",
+        str(RECIPES / "text-domain.yaml"),
+        "--domain",
+        domain,
+        "--data_dir",
+        str(TEXT_DOMAINS / domain),
+    ]
+    for domain in BASE_DOMAINS
+}
 # The base's budget: the recipe's CPU-sized sample, this many epochs, and the models after `BUDGET_EPOCHS` kept for
 # the budget curve (fine-tuned with `lora` on `BUDGET_FRACTION` of the users).
 BASE_EPOCHS, BUDGET_EPOCHS, BUDGET_FRACTION = 10, (1, 3, 10), 0.05
@@ -134,12 +149,14 @@ def run_transfer_profile(
     epochs: dict[float, int] | None = None,
     budget_epochs: tuple[int, ...] = BUDGET_EPOCHS,
     budget_fraction: float = BUDGET_FRACTION,
+    sanity: dict[str, list[str]] | None = None,
 ) -> dict:
     """Worker: the base, then every run of the case (resuming from recorded ones). `targets` maps a name to its
     `train.py` words (default `TARGETS`), `base_words` are the base's (default: `BASE_RECIPE` on `BASE_DOMAINS` for
     `BASE_EPOCHS`, keeping the models after `BUDGET_EPOCHS`), `epochs` the epoch cap per share of users (default
     `EPOCHS`); the budget curve fine-tunes the base after each of `budget_epochs` on `budget_fraction` of the users
-    (a share of `fractions`, whose scratch runs it is compared with)."""
+    (a share of `fractions`, whose scratch runs it is compared with); `sanity` maps each base domain to its
+    `train.py` words for the sanity bar (default `SANITY`)."""
     from modeling_missrec.pipelines.data.text_reencoding import reencode_text_features
 
     started = time.perf_counter()
@@ -149,6 +166,10 @@ def run_transfer_profile(
         base_words = ["--config", str(BASE_RECIPE), "--domain", json.dumps(list(BASE_DOMAINS))]
         base_words += ["--epochs", str(BASE_EPOCHS), "--save_epochs", json.dumps(list(BUDGET_EPOCHS))]
     report = {"base": ensure_base(base, base_words)}
+    sanity = SANITY if sanity is None else sanity
+    report["sanity"] = [
+        one_run(domain, None, "zero-shot", 0, base, root / "sanity", words, {}) for domain, words in sanity.items()
+    ]
     if "Scientific" in targets and not (REENCODED_SCIENTIFIC / "Scientific.feature_widths.json").is_file():
         reencode_text_features(SHARED / "amazon-scientific-mm", "Scientific", REENCODED_SCIENTIFIC)
     runs, epochs = [], EPOCHS if epochs is None else epochs
@@ -243,4 +264,41 @@ def markdown(result: dict) -> str:
                 f"{row['popularity official']:.4f}, content-kNN {knn['exclude_history'] or 0:.4f} / "
                 f"{knn['official'] or 0:.4f} (history excluded / official); {row['cold_users']} cold-target test users"
             )
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes)
+    table = "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes)
+    if result.get("sanity"):
+        table += "\n\nThe base on its own domains, nothing trained (the sanity bar):\n\n" + sanity_markdown(
+            result["sanity"]
+        )
+    return table
+
+
+def scratch_reference(domain: str, root: Path = FULL_DATA_RUNS) -> dict[str, tuple[float, float]]:
+    """Per protocol, the test NDCG@10 (mean, standard error over seeds) of MISSRec trained from scratch on `domain`
+    alone, as the full-data text-domain case recorded it, in the id mode `auto` picks; {} before it has run."""
+    records = [json.loads(f.read_text()) for f in sorted(root.glob(f"{domain}/*/*/seed*/bench_run.json"))]
+    auto = id_mode_auto_runs(records)
+    return {
+        protocol: mean_and_error([run["missrec"][key]["ndcg@10"] for run in auto])
+        for protocol, key in PROTOCOL_KEYS.items()
+        if auto
+    }
+
+
+def sanity_markdown(sanity: list[dict], root: Path = FULL_DATA_RUNS) -> str:
+    """The sanity bar: per base domain and protocol (the history excluded first), the base's test NDCG@10 with
+    nothing trained beside the single-domain scratch models' (`scratch_reference`), and whether it reaches them."""
+    lines = [
+        "| domain | history excluded: base | from scratch | base / scratch | official: base | from scratch "
+        "| base / scratch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in sanity:
+        reference = scratch_reference(run["target"], root)
+        cells = []
+        for protocol in PROTOCOL_KEYS:
+            ours = run["missrec"][protocol]["ndcg@10"]
+            theirs = reference.get(protocol)
+            ratio = "—" if not theirs else f"{ours / theirs[0]:.2f} ({'pass' if ours >= theirs[0] else 'MISS'})"
+            cells += [f"{ours:.4f}", plus_minus(theirs), ratio]
+        lines.append(f"| {run['target']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -23,7 +23,7 @@ def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, mon
     base += ["--save_epochs", "[1]"]
     targets = {"demo": ["--domain", "demo", *size, "--batch_size", "64"]}
     run = {"targets": targets, "fractions": (0.5, 1.0), "root": tmp_path, "base_words": base}
-    run |= {"budget_epochs": (1,), "budget_fraction": 0.5}
+    run |= {"budget_epochs": (1,), "budget_fraction": 0.5, "sanity": {"demo": targets["demo"]}}
     result = case.run_transfer_profile([0], **run, epochs={0.5: 1, 1.0: 1})
     arms = {(r["fraction"], r["arm"]) for r in result["runs"]}
     assert arms == {(None, "zero-shot"), (0.5, "lora@epoch-1")} | {
@@ -36,11 +36,15 @@ def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, mon
     zero = next(r for r in result["runs"] if r["arm"] == "zero-shot")
     assert set(zero["content_knn"]) == set(zero["missrec"]) == {"official", "exclude_history"}
     assert zero["cold"]["users"] == 0 or "ndcg@10" in zero["cold"]["exclude_history"]
+    (sanity,) = result["sanity"]  # the base on a domain of its own, nothing trained
+    assert sanity["target"] == "demo" and "--epochs" in sanity["argv"] and set(sanity["missrec"]) == set(case.PROTOCOLS)
     table = case.markdown(result)
+    assert "the sanity bar" in table and "| demo | " in table.split("the sanity bar")[1]
     assert table.splitlines()[0].index("history excluded") < table.splitlines()[0].index("official")
     assert "| demo | 50% | lora |" in table and "| demo | 50% | lora@epoch-1 |" in table and "content-kNN" in table
     # A second call trains nothing: every run is read from its record.
-    records = sorted(tmp_path.glob("demo/*/*/bench_run.json"))
+    records = sorted(tmp_path.glob("demo/*/*/bench_run.json")) + sorted(tmp_path.glob("sanity/*/*/*/bench_run.json"))
+    assert len(records) == len(result["runs"]) + 1
     stamps = [p.stat().st_mtime_ns for p in records]
     again = case.run_transfer_profile([0], **run, epochs={0.5: 1, 1.0: 1})
     assert [p.stat().st_mtime_ns for p in records] == stamps and again["runs"] == result["runs"]
@@ -71,3 +75,23 @@ def test_gains_are_paired_per_seed_and_checked_against_the_targets(case):
     assert [(r["fraction"], r["arm"]) for r in case.summarise([*runs, zero])][:2] == [(None, "zero-shot"),
                                                                                        (0.05, "scratch")]  # fmt: skip
     json.dumps(case.summarise(runs))  # the rows go into the bench's JSON
+
+
+def test_the_sanity_bar_holds_the_base_to_the_scratch_models_auto_picks(case, tmp_path):
+    """Scratch: per seed, the id mode of the better validation (seed 0 inductive, seed 1 transductive), both
+    protocols' test NDCG@10 averaged over those; the base passes where it reaches the mean."""
+    picks = {(0, "transductive"): (0.10, 0.020, 0.030), (0, "inductive"): (0.20, 0.040, 0.050)}
+    picks |= {(1, "transductive"): (0.30, 0.060, 0.070), (1, "inductive"): (0.10, 0.999, 0.999)}
+    for (seed, mode), (valid, excluded, official) in picks.items():
+        folder = tmp_path / "Beauty" / mode / "tuned" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        missrec = {"valid_ndcg@10": valid, "test": {"ndcg@10": official}, "test_exclude_history": {"ndcg@10": excluded}}
+        record = {"domain": "Beauty", "mode": mode, "variant": "tuned", "seed": seed, "missrec": missrec}
+        (folder / "bench_run.json").write_text(json.dumps(record))
+    reference = case.scratch_reference("Beauty", tmp_path)
+    assert reference["exclude_history"][0] == pytest.approx(0.05) and reference["official"][0] == pytest.approx(0.06)
+    base = {"target": "Beauty", "missrec": {"exclude_history": {"ndcg@10": 0.055}, "official": {"ndcg@10": 0.03}}}
+    row = case.sanity_markdown([base], tmp_path).splitlines()[2]
+    assert row.startswith("| Beauty | 0.0550 | 0.0500 ± 0.0100 | 1.10 (pass) | 0.0300 | 0.0600 ± 0.0100 | 0.50 (MISS)")
+    assert case.scratch_reference("Games", tmp_path) == {}
+    assert "| Games | 0.0550 | — | — |" in case.sanity_markdown([base | {"target": "Games"}], tmp_path)
