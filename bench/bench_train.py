@@ -26,8 +26,8 @@ Cases:
   defaults (`scientific.yaml`, preset `missrec-tuned`) against the official code's means, the issue's +10% target
   and SASRec, every seed of `--seeds`, mean ± standard error; the lever-by-lever ablation from the paper's
   settings, paired over seeds, on validation and test; the real text domains (`--text_domains`) against SASRec.
-  `sampled-softmax`: the `accuracy` case's runs beside the same recipe with `loss: sampled` (128 negatives), paired
-  over seeds.
+  `sampled-softmax`: the ablation's row before the learned temperature (the tuned defaults when it was measured),
+  both id modes, beside the same recipe with `loss: sampled` (128 negatives), paired over seeds.
   Runs are recorded one by one and a re-run resumes. E.g. `python bench/bench_train.py --cases accuracy ablation
   text-domains --seeds 0 1 2 3 4 --output bench/results/bench_accuracy.json`.
 
