@@ -9,11 +9,12 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from modeling_missrec.configuration import parse_recipe_args
-from modeling_missrec.pipelines.training import run_training
+from modeling_missrec.pipelines.training import list_checkpoints, recover_interrupted_saves, run_training
 
 
 def cpu_model() -> str:
@@ -101,3 +102,18 @@ def plus_minus(value: tuple[float, float] | None, signed: bool = False, percent:
 def train_run(argv: list[str]) -> dict:
     """What `python train.py ARGV` runs, in this process: the run's results (the content of its `metrics.json`)."""
     return run_training(parse_recipe_args(argv))
+
+
+def resumable(folder: Path) -> list[str]:
+    """`train.py` words for a long run into `folder`: it checkpoints every epoch, and when a killed run left
+    checkpoints there (a save the kill cut short counts once finished) it continues from the latest; otherwise it
+    starts afresh."""
+    models = sorted((folder / "checkpoints").glob("*"))
+    for interrupted in models:
+        recover_interrupted_saves(interrupted)
+    killed = any(list_checkpoints(checkpoints) for checkpoints in models)
+    return [
+        "--checkpointing_steps",
+        "epoch",
+        *(["--resume_from_checkpoint", "latest"] if killed else ["--overwrite_output_dir=true"]),
+    ]

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from accuracy_case import FULL_DATA_RUNS, PROTOCOL_KEYS, TEXT_DOMAINS, id_mode_auto_runs
-from common import mean_and_error, plus_minus, train_run
+from common import mean_and_error, plus_minus, resumable, train_run
 from transfer_case import METRICS, RECIPES, REENCODED_SCIENTIFIC, SHARED, cold_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,9 +133,10 @@ def one_run(
 
 
 def ensure_base(base: Path, words: list[str]) -> dict:
-    """Pre-train the base with `train.py` `words` unless `base` holds one; what its run recorded."""
+    """Pre-train the base with `train.py` `words` unless `base` holds one (a pre-training killed with its session
+    continues where it stopped); what its run recorded."""
     if not (base / "config.json").is_file():
-        train_run([*words, "--output_dir", str(base), "--overwrite_output_dir=true"])
+        train_run([*words, "--output_dir", str(base), *resumable(base)])
     metrics = json.loads((base / "metrics.json").read_text())
     return {"recipe": metrics["recipe"], "build": metrics.get("build"), "epochs": metrics["epochs"]}
 
