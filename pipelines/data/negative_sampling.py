@@ -15,6 +15,12 @@ from .collator import SequenceCollator
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 
 
+def target_counts(collator: SequenceCollator, num_items: int = 0) -> np.ndarray:
+    """`[max(num_items, largest target) + 1]` float64: how often each item id is a training target of `collator`
+    (index 0, the padding id, is never one)."""
+    return np.bincount(collator.targets, minlength=num_items + 1).astype(np.float64)
+
+
 class SampledCandidates:
     """Wraps a training [`SequenceCollator`]: every batch also gets `candidate_ids` `[C]` (sorted distinct: the
     batch's targets and `num_negatives` items drawn from the proposal) and `candidate_log_q` `[C]`, the log of
@@ -49,7 +55,7 @@ class SampledCandidates:
             raise ValueError(f"num_negatives={num_negatives} must be >= 1")
         self.collator, self.num_items, self.num_negatives = collator, num_items, num_negatives
         self.distribution, self.seed = distribution, seed
-        counts = np.bincount(collator.targets, minlength=num_items + 1)[1:].astype(np.float64)
+        counts = target_counts(collator, num_items)[1:]
         self.target_share = counts / counts.sum()  # [N]: p
         if distribution == "uniform":
             self.proposal = np.full(num_items, 1.0 / num_items)  # [N]: Q
@@ -100,7 +106,7 @@ class InBatchLogQ:
 
     def __init__(self, collator: SequenceCollator):
         self.collator = collator
-        counts = np.bincount(collator.targets).astype(np.float64)
+        counts = target_counts(collator)
         with np.errstate(divide="ignore"):  # items that are never a target are never in a batch either
             self.log_share = np.log(counts / counts.sum())
 
