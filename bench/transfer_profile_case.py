@@ -1,11 +1,12 @@
 """The `transfer-profile` case of `bench_train.py` (issue 34): where does a pre-trained base pay, zero-shot, with a
 few users or with all of them, and would more pre-training change that?
 
-1. The base: `configuration/recipes/pretrain-text-domains.yaml` on every real text domain but the held-out one
-   (`BASE_DOMAINS`), once, into `bench/results/runs/transfer-profile/base/` (reused when there). Scientific is not in
-   the mix either. Its sanity bar: the base on each of its own domains, nothing trained (ranked within that domain's
-   catalogue, on every test user, as the full-data text-domain case evaluates), against that case's models trained
-   from scratch on the domain alone (`id_mode: auto`; `accuracy_case.FULL_DATA_RUNS`).
+1. The base: `configuration/recipes/pretrain-text-domains.yaml` on all the data of every real text domain but the
+   held-out one (`BASE_DOMAINS`), once, into `bench/results/runs/transfer-profile/base/` (reused when there).
+   Scientific is not in the mix either. Its sanity bar: the base on each of its own domains, nothing trained
+   (ranked within that domain's catalogue, on every test user, as the full-data text-domain case evaluates),
+   against that case's models trained from scratch on the domain alone (`id_mode: auto`;
+   `accuracy_case.FULL_DATA_RUNS`).
 2. Targets (`TARGETS`): Scientific, with its text re-encoded by the same sentence encoder and its CLIP images as
    given (`scientific.yaml`), and MovieLens100K (`text-domain.yaml`), each with its shipped recipe: the tuned
    settings, so that pre-trained and scratch models differ only in the pre-training.
@@ -64,8 +65,9 @@ SANITY = {
     ]
     for domain in BASE_DOMAINS
 }
-# The base's budget: the recipe's CPU-sized sample, this many epochs, and the models after `BUDGET_EPOCHS` kept for
-# the budget curve (fine-tuned with `lora` on `BUDGET_FRACTION` of the users).
+# The base's budget: every training example of `BASE_DOMAINS` (~814k; the recipe alone samples 200k), this many
+# epochs (validation on the recipe's 10,000-user sample keeps the best), and the models after `BUDGET_EPOCHS` kept
+# for the budget curve (fine-tuned with `lora` on `BUDGET_FRACTION` of the users).
 BASE_EPOCHS, BUDGET_EPOCHS, BUDGET_FRACTION = 10, (1, 3, 10), 0.05
 FRACTIONS = (0.01, 0.05, 0.25, 1.0)
 ARMS = ("scratch", "lora", "full")
@@ -165,7 +167,8 @@ def run_transfer_profile(
     base = root / "base"
     if base_words is None:
         base_words = ["--config", str(BASE_RECIPE), "--domain", json.dumps(list(BASE_DOMAINS))]
-        base_words += ["--epochs", str(BASE_EPOCHS), "--save_epochs", json.dumps(list(BUDGET_EPOCHS))]
+        base_words += ["--max_train_examples", "null", "--epochs", str(BASE_EPOCHS)]
+        base_words += ["--save_epochs", json.dumps(list(BUDGET_EPOCHS))]
     report = {"base": ensure_base(base, base_words)}
     sanity = SANITY if sanity is None else sanity
     report["sanity"] = [
