@@ -104,3 +104,23 @@ def test_lora_targets_the_projections_and_the_adapter_reloads_to_identical_score
     assert merged.decoder[-1].cross_attention.block.folds_keys(1, 100, 1)
     with torch.no_grad():
         torch.testing.assert_close(rec(merged)(item_seq=items, lengths=lengths).scores, after, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("recipe", ["scientific.yaml", "text-domain.yaml"])
+def test_the_shipped_recipes_give_a_pre_trained_model_the_scoring_of_a_model_from_scratch(recipe, tmp_path):
+    """A pre-trained model keeps its own config (the preset is not applied to it): the recipes repeat the preset's
+    scoring switches in `config_overrides`, so pre-trained and scratch arms differ only in the pre-training (the
+    temperature starts where the pre-trained model left it)."""
+    from helpers import REPO, tiny_config
+    from modeling_missrec.configuration import parse_recipe_args
+    from modeling_missrec.pipelines.training.loop import build_missrec
+
+    assert not tiny_config().learn_score_temperature and not tiny_config().repeat_bias
+    tiny_model(NUM_ITEMS).save_pretrained(tmp_path / "base")  # pre-trained without either switch
+    words = ["--config", str(REPO / "configuration" / "recipes" / recipe), "--id_mode", "inductive"]
+    args = parse_recipe_args([*words, "--pretrained", str(tmp_path / "base")])
+    features = {f"{m}_features": torch.randn(NUM_ITEMS, tiny_config().text_feature_dim) for m in ("text", "image")}
+    scratch = build_missrec(args, features, from_scratch=True).config
+    fine_tuned = build_missrec(args, features).config
+    assert fine_tuned.learn_score_temperature and fine_tuned.repeat_bias  # as from scratch:
+    assert scratch.learn_score_temperature and scratch.repeat_bias
