@@ -52,7 +52,8 @@ METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50")
 OFFICIAL_MEAN_NDCG10 = {"transductive": 0.0838, "inductive": 0.0802}
 TARGET_GAIN = 0.10
 # Cumulative levers from the paper's settings to the tuned defaults: (row label, recipe keys added to the row
-# above). Each was chosen on validation NDCG@10 (seed 0, `tune.py`); see docs/results.md, "Tuned defaults".
+# above). Each was chosen on validation NDCG@10 with `tune.py` (seed 0; the learned temperature over seeds 0-2); see
+# docs/results.md, "Tuned defaults" and "A learned temperature".
 LEVERS = (
     ("paper settings (missrec-base)", {}),
     ("+ score temperature 0.07 → 0.15", {"config_overrides": {"score_temperature": 0.15}}),
@@ -63,13 +64,14 @@ LEVERS = (
 )
 ABLATION_MODES = ("transductive",)  # the CPU bound: every lever row costs a run per seed
 TUNED = "tuned"  # the variant name of the tuned defaults' runs (the last lever row)
-# The tuned defaults with `loss: sampled`. 128 uniform negatives: with the default 1024, a batch of 512 targets would
-# hold most of Scientific's 1,585 items, so the comparison would hardly test the sampling.
+# `SAMPLED_BASE`'s settings with `loss: sampled`. 128 uniform negatives: with the default 1024, a batch of 512
+# targets would hold most of Scientific's 1,585 items, so the comparison would hardly test the sampling.
 SAMPLED_NEGATIVES = 128
 SAMPLED_VARIANTS = {"sampled": "uniform", "sampled-popularity": "popularity"}  # variant name: negative_sampling
 # The sampled softmax was measured against the tuned defaults of its time (temperature fixed at 0.15): the
 # ablation's row "+ validation with the history excluded", whose runs are its full-softmax side.
-SAMPLED_BASE = "lever4"
+SAMPLED_BASE_LEVER = 4
+SAMPLED_BASE = f"lever{SAMPLED_BASE_LEVER}"
 
 
 def merged_levers(upto: int) -> dict:
@@ -81,14 +83,19 @@ def merged_levers(upto: int) -> dict:
     return merged
 
 
+def lever_words(upto: int) -> list[str]:
+    """The `train.py` words of the ablation's row `upto`: `scientific-paper.yaml` with `LEVERS[: upto + 1]`."""
+    paper = ["--config", str(RECIPES / "scientific-paper.yaml"), "--data_dir", str(SCIENTIFIC)]
+    return [*paper, *recipe_flags(merged_levers(upto))]
+
+
 def scientific_runs(case: str) -> list[tuple[str, str, list[str]]]:
     """(mode, variant, train.py words without seed/output) of a Scientific case."""
     tuned = ["--config", str(RECIPES / "scientific.yaml"), "--data_dir", str(SCIENTIFIC)]
     if case == "accuracy":
         return [(mode, TUNED, [*tuned, "--id_mode", mode]) for mode in ID_MODES]
-    paper = ["--config", str(RECIPES / "scientific-paper.yaml"), "--data_dir", str(SCIENTIFIC)]
     if case == "sampled-softmax":  # the full softmax's runs (SAMPLED_BASE's), beside the same recipe's sampled one
-        base = [*paper, *recipe_flags(merged_levers(int(SAMPLED_BASE.removeprefix("lever"))))]
+        base = lever_words(SAMPLED_BASE_LEVER)
         loss = ["--loss", "sampled", "--num_negatives", str(SAMPLED_NEGATIVES)]
         sampled = [
             (mode, variant, [*base, "--id_mode", mode, *loss, "--negative_sampling", proposal])
@@ -102,7 +109,7 @@ def scientific_runs(case: str) -> list[tuple[str, str, list[str]]]:
             if index == len(LEVERS) - 1:
                 runs.append((mode, TUNED, [*tuned, "--id_mode", mode]))
             else:
-                runs.append((mode, f"lever{index}", [*paper, *recipe_flags(merged_levers(index)), "--id_mode", mode]))
+                runs.append((mode, f"lever{index}", [*lever_words(index), "--id_mode", mode]))
     return runs
 
 
@@ -315,15 +322,16 @@ def sampled_softmax_markdown(result: dict) -> str:
 
 
 def ablation_markdown(result: dict) -> str:
-    """One row per lever: validation NDCG@10 and test NDCG@10 under both protocols, the history excluded first
-    (mean ± SE), and the change each lever made, paired over seeds, against the row above (and, on the official
-    test, against the paper's settings). A record without the history-excluded protocol leaves its cells out."""
+    """One row per lever: the validation protocol its epochs were selected on, validation NDCG@10 and test NDCG@10
+    under both protocols, the history excluded first (mean ± SE), and the change each lever made, paired over
+    seeds, against the row above (validation only where both rows select on the same protocol) and against the
+    paper's settings. A record without the history-excluded protocol leaves its cells out."""
     groups = _grouped(result["runs"])
     lines = [
-        "| id mode | row | seeds | valid NDCG@10 | test NDCG@10, history excluded | test NDCG@10, official "
-        "| Δ valid vs row above | Δ test excluded vs row above | Δ test official vs row above "
-        "| Δ test official vs paper |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| id mode | row | seeds | selected on | valid NDCG@10 | test NDCG@10, history excluded "
+        "| test NDCG@10, official | Δ valid vs row above | Δ test excluded vs row above "
+        "| Δ test official vs row above | Δ test excluded vs paper | Δ test official vs paper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def paired(split: dict[int, float], other: dict[int, float] | None) -> str:
@@ -336,21 +344,23 @@ def ablation_markdown(result: dict) -> str:
     variants = [f"lever{i}" for i in range(len(LEVERS) - 1)] + [TUNED]
     for mode in ABLATION_MODES:
         previous = paper = None
-        for (label, _), variant in zip(LEVERS, variants):
+        for index, ((label, _), variant) in enumerate(zip(LEVERS, variants)):
             per_seed = groups.get(("Scientific", mode, variant))
             if not per_seed:
                 continue
+            protocol = merged_levers(index).get("validation_protocol", "official")
             runs = {s: per_seed[s]["missrec"] for s in sorted(per_seed)}
             valid = {s: r["valid_ndcg@10"] for s, r in runs.items()}
             excluded = {s: r["test_exclude_history"]["ndcg@10"] for s, r in runs.items() if "test_exclude_history" in r}
             official = {s: r["test"]["ndcg@10"] for s, r in runs.items()}
-            above = previous or ({}, {}, {})
-            versus_paper = "—" if paper is None else paired(official, paper)
-            paper = paper or official
+            above = previous or ("", {}, {}, {})
+            valid_above = above[1] if above[0] == protocol else None
+            versus_paper = ("—", "—") if paper is None else (paired(excluded, paper[0]), paired(official, paper[1]))
+            paper = paper or (excluded, official)
             lines.append(
-                f"| {mode} | {label} | {len(runs)} | {cell(valid)} | {cell(excluded)} | {cell(official)} | "
-                f"{paired(valid, above[0])} | {paired(excluded, above[1])} | {paired(official, above[2])} | "
-                f"{versus_paper} |"
+                f"| {mode} | {label} | {len(runs)} | {protocol.replace('_', ' ')} | {cell(valid)} | {cell(excluded)} "
+                f"| {cell(official)} | {paired(valid, valid_above)} | {paired(excluded, above[2])} "
+                f"| {paired(official, above[3])} | {versus_paper[0]} | {versus_paper[1]} |"
             )
-            previous = (valid, excluded, official)
+            previous = (protocol, valid, excluded, official)
     return "\n".join(lines)

@@ -19,9 +19,11 @@ Cases:
   MovieLens100K (held out of the mix) against MISSRec from scratch: `frozen`, `lora`, `full`, both id modes, every
   seed of `--seeds`, paired (see `transfer_case.py`; it is not among the default cases: it takes about an hour here).
 - `transfer-profile` (issue 34; see `transfer_profile_case.py`, not among the default cases): a base pre-trained on
-  Beauty + Games + Yelp + LastFM, then Scientific and MovieLens100K zero-shot (beside popularity and content-kNN)
-  and fine-tuned on 1%, 5%, 25% and 100% of their training users, `lora` and `full` against scratch, every seed of
-  `--seeds`, paired, both protocols, cold targets. Runs are recorded one by one and a re-run resumes.
+  all of Beauty + Games + Yelp + LastFM (its sanity bar: the base on each of them, nothing trained, against the
+  full-data `text-domains` case's scratch models), then Scientific and MovieLens100K zero-shot (beside popularity
+  and content-kNN) and fine-tuned on 1%, 5%, 25% and 100% of their training users, `lora` and `full` against
+  scratch, every seed of `--seeds`, paired, both protocols, cold targets, and the budget curve (the base after 1, 3
+  and 10 epochs). Runs are recorded one by one and a re-run resumes, the base's pre-training too.
 - `accuracy`, `ablation`, `text-domains` (issue 21; see `accuracy_case.py`, not among the default cases): the tuned
   defaults (`scientific.yaml`, preset `missrec-tuned`) against the official code's means, the issue's +10% target
   and SASRec, every seed of `--seeds`, mean ± standard error; the lever-by-lever ablation from the paper's

@@ -6,7 +6,7 @@ few users or with all of them, and would more pre-training change that?
    Scientific is not in the mix either. Its sanity bar: the base on each of its own domains, nothing trained
    (ranked within that domain's catalogue, on every test user, as the full-data text-domain case evaluates),
    against that case's models trained from scratch on the domain alone (`id_mode: auto`;
-   `accuracy_case.FULL_DATA_RUNS`).
+   `accuracy_case.FULL_DATA_RUNS`); its records go to `RUNS/sanity/<domain>/zero-shot/zero-shot-seed0/`.
 2. Targets (`TARGETS`): Scientific, with its text re-encoded by the same sentence encoder and its CLIP images as
    given (`scientific.yaml`), and MovieLens100K (`text-domain.yaml`), each with its shipped recipe: the tuned
    settings, so that pre-trained and scratch models differ only in the pre-training.
@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from accuracy_case import FULL_DATA_RUNS, PROTOCOL_KEYS, TEXT_DOMAINS, id_mode_auto_runs
+from accuracy_case import FULL_DATA_RUNS, PROTOCOL_KEYS, TEXT_DOMAINS, TUNED, id_mode_auto_runs
 from common import mean_and_error, plus_minus, resumable, train_run
 from transfer_case import METRICS, RECIPES, REENCODED_SCIENTIFIC, SHARED, cold_metrics
 
@@ -73,7 +73,6 @@ FRACTIONS = (0.01, 0.05, 0.25, 1.0)
 ARMS = ("scratch", "lora", "full")
 EPOCHS = {0.01: 40, 0.05: 30, 0.25: 20, 1.0: 15}
 PATIENCE = 5
-PROTOCOLS = {"official": "test", "exclude_history": "test_exclude_history"}  # protocol: metrics.json key
 FEW_SHOT_GAIN, ZERO_SHOT_RATIO = 0.20, 1.2
 ARMS_ORDER = {"zero-shot": 0, **{arm: i + 1 for i, arm in enumerate(ARMS)}}
 
@@ -104,7 +103,7 @@ def run_arguments(
 
 def record_of(results: dict, prefix: str = "") -> dict:
     """Both protocols' test metrics of one model of a run (`prefix`: the baseline's key prefix in metrics.json)."""
-    return {p: {k: results[f"{prefix}{key}"][k] for k in METRICS} for p, key in PROTOCOLS.items()}
+    return {p: {k: results[f"{prefix}{key}"][k] for k in METRICS} for p, key in PROTOCOL_KEYS.items()}
 
 
 def one_run(
@@ -122,7 +121,7 @@ def one_run(
     record = {"target": target, "fraction": fraction, "arm": arm, "seed": seed, "argv": argv}
     record |= {"wall_seconds": time.perf_counter() - started, "id_mode": results["recipe"]["id_mode"]}
     record |= {"missrec": record_of(results), "popularity": record_of(results, "popularity_")}
-    record["cold"] = cold_metrics(argv, arm == "lora", base, tuple(PROTOCOLS))
+    record["cold"] = cold_metrics(argv, arm == "lora", base, tuple(PROTOCOL_KEYS))
     record["build"] = {key: results["build"][key] for key in ("train_users",) if key in results["build"]}
     if "epochs" in results and fraction is not None:
         record["best_epoch"] = max(results["epochs"], key=lambda e: e["ndcg@10"])["epoch"]
@@ -172,7 +171,8 @@ def run_transfer_profile(
     report = {"base": ensure_base(base, base_words)}
     sanity = SANITY if sanity is None else sanity
     report["sanity"] = [
-        one_run(domain, None, "zero-shot", 0, base, root / "sanity", words, {}) for domain, words in sanity.items()
+        one_run(domain, None, "zero-shot", 0, base, root / "sanity", words, {}) | {"scratch": scratch_reference(domain)}
+        for domain, words in sanity.items()
     ]
     if "Scientific" in targets and not (REENCODED_SCIENTIFIC / "Scientific.feature_widths.json").is_file():
         reencode_text_features(SHARED / "amazon-scientific-mm", "Scientific", REENCODED_SCIENTIFIC)
@@ -201,7 +201,7 @@ def summarise(runs: list[dict]) -> list[dict]:
         row["id_modes"] = sorted({per_seed[s]["id_mode"] for s in seeds})
         scratch = groups.get((target, fraction, "scratch"), {})
         paired = [s for s in seeds if s in scratch]
-        for protocol in PROTOCOLS:
+        for protocol in PROTOCOL_KEYS:
             ours = [per_seed[s]["missrec"][protocol]["ndcg@10"] for s in seeds]
             row[protocol] = mean_and_error(ours)
             cold = [per_seed[s]["cold"][protocol]["ndcg@10"] for s in seeds if per_seed[s]["cold"]["users"]]
@@ -262,7 +262,7 @@ def markdown(result: dict) -> str:
     notes = []
     for row in rows:
         if row["arm"] == "zero-shot":
-            knn = {p: row.get(f"content-knn {p}") for p in PROTOCOLS}
+            knn = {p: row.get(f"content-knn {p}") for p in PROTOCOL_KEYS}
             notes.append(
                 f"{row['target']}: popularity {row['popularity exclude_history']:.4f} / "
                 f"{row['popularity official']:.4f}, content-kNN {knn['exclude_history'] or 0:.4f} / "
@@ -278,30 +278,29 @@ def markdown(result: dict) -> str:
 
 def scratch_reference(domain: str, root: Path = FULL_DATA_RUNS) -> dict[str, tuple[float, float]]:
     """Per protocol, the test NDCG@10 (mean, standard error over seeds) of MISSRec trained from scratch on `domain`
-    alone, as the full-data text-domain case recorded it, in the id mode `auto` picks; {} before it has run."""
-    records = [json.loads(f.read_text()) for f in sorted(root.glob(f"{domain}/*/*/seed*/bench_run.json"))]
+    alone with the shipped recipe, as the full-data text-domain case recorded it, in the id mode `auto` picks; {}
+    before it has run."""
+    records = [json.loads(f.read_text()) for f in sorted(root.glob(f"{domain}/*/{TUNED}/seed*/bench_run.json"))]
     auto = id_mode_auto_runs(records)
-    return {
-        protocol: mean_and_error([run["missrec"][key]["ndcg@10"] for run in auto])
-        for protocol, key in PROTOCOL_KEYS.items()
-        if auto
-    }
+    if not auto:
+        return {}
+    return {p: mean_and_error([run["missrec"][key]["ndcg@10"] for run in auto]) for p, key in PROTOCOL_KEYS.items()}
 
 
-def sanity_markdown(sanity: list[dict], root: Path = FULL_DATA_RUNS) -> str:
+def sanity_markdown(sanity: list[dict]) -> str:
     """The sanity bar: per base domain and protocol (the history excluded first), the base's test NDCG@10 with
-    nothing trained beside the single-domain scratch models' (`scratch_reference`), and whether it reaches them."""
+    nothing trained beside the single-domain scratch models' (each run's `scratch`, from `scratch_reference`), and
+    whether it reaches them."""
     lines = [
         "| domain | history excluded: base | from scratch | base / scratch | official: base | from scratch "
         "| base / scratch |",
         "|---|---|---|---|---|---|---|",
     ]
     for run in sanity:
-        reference = scratch_reference(run["target"], root)
         cells = []
         for protocol in PROTOCOL_KEYS:
             ours = run["missrec"][protocol]["ndcg@10"]
-            theirs = reference.get(protocol)
+            theirs = run["scratch"].get(protocol)
             ratio = "—" if not theirs else f"{ours / theirs[0]:.2f} ({'pass' if ours >= theirs[0] else 'MISS'})"
             cells += [f"{ours:.4f}", plus_minus(theirs), ratio]
         lines.append(f"| {run['target']} | " + " | ".join(cells) + " |")

@@ -67,7 +67,7 @@ def _gain(ratios: list[float]) -> str:
 
 
 def test_ablation_rows_are_paired_against_the_row_above_and_the_paper(case, monkeypatch):
-    levers = (("paper", {}), ("+ a", {"weight_decay": 0.1}), ("+ b", {"learning_rate": 0.002}))
+    levers = (("paper", {}), ("+ a", {"weight_decay": 0.1}), ("+ b", {"validation_protocol": "exclude_history"}))
     monkeypatch.setattr(case, "LEVERS", levers)
     tests = {"lever0": (0.080, 0.082), "lever1": (0.086, 0.085), "tuned": (0.087, 0.089)}
     runs = [
@@ -81,13 +81,16 @@ def test_ablation_rows_are_paired_against_the_row_above_and_the_paper(case, monk
     table = case.ablation_markdown({"runs": runs}).splitlines()
     assert table[0].index("history excluded") < table[0].index("official")  # the users' protocol first
     rows = [line.split(" | ")[3:] for line in table if line.startswith("| transductive")]
-    assert len(rows) == 3 and rows[0][3:] == ["—", "—", "—", "— |"]
+    assert len(rows) == 3 and rows[0][0] == "official" and rows[0][4:] == ["—", "—", "—", "—", "— |"]
     # lever1 vs lever0: differences 0.006 and 0.003 (valid and official test alike here): mean 0.0045, SE 0.0015;
-    # history excluded: 0.006 and 0.013 -> 0.0095 ± 0.0035
-    assert rows[1][3:6] == ["+0.0045 ± 0.0015", "+0.0095 ± 0.0035", "+0.0045 ± 0.0015"]
-    # tuned vs lever1: 0.001, 0.004 -> 0.0025 ± 0.0015 (excluded: 0.001, -0.006); vs paper: 0.007, 0.007
-    assert rows[2][3:] == ["+0.0025 ± 0.0015", "-0.0025 ± 0.0035", "+0.0025 ± 0.0015", "+0.0070 ± 0.0000 |"]
-    assert case.merged_levers(2) == {"weight_decay": 0.1, "learning_rate": 0.002}
+    # history excluded: 0.006 and 0.013 -> 0.0095 ± 0.0035; lever0 is the paper's row
+    assert rows[1][4:] == ["+0.0045 ± 0.0015", "+0.0095 ± 0.0035", "+0.0045 ± 0.0015", "+0.0095 ± 0.0035",
+                           "+0.0045 ± 0.0015 |"]  # fmt: skip
+    # tuned selects on the other protocol: no validation difference; tests vs lever1: 0.001, 0.004 -> 0.0025 ±
+    # 0.0015 (excluded: 0.001, -0.006); vs the paper: 0.007, 0.007 in both protocols
+    assert rows[2][0] == "exclude history"
+    assert rows[2][4:] == ["—", "-0.0025 ± 0.0035", "+0.0025 ± 0.0015", "+0.0070 ± 0.0000", "+0.0070 ± 0.0000 |"]
+    assert case.merged_levers(2) == {"weight_decay": 0.1, "validation_protocol": "exclude_history"}
 
 
 def test_a_record_without_the_excluded_protocol_is_left_out_of_its_cells(case):
@@ -141,9 +144,45 @@ def test_a_long_run_killed_with_its_session_continues_from_its_last_epoch(
     checkpoints = folder / "checkpoints" / "MISSRec"
     saved = list_checkpoints(checkpoints)
     shutil.rmtree(saved[-1])  # the session ended during epoch 2: its save never happened
-    (checkpoints / ".tmp-interrupted").mkdir()  # a save the kill cut short
+    # and epoch 1's save was cut short after it was complete, before its rename: the run still counts as killed
+    saved[0].rename(checkpoints / f".tmp-{saved[0].name}")
+    (checkpoints / ".tmp-step-99").mkdir()  # a save cut short before it was complete
     assert common.resumable(folder)[1:] == ["epoch", "--resume_from_checkpoint", "latest"]
-    assert not (checkpoints / ".tmp-interrupted").exists()
+    assert list_checkpoints(checkpoints) == saved[:1] and not (checkpoints / ".tmp-step-99").exists()
     resumed = common.train_run([*words, *common.resumable(folder)])
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2] and resumed["epochs"][0] == first["epochs"][0]
     assert resumed["test"] == pytest.approx(first["test"], abs=1e-6)
+
+
+def test_the_tuned_rows_pair_with_the_sasrec_an_earlier_variant_trained_and_sampled_pairs_with_its_base(
+    case, tmp_path, monkeypatch
+):
+    """Records only: SASRec of a seed sits in the `lever4` run (trained before the defaults changed); the `tuned`
+    rows pair with it, and the sampled softmax pairs with `SAMPLED_BASE`'s runs, whose words are that lever row's."""
+    import json
+
+    def write(run: dict) -> None:
+        folder = tmp_path / run["domain"] / run["mode"] / run["variant"] / f"seed{run['seed']}"
+        folder.mkdir(parents=True)
+        (folder / "bench_run.json").write_text(json.dumps(run))
+
+    monkeypatch.setattr(case, "RUNS", tmp_path)
+    for mode in case.ID_MODES:
+        base = record(
+            "Scientific", mode, case.SAMPLED_BASE, 0, 0.11, 0.090, sasrec=0.07 if mode == "transductive" else None
+        )
+        write(excluded(base, 0.100, 0.095 if mode == "transductive" else None))
+        write(excluded(record("Scientific", mode, case.TUNED, 0, 0.12, 0.094), 0.114, None))
+        write(excluded(record("Scientific", mode, "sampled", 0, 0.11, 0.080), 0.097, None))
+    accuracy = case.run_accuracy_case("accuracy", [0], recorded_only=True)
+    assert {(r["variant"], r["mode"]) for r in accuracy["runs"]} == {
+        (case.TUNED, "transductive"), (case.TUNED, "inductive"), (case.SAMPLED_BASE, "transductive")
+    }  # fmt: skip
+    transductive = next(line for line in case.accuracy_markdown(accuracy).splitlines() if "| transductive |" in line)
+    assert transductive.split(" | ")[3:6] == ["0.1140", "0.0950", "+20.0%"]  # 0.114 / 0.095, SASRec of lever4
+    plan = case.scientific_runs("sampled-softmax")
+    full = [(mode, words) for mode, variant, words in plan if variant == case.SAMPLED_BASE]
+    assert full == [(mode, [*case.lever_words(case.SAMPLED_BASE_LEVER), "--id_mode", mode]) for mode in case.ID_MODES]
+    sampled = case.run_accuracy_case("sampled-softmax", [0], recorded_only=True)
+    uniform = case.sampled_softmax_markdown(sampled).splitlines()[2].split(" | ")
+    assert uniform[:2] == ["| transductive", "uniform"] and uniform[4:7] == ["0.1000", "0.0970", "-0.0030"]

@@ -37,7 +37,11 @@ def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, mon
     assert set(zero["content_knn"]) == set(zero["missrec"]) == {"official", "exclude_history"}
     assert zero["cold"]["users"] == 0 or "ndcg@10" in zero["cold"]["exclude_history"]
     (sanity,) = result["sanity"]  # the base on a domain of its own, nothing trained
-    assert sanity["target"] == "demo" and "--epochs" in sanity["argv"] and set(sanity["missrec"]) == set(case.PROTOCOLS)
+    words = sanity["argv"]
+    assert (
+        words[words.index("--pretrained") + 1] == str(tmp_path / "base") and words[words.index("--epochs") + 1] == "0"
+    )
+    assert sanity["target"] == "demo" and set(sanity["missrec"]) == set(case.PROTOCOL_KEYS) and sanity["scratch"] == {}
     table = case.markdown(result)
     assert "the sanity bar" in table and "| demo | " in table.split("the sanity bar")[1]
     assert table.splitlines()[0].index("history excluded") < table.splitlines()[0].index("official")
@@ -91,7 +95,13 @@ def test_the_sanity_bar_holds_the_base_to_the_scratch_models_auto_picks(case, tm
     reference = case.scratch_reference("Beauty", tmp_path)
     assert reference["exclude_history"][0] == pytest.approx(0.05) and reference["official"][0] == pytest.approx(0.06)
     base = {"target": "Beauty", "missrec": {"exclude_history": {"ndcg@10": 0.055}, "official": {"ndcg@10": 0.03}}}
-    row = case.sanity_markdown([base], tmp_path).splitlines()[2]
+    base["scratch"] = json.loads(json.dumps(reference))  # as the bench's report holds it
+    row = case.sanity_markdown([base]).splitlines()[2]
     assert row.startswith("| Beauty | 0.0550 | 0.0500 ± 0.0100 | 1.10 (pass) | 0.0300 | 0.0600 ± 0.0100 | 0.50 (MISS)")
     assert case.scratch_reference("Games", tmp_path) == {}
-    assert "| Games | 0.0550 | — | — |" in case.sanity_markdown([base | {"target": "Games"}], tmp_path)
+    assert "| Games | 0.0550 | — | — |" in case.sanity_markdown([base | {"target": "Games", "scratch": {}}])
+    (tmp_path / "Beauty" / "inductive" / "other").mkdir()  # another variant's run of seed 1 is not the recipe's
+    (tmp_path / "Beauty" / "inductive" / "tuned" / "seed1").rename(
+        tmp_path / "Beauty" / "inductive" / "other" / "seed1"
+    )
+    assert case.scratch_reference("Beauty", tmp_path)["official"][0] == pytest.approx(0.05)  # tuned runs alone
