@@ -65,7 +65,7 @@ SANITY = {
     ]
     for domain in BASE_DOMAINS
 }
-# The base's budget: every training example of `BASE_DOMAINS` (~814k; the recipe alone samples 200k), this many
+# The base's budget: every training example of `BASE_DOMAINS` (~710k; the recipe alone samples 200k), this many
 # epochs (validation on the recipe's 10,000-user sample keeps the best), and the models after `BUDGET_EPOCHS` kept
 # for the budget curve (fine-tuned with `lora` on `BUDGET_FRACTION` of the users).
 BASE_EPOCHS, BUDGET_EPOCHS, BUDGET_FRACTION = 10, (1, 3, 10), 0.05
