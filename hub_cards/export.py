@@ -1,8 +1,11 @@
-"""Export a training run (a full model or a LoRA adapter) or a built domain as a Hub-ready folder, and push it.
+"""Export a training run (a full model or a LoRA adapter), a pre-trained base or a built domain as a Hub-ready
+folder, and push it.
 
     python -m modeling_missrec.hub_cards.export model --run_dir runs/demo --output_dir exports/missrec-demo
     python -m modeling_missrec.hub_cards.export model --run_dir runs/lora --base_model exports/missrec-demo \\
         --output_dir exports/missrec-demo-lora
+    python -m modeling_missrec.hub_cards.export base --run_dir runs/demo-pretrain --output_dir exports/missrec-base \\
+        [--transfer_results TABLE_FILE]
     python -m modeling_missrec.hub_cards.export dataset --domain Scientific \\
         --data_dir ../shared/data/amazon-scientific-mm --output_dir exports/scientific
     ... --push_to_hub org/name [--private] [--token TOKEN]
@@ -15,6 +18,13 @@
 - a LoRA adapter (the run folder holds `adapter_config.json`): the adapter files (`base_model_name_or_path` set to
   `--base_model_id`), `catalogue.safetensors`, `item_metadata.json`, `metrics.json` and an adapter card
   (`library_name: peft`, `base_model`). The base must be servable: an exported model folder or its Hub id.
+
+`base` reads a pre-training run (`stage: pretrain`) and writes it without its catalogue (`num_items: 0`): the
+sequence encoder and adaptors, 6 MB for the four-domain text base, whose 60k pre-training items take 100 MB. It
+writes `config.json` with `auto_map`, the remote code, `model.safetensors`, `metrics.json` and a base card
+(pre-training data and their terms, the budget and validation curve, how to give it a catalogue, and
+`--transfer_results`, a markdown fragment of what transfer measured with it). `train.py --pretrained FOLDER` gives
+it a catalogue (zero-shot with `--epochs 0`, or fine-tuning).
 
 Item metadata and an adapter's catalogue are taken from the run folder when `train.py` wrote them, else rebuilt
 from the run's data (the recipe's domain; `--data_dir` overrides where its files are).
@@ -46,6 +56,7 @@ from ..served_files_missrec import (
     save_item_metadata,
 )
 from ..utils_missrec import write_atomically
+from .base_cards import base_card
 from .dataset_cards import SOURCE_DESCRIPTIONS, export_domain
 from .model_cards import adapter_card, domain_name, model_card
 from .push import HubPushError, push_folder
@@ -222,6 +233,43 @@ def export_model(
     return out
 
 
+def export_base(
+    run_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    transfer_results: str | os.PathLike | None = None,
+) -> Path:
+    """Write a pre-trained base as a Hub-ready folder, without its pre-training catalogue.
+
+    Args:
+        run_dir: the output folder of a `train.py` run with `stage: pretrain` (weights, `metrics.json`).
+        output_dir: a new (or empty) folder.
+        repo_id: the Hub id the folder will be pushed to (used by the card's commands; default: the folder path).
+        transfer_results: a markdown file of the transfer measurements made with this base, shown on the card.
+
+    Returns:
+        The output folder.
+    """
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    stage = (metrics.get("recipe") or {}).get("stage")
+    if stage != "pretrain":
+        raise ValueError(
+            f"{run_dir} is a stage={stage!r} run: a base is a pre-training run (stage: pretrain); export a "
+            "fine-tuned run with `model`"
+        )
+    results = None if transfer_results is None else Path(transfer_results).read_text()
+    out = _empty_output(output_dir)
+    model = MISSRecModel.from_pretrained(run_dir).eval()
+    model.clear_catalogue()
+    model.save_pretrained(out)
+    shared = write_shareable_metrics(metrics, out)
+    card = base_card(model.config, shared, model_id=repo_id or str(out.resolve()), transfer_results=results)
+    card.save(out / "README.md")
+    return out
+
+
 def _export_adapter(run_dir, out, metrics, domain, domain_cache, target, base_model, base_model_id, dataset_id) -> Path:
     with open(run_dir / "adapter_config.json") as f:
         peft_config = json.load(f)
@@ -309,13 +357,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also write the demo page as the folder's app (app.py, requirements.txt): a Hub Space",
     )
+    base = commands.add_parser("base", help="a pre-training run as a base without its catalogue, with its card")
+    base.add_argument("--run_dir", required=True, help="train.py output folder of a stage: pretrain run")
+    base.add_argument(
+        "--transfer_results", help="a markdown file of what transfer measured with this base, for the card"
+    )
     dataset = commands.add_parser("dataset", help="a built domain as parquet + dataset card")
     dataset.add_argument("--domain", required=True, help="'demo', an Amazon domain name or one's own prefix")
     dataset.add_argument("--data_dir", help="the domain's MISSRec-format files")
     dataset.add_argument("--demo_num_items", type=int)
     dataset.add_argument("--demo_num_users", type=int)
     dataset.add_argument("--demo_seed", type=int, default=0)
-    for sub in (model, dataset):
+    for sub in (model, base, dataset):
         sub.add_argument("--output_dir", required=True, help="a new or empty folder")
         sub.add_argument("--push_to_hub", metavar="ORG/NAME", help="upload the folder to this Hub repository")
         sub.add_argument("--private", action="store_true", help="create the Hub repository private")
@@ -345,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {error}", file=sys.stderr)
                 return 1
             repo_type = "space"
+    elif args.command == "base":
+        out = export_base(args.run_dir, args.output_dir, repo_id=repo_id, transfer_results=args.transfer_results)
+        repo_type = "model"
     else:
         out = export_dataset(
             args.domain,

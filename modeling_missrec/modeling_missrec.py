@@ -360,6 +360,17 @@ class MISSRecModel(MISSRecPreTrainedModel):
         if resized:
             self._reset_item_parameters(num_items)
 
+    @writes_catalogue_state
+    def clear_catalogue(self) -> None:
+        """Remove the item catalogue (feature tables, interest tables, per-item parameters), keeping the sequence
+        encoder and the adaptors: what a pre-trained base ships, a few MB instead of its pre-training items.
+        [`set_catalogue`] gives it a catalogue again (a zero-shot run, fine-tuning)."""
+        device = self.position_embeddings.weight.device
+        self._describe_catalogue(num_items=0, num_interests=0)
+        self._register_catalogue_buffers(0, 0)
+        self.to(device)
+        self._reset_item_parameters(0)
+
     def _fresh_item_id_embeddings(self) -> nn.Embedding:
         embeddings = nn.Embedding(self.config.num_items + 1, self.config.hidden_size, padding_idx=0)
         embeddings = embeddings.to(self.position_embeddings.weight.device, self.dtype)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import REPO, run_train
 from modeling_missrec.configuration import load_recipe
-from modeling_missrec.hub_cards.export import export_model
+from modeling_missrec.hub_cards.export import export_base, export_model
 from modeling_missrec.pipelines.evaluation.content_knn import ContentKNNRecommender
 from safetensors.torch import load_file
 from transformers import pipeline
@@ -33,7 +33,7 @@ def test_content_knn_scores_by_the_mean_of_the_last_items():
 def test_a_base_recommends_on_a_catalogue_it_never_saw_and_the_folder_serves(tmp_path):
     small = ["--num_users", "300", "--num_items", "200", "--batch_size", "256"]
     run_train(["--config", str(PRETRAIN), "--output_dir", str(tmp_path / "pretrain"), "--epochs", "2", *small])
-    base = export_model(tmp_path / "pretrain", tmp_path / "base")
+    base = export_base(tmp_path / "pretrain", tmp_path / "base")  # without the pre-training catalogue
 
     target = ["--domain", "demo", "--num_users", "200", "--num_items", "300"]  # another seeded catalogue
     zero_shot = tmp_path / "zero-shot"
@@ -47,6 +47,7 @@ def test_a_base_recommends_on_a_catalogue_it_never_saw_and_the_folder_serves(tmp
     # nothing was trained: the sequence encoder and adaptors are the base's, bit for bit
     trained, pretrained = ({k.removeprefix("missrec."): v for k, v in load_file(folder / "model.safetensors").items()}
                            for folder in (zero_shot, base))  # fmt: skip
+    assert pretrained["text_features"].shape[0] == 1  # the base held no items
     encoder = [k for k in pretrained if "interest" not in k and "features" not in k and "present" not in k]
     assert len(encoder) > 20 and all(torch.equal(trained[k], pretrained[k]) for k in encoder)
     assert trained["text_features"].shape[0] == 301  # the new catalogue, padding row first
