@@ -188,6 +188,17 @@ def run_transfer_profile(
     return report | {"case": "transfer-profile", "wall_seconds": time.perf_counter() - started, "runs": runs}
 
 
+def recorded_transfer_profile(root: Path = RUNS) -> dict:
+    """The case's result from the runs recorded under `root` so far, nothing trained (`--recorded`): the base's
+    record once its pre-training has ended, the sanity bar's runs and every target's runs."""
+    report = {"case": "transfer-profile", "wall_seconds": 0.0}
+    if (root / "base" / "metrics.json").is_file():
+        report["base"] = ensure_base(root / "base", [])
+    sanity = [json.loads(f.read_text()) for f in sorted(root.glob("sanity/*/zero-shot/*/bench_run.json"))]
+    report["sanity"] = [run | {"scratch": scratch_reference(run["target"])} for run in sanity]
+    return report | {"runs": [json.loads(f.read_text()) for f in sorted(root.glob("*/*/*/bench_run.json"))]}
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     """Per target, share of users and arm: mean ± standard error over seeds per protocol (all users and cold
     targets), and the pre-trained arms' relative gain over scratch, paired per seed."""

@@ -8,6 +8,7 @@ import json
 
 import pytest
 from helpers import REPO
+from modeling_missrec.hub_cards.export import export_base
 
 
 @pytest.fixture
@@ -52,6 +53,13 @@ def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, mon
     stamps = [p.stat().st_mtime_ns for p in records]
     again = case.run_transfer_profile([0], **run, epochs={0.5: 1, 1.0: 1})
     assert [p.stat().st_mtime_ns for p in records] == stamps and again["runs"] == result["runs"]
+
+    # `--recorded` rebuilds the same table from the records, and the exported base's card carries it as it is.
+    recorded = case.recorded_transfer_profile(tmp_path)
+    assert case.markdown(recorded) == table and recorded["base"]["epochs"] == result["base"]["epochs"]
+    (tmp_path / "table").write_text(table)
+    base = export_base(tmp_path / "base", tmp_path / "exported", transfer_results=tmp_path / "table")
+    assert table in (base / "README.md").read_text()
 
 
 def record(fraction, arm, seed, excluded, official, id_mode="inductive"):
