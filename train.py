@@ -21,7 +21,8 @@ Every model re-discovers its interests before each epoch, stops early on validat
 best weights, saved with `save_pretrained` (a remote-code folder) and evaluated on the test split with both
 protocols. SASRec and popularity (and, with `baselines: [scratch]`, MISSRec from scratch under the same
 budget) are trained and evaluated in the same harness and printed beside MISSRec. With `checkpointing_steps`
-each model writes resumable checkpoints (`--resume_from_checkpoint latest` continues a killed run).
+each model writes resumable checkpoints (`--resume_from_checkpoint latest` continues a killed run;
+`latest-if-any` also starts one).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import mean_and_error, plus_minus, recipe_flags, resumable, train_run
+from common import RESUMABLE, mean_and_error, plus_minus, recipe_flags, train_run
 from modeling_missrec.pipelines.training.loop import ID_MODES  # the order auto trains and its tie rule follows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def run_once(
     argv = [*words, "--seed", str(seed), "--baselines", baselines, "--output_dir", str(folder)]
     print(f"accuracy: {domain} {mode} {variant} seed {seed}", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    results = train_run([*argv, *resumable(folder)])  # a run killed with its session continues where it stopped
+    results = train_run([*argv, *RESUMABLE])  # a run killed with its session continues where it stopped
     record = {"domain": domain, "mode": mode, "variant": variant, "seed": seed, "argv": argv}
     record["wall_seconds"] = time.perf_counter() - started
     for name, prefix, history in (("missrec", "", "epochs"), ("sasrec", "sasrec_", "sasrec_epochs")):

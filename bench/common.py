@@ -9,12 +9,11 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 from modeling_missrec.configuration import parse_recipe_args
-from modeling_missrec.pipelines.training import list_checkpoints, recover_interrupted_saves, run_training
+from modeling_missrec.pipelines.training import run_training
 
 
 def cpu_model() -> str:
@@ -104,16 +103,6 @@ def train_run(argv: list[str]) -> dict:
     return run_training(parse_recipe_args(argv))
 
 
-def resumable(folder: Path) -> list[str]:
-    """`train.py` words for a long run into `folder`: it checkpoints every epoch, and when a killed run left
-    checkpoints there (a save the kill cut short counts once finished) it continues from the latest; otherwise it
-    starts afresh."""
-    models = sorted((folder / "checkpoints").glob("*"))
-    for interrupted in models:
-        recover_interrupted_saves(interrupted)
-    killed = any(list_checkpoints(checkpoints) for checkpoints in models)
-    return [
-        "--checkpointing_steps",
-        "epoch",
-        *(["--resume_from_checkpoint", "latest"] if killed else ["--overwrite_output_dir=true"]),
-    ]
+# `train.py` words for a long run: it checkpoints every epoch, and the same command continues it from its latest
+# checkpoint after a kill (or starts it, in a folder without checkpoints).
+RESUMABLE = ("--checkpointing_steps", "epoch", "--resume_from_checkpoint", "latest-if-any")

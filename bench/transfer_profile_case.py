@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from accuracy_case import FULL_DATA_RUNS, PROTOCOL_KEYS, TEXT_DOMAINS, TUNED, id_mode_auto_runs
-from common import mean_and_error, plus_minus, resumable, train_run
+from common import RESUMABLE, mean_and_error, plus_minus, train_run
 from transfer_case import METRICS, RECIPES, REENCODED_SCIENTIFIC, SHARED, cold_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def ensure_base(base: Path, words: list[str]) -> dict:
     """Pre-train the base with `train.py` `words` unless `base` holds one (a pre-training killed with its session
     continues where it stopped); what its run recorded."""
     if not (base / "config.json").is_file():
-        train_run([*words, "--output_dir", str(base), *resumable(base)])
+        train_run([*words, "--output_dir", str(base), *RESUMABLE])
     metrics = json.loads((base / "metrics.json").read_text())
     return {"recipe": metrics["recipe"], "build": metrics.get("build"), "epochs": metrics["epochs"]}
 

@@ -34,6 +34,7 @@ LR_SCHEDULES = (
 )
 BASELINES = ("sasrec", "scratch", "content-knn")
 ZERO_SHOT = {("finetune", "full", "inductive"), ("finetune", "full", "auto")}  # (stage, strategy, id_mode) of epochs 0
+RESUME_IF_ANY = "latest-if-any"  # resume_from_checkpoint: resume when output_dir holds checkpoints, else start afresh
 
 
 def default_recipe_path() -> Path:
@@ -140,6 +141,8 @@ class TrainingRecipe:
             curve. `None`: none.
         resume_from_checkpoint: `"latest"` resumes from the newest checkpoints in `output_dir`, a folder resumes
             from that run's; each model resumes where it stopped (a finished one is not trained again).
+            `"latest-if-any"` resumes as `"latest"` when `output_dir` holds checkpoints and otherwise starts afresh
+            (as `overwrite_output_dir`): the same command starts a long run and, after a kill, continues it.
     """
 
     stage: str = "finetune"
@@ -318,8 +321,9 @@ class TrainingRecipe:
 
     @property
     def resume_run_dir(self) -> str | None:
-        """The run folder `resume_from_checkpoint` points to (`"latest"`: this `output_dir`), or None."""
-        if self.resume_from_checkpoint == "latest":
+        """The run folder `resume_from_checkpoint` points to (`"latest"`, `"latest-if-any"`: this `output_dir`), or
+        None."""
+        if self.resume_from_checkpoint in ("latest", RESUME_IF_ANY):
             return self.output_dir
         return self.resume_from_checkpoint
 

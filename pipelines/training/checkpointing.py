@@ -81,6 +81,18 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
 
 
+def holds_checkpoints(output_dir: str | os.PathLike) -> bool:
+    """Whether a run's `output_dir` holds a checkpoint of any model to resume from, counting a save a kill cut
+    short after it was complete (which [`recover_interrupted_saves`] finishes). Reads only: safe on every process."""
+    for root in sorted((Path(output_dir) / "checkpoints").glob("*")):
+        if list_checkpoints(root):
+            return True
+        interrupted = [p for p in root.glob(f"{TEMPORARY}*") if (p / PROGRESS_FILE).is_file()]
+        if interrupted or any(root.glob(f"{REPLACED}*")):
+            return True
+    return False
+
+
 def read_progress(folder: str | os.PathLike) -> TrainingProgress:
     """The [`TrainingProgress`] saved in checkpoint `folder`."""
     return TrainingProgress(**json.loads((Path(folder) / PROGRESS_FILE).read_text()))

@@ -46,6 +46,7 @@ from ... import (
     unwrap_missrec,
 )
 from ...configuration import TrainingRecipe, check_config_overrides, load_preset
+from ...configuration.recipe import RESUME_IF_ANY
 from ..data import (
     SPLITS,
     MultiModalDomain,
@@ -63,6 +64,7 @@ from .checkpointing import (
     TrainingProgress,
     check_settings,
     checkpoint_root,
+    holds_checkpoints,
     list_checkpoints,
     load_best_weights,
     match_interest_table,
@@ -502,6 +504,16 @@ def fit(
     return model, accelerator, progress.history
 
 
+def resolved_resume(args: TrainingRecipe) -> TrainingRecipe:
+    """`resume_from_checkpoint: latest-if-any` made definite: `latest` when `output_dir` holds checkpoints, else a
+    fresh run, which may replace what a start killed before its first checkpoint left there."""
+    if args.resume_from_checkpoint != RESUME_IF_ANY:
+        return args
+    if holds_checkpoints(args.output_dir):
+        return dataclasses.replace(args, resume_from_checkpoint="latest")
+    return dataclasses.replace(args, resume_from_checkpoint=None, overwrite_output_dir=True)
+
+
 def prepare_output_dir(accelerator: Accelerator, args: TrainingRecipe) -> None:
     """Refuse to mix a fresh run's checkpoints with an earlier run's, unless asked to overwrite them."""
     checkpoints = Path(args.output_dir) / "checkpoints"
@@ -544,6 +556,7 @@ def run_training(args: TrainingRecipe) -> dict:
     with contextlib.ExitStack() as held:  # resuming finishes the other run's interrupted saves: hold it too
         for folder in sorted(folders):
             held.enter_context(locked_output_dir(folder, holder=launcher_rank() == 0))
+        args = resolved_resume(args)
         trackers = run_trackers(args.report_to, args.output_dir, resume=args.resume_from_checkpoint is not None)
         accelerator = Accelerator(log_with=trackers, project_dir=args.output_dir)
         prepare_output_dir(accelerator, args)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import importlib
 import math
-import shutil
 
 import pytest
 from helpers import REPO
-from modeling_missrec.pipelines.training import list_checkpoints, loop
+from modeling_missrec.pipelines.training import loop
 
 
 @pytest.fixture
@@ -126,32 +125,6 @@ def test_auto_rows_take_the_mode_of_the_better_validation_per_seed(case, monkeyp
     mean, error = case.mean_and_error(gains)
     assert "| 0.0260 ± 0.0040 |" in rows[2] and f"{100 * mean:+.1f}% ± {100 * error:.1f}%" in rows[2]
     assert rows[2].split(" | ")[3] == "—"  # no run recorded the history-excluded protocol
-
-
-def test_a_long_run_killed_with_its_session_continues_from_its_last_epoch(
-    case, tmp_path, monkeypatch, fresh_accelerate_state
-):
-    """`common.resumable`, which the accuracy and transfer-profile cases' long runs use: afresh in an empty folder,
-    from the latest checkpoint after a kill (the first epoch is not trained again)."""
-    common = importlib.import_module("common")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    folder = tmp_path / "run"
-    assert common.resumable(folder) == ["--checkpointing_steps", "epoch", "--overwrite_output_dir=true"]
-    words = ["--domain", "demo", "--num_users", "120", "--num_items", "60", "--baselines", "[]"]
-    words += ["--epochs", "2", "--output_dir", str(folder)]
-    words += ["--checkpoints_total_limit", "100"]
-    first = common.train_run([*words, *common.resumable(folder)])
-    checkpoints = folder / "checkpoints" / "MISSRec"
-    saved = list_checkpoints(checkpoints)
-    shutil.rmtree(saved[-1])  # the session ended during epoch 2: its save never happened
-    # and epoch 1's save was cut short after it was complete, before its rename: the run still counts as killed
-    saved[0].rename(checkpoints / f".tmp-{saved[0].name}")
-    (checkpoints / ".tmp-step-99").mkdir()  # a save cut short before it was complete
-    assert common.resumable(folder)[1:] == ["epoch", "--resume_from_checkpoint", "latest"]
-    assert list_checkpoints(checkpoints) == saved[:1] and not (checkpoints / ".tmp-step-99").exists()
-    resumed = common.train_run([*words, *common.resumable(folder)])
-    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2] and resumed["epochs"][0] == first["epochs"][0]
-    assert resumed["test"] == pytest.approx(first["test"], abs=1e-6)
 
 
 def test_the_tuned_rows_pair_with_the_sasrec_an_earlier_variant_trained_and_sampled_pairs_with_its_base(

@@ -144,6 +144,27 @@ def test_checkpoints_resume_refuse_other_settings_and_protect_earlier_runs(train
     assert list_checkpoints(run / "checkpoints" / "MISSRec") == saved  # the refused runs wrote nothing
 
 
+def test_latest_if_any_starts_a_long_run_and_continues_it_after_a_kill(train, tmp_path, fresh_accelerate_state):
+    """`resume_from_checkpoint: latest-if-any` (the bench's long runs): the same command starts afresh in a folder
+    without checkpoints and, after a kill, continues from the latest epoch (not training it again)."""
+    run = tmp_path / "run"
+    words = ["--num_users", "120", "--num_items", "60", "--baselines", "[]", "--epochs", "2", "--output_dir", str(run)]
+    words += ["--checkpointing_steps", "epoch", "--checkpoints_total_limit", "100"]
+    words += ["--resume_from_checkpoint", "latest-if-any"]
+    (run / "checkpoints" / "MISSRec" / ".tmp-step-00000001").mkdir(parents=True)  # a first save cut short
+    first = run_train(words)
+    checkpoints = run / "checkpoints" / "MISSRec"
+    saved = list_checkpoints(checkpoints)
+    assert first["recipe"]["resume_from_checkpoint"] is None and len(saved) == 2
+    shutil.rmtree(saved[-1])  # the session ended during epoch 2: its save never happened
+    # and epoch 1's save was cut short after it was complete, before its rename: the run still resumes from it
+    saved[0].rename(checkpoints / f".tmp-{saved[0].name}")
+    resumed = run_train(words)
+    assert resumed["recipe"]["resume_from_checkpoint"] == "latest" and list_checkpoints(checkpoints) == saved
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2] and resumed["epochs"][0] == first["epochs"][0]
+    assert resumed["test"] == pytest.approx(first["test"], abs=1e-6)
+
+
 def test_checkpoints_fall_on_optimiser_steps_and_resume_exactly_with_accumulation(
     train, tmp_path, fresh_accelerate_state
 ):
