@@ -123,7 +123,8 @@ class MISSRecConfig(PretrainedConfig):
             catalogue needs sharper logits than one over a small catalogue, so a fixed value suits only catalogues
             of the size it was chosen on.
         seq_seq_loss_weight (`float`, *optional*, defaults to 1e-3):
-            λ, the weight of the sequence-sequence contrastive term in pre-training.
+            λ, the weight of the sequence-sequence contrastive term in pre-training. 0 drops the term, and with it
+            the encoding of the augmented view, which halves the cost of a pre-training step.
         diversity_loss_weight (`float`, *optional*, defaults to 1e-4):
             γ, the weight of the interest diversity regulariser.
         label_smoothing (`float`, *optional*, defaults to 0.0):

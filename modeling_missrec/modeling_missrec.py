@@ -110,9 +110,11 @@ class MISSRecPreTrainingOutput(ModelOutput):
         seq_item_loss (`torch.FloatTensor` of shape `()`):
             In-batch sequence→item contrastive cross-entropy.
         seq_seq_loss (`torch.FloatTensor` of shape `()`):
-            Sequence→augmented-sequence contrastive cross-entropy.
+            Sequence→augmented-sequence contrastive cross-entropy; None when `config.seq_seq_loss_weight` is 0 (the
+            augmented view is then not encoded).
         diversity_loss (`torch.FloatTensor` of shape `()`):
-            Diversity regulariser of both views, summed over the batch.
+            Diversity regulariser of both views (of the original one alone without the sequence→sequence term),
+            summed over the batch.
     """
 
     loss: torch.FloatTensor | None = None
@@ -1193,7 +1195,9 @@ class MISSRecForPreTraining(_MISSRecHead):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         base, cfg = self.base, self.config
         seq, diversity = base._encode(item_seq, lengths)
-        seq_aug, diversity_aug = base._encode(augmented_item_seq, augmented_lengths, augmented_text_features)
+        if cfg.seq_seq_loss_weight:  # without its term the augmented view is not encoded: half a step's cost
+            seq_aug, diversity_aug = base._encode(augmented_item_seq, augmented_lengths, augmented_text_features)
+            diversity = diversity + diversity_aug
         labels = validate_labels(labels, len(item_seq), cfg.num_items)
         targets = torch.arange(len(labels), device=labels.device)
         scores = base.score_items(seq, labels)
@@ -1203,9 +1207,11 @@ class MISSRecForPreTraining(_MISSRecHead):
             raise ValueError(f"label_log_q has shape {tuple(label_log_q.shape)}; expected {tuple(labels.shape)}")
         logits = scores if label_log_q is None else scores - label_log_q.to(scores.dtype)[None, :]
         seq_item = F.cross_entropy(logits, targets)
-        seq_seq = F.cross_entropy(seq @ seq_aug.T / base.score_temperature(), targets)
-        diversity = diversity + diversity_aug
-        loss = seq_item + cfg.seq_seq_loss_weight * seq_seq + cfg.diversity_loss_weight * diversity
+        loss, seq_seq = seq_item, None
+        if cfg.seq_seq_loss_weight:
+            seq_seq = F.cross_entropy(seq @ seq_aug.T / base.score_temperature(), targets)
+            loss = loss + cfg.seq_seq_loss_weight * seq_seq
+        loss = loss + cfg.diversity_loss_weight * diversity
         output = MISSRecPreTrainingOutput(
             loss=loss,
             scores=scores,

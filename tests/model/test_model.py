@@ -220,6 +220,18 @@ def test_pretraining_loss_by_hand(model):
     torch.testing.assert_close(out.loss, expected)
     assert out.scores.shape == (5, 5)
 
+    # Without the sequence->sequence term the augmented view is not encoded: its diversity is not counted either.
+    cfg.seq_seq_loss_weight = 0.0
+    encoded = []
+    hook = model.LayerNorm.register_forward_hook(lambda module, args, output: encoded.append(len(output)))
+    out = pretraining(model)(items, labels, augmented, lengths)
+    hook.remove()
+    assert len(encoded) == 1 and out.seq_seq_loss is None
+    torch.testing.assert_close(out.seq_item_loss, seq_item)
+    _, diversity = model._encode(items, lengths)
+    torch.testing.assert_close(out.diversity_loss, diversity)
+    torch.testing.assert_close(out.loss, seq_item + cfg.diversity_loss_weight * diversity)
+
 
 def test_word_drop_view_uses_the_given_text_features(model):
     items, lengths = random_histories(4, 6, 40)
