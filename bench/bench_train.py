@@ -397,7 +397,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--recorded",
         action="store_true",
-        help="accuracy, ablation, text-domains, transfer-profile: train nothing, print the tables of the runs "
+        help="accuracy, ablation, text-domains, sampled-softmax, transfer-profile: train nothing, print the tables "
+        "of the runs "
         "recorded so far (transfer-profile's is what `hub_cards.export base --transfer_results` puts on the base's "
         "card)",
     )

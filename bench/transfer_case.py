@@ -1,7 +1,8 @@
 """The `real-transfer` case of `bench_train.py`: does pre-training on real domains help fine-tuning on others?
 
-1. Pre-training: `configuration/recipes/pretrain-text-domains.yaml` (Beauty + Games + Yelp, MiniLM text, the paper's
-   losses, the CPU bound of the recipe), once, into `bench/results/runs/pretrain-text-domains/` (reused when there).
+1. Pre-training: `configuration/recipes/pretrain-text-domains.yaml` (Beauty + Games + Yelp, MiniLM text, the
+   recipe's losses and CPU bound; its records were made with the paper's losses, before the recipe changed), once,
+   into `bench/results/runs/pretrain-text-domains/` (reused when there).
 2. Targets, neither in the pre-training mix:
    - `Scientific`: the shared Amazon Scientific folder with its text re-encoded by the same sentence encoder from
      `Scientific.text` and its CLIP image features as given (text + image: the text-only model gets an image

@@ -138,6 +138,11 @@ def ensure_base(base: Path, words: list[str]) -> dict:
     continues where it stopped); what its run recorded."""
     if not (base / "config.json").is_file():
         train_run([*words, "--output_dir", str(base), *RESUMABLE])
+    return base_record(base)
+
+
+def base_record(base: Path) -> dict:
+    """What the base's pre-training run recorded: its recipe, data and epochs."""
     metrics = json.loads((base / "metrics.json").read_text())
     return {"recipe": metrics["recipe"], "build": metrics.get("build"), "epochs": metrics["epochs"]}
 
@@ -193,8 +198,9 @@ def recorded_transfer_profile(root: Path = RUNS) -> dict:
     record once its pre-training has ended, the sanity bar's runs and every target's runs."""
     report = {"case": "transfer-profile", "wall_seconds": 0.0}
     if (root / "base" / "metrics.json").is_file():
-        report["base"] = ensure_base(root / "base", [])
+        report["base"] = base_record(root / "base")
     sanity = [json.loads(f.read_text()) for f in sorted(root.glob("sanity/*/zero-shot/*/bench_run.json"))]
+    sanity.sort(key=lambda run: (BASE_DOMAINS + (run["target"],)).index(run["target"]))  # the order the case runs
     report["sanity"] = [run | {"scratch": scratch_reference(run["target"])} for run in sanity]
     return report | {"runs": [json.loads(f.read_text()) for f in sorted(root.glob("*/*/*/bench_run.json"))]}
 

@@ -242,6 +242,9 @@ class TrainingRecipe:
             raise ValueError(
                 f"checkpointing_steps={self.checkpointing_steps!r} must be an integer >= 1, 'epoch' or null"
             )
+        if self.resume_from_checkpoint == RESUME_IF_ANY and self.checkpointing_steps is None:
+            # it would never find a checkpoint, and so start over every time, replacing the finished run
+            raise ValueError(f"resume_from_checkpoint={RESUME_IF_ANY} needs checkpointing_steps (an integer or epoch)")
         if self.save_epochs is not None and not (
             isinstance(self.save_epochs, list)
             and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in self.save_epochs)

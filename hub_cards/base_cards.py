@@ -14,7 +14,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .model_cards import TAGS, _value, model_rows, recipe_rows
+from .model_cards import DEMO_LIMITATIONS, TAGS, _value, model_rows, recipe_setting_rows
 
 BASE_TEMPLATE = Path(__file__).with_name("base_card_template.md")
 # The terms of the real domains this project trains on (all research use); a domain not listed gets NO_TERMS.
@@ -40,6 +40,7 @@ DEMO_FEATURES = "the demo generator's synthetic text and image vectors"
 TEXT_TARGET = ("--config configuration/recipes/text-domain.yaml --domain MyShop --data_dir data/myshop", "runs/myshop")
 DEMO_TARGET = ("--config configuration/recipes/demo-finetune.yaml", "runs/demo")
 NO_TRANSFER = "Not measured for this base."
+DEMO_DATA_NOTE = "The demo domains are synthetic: no real users or products."
 LIMITATIONS = (
     "Pre-trained on logged interactions (reviews, ratings, listens, check-ins), a proxy for what people want, with "
     "a popularity bias. It knows items only through {features}: items whose text says little (names, titles) "
@@ -87,22 +88,36 @@ def curve_rows(metrics: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def plural(count: int, word: str) -> str:
+    """`"1 epoch"`, `"3 epochs"`."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def duration(seconds: float) -> str:
+    """`"2.4 hours"`, `"14 minutes"`, `"40 seconds"`."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 60:.0f} minutes" if seconds >= 60 else f"{seconds:.0f} seconds"
+
+
 def budget_paragraph(metrics: dict[str, Any]) -> str:
-    """What the pre-training cost: epochs, batch size, examples cap, processes and training time."""
+    """What the pre-training cost: epochs, batch size, examples cap, processes and training time, the kept epoch
+    and what validation ranked."""
     recipe = metrics.get("recipe") or {}
     epochs = metrics.get("epochs") or []
     seconds = sum(e.get("train_seconds") or 0.0 for e in epochs)
     cap = recipe.get("max_train_examples")
     examples = "every training example of each domain" if cap is None else f"a seeded sample of {cap:,} examples"
-    best = max(epochs, key=lambda e: e.get("ndcg@10", float("-inf"))) if epochs else None
+    scored = [e for e in epochs if isinstance(e.get("ndcg@10"), (int, float))]
+    best = max(scored, key=lambda e: e["ndcg@10"]) if scored else None
     kept = "" if best is None else f"; the weights are those of epoch {best.get('epoch')}, the best on validation"
-    processes = metrics.get("num_processes", 1)
+    users = recipe.get("max_eval_examples")
+    validated = "every validation user" if users is None else f"a seeded sample of {users:,} validation users"
     return (
-        f"{len(epochs)} epochs over {examples} (every prefix of a history is one example), batch size "
-        f"{_value(recipe.get('batch_size'))}, learning rate {_value(recipe.get('learning_rate'))}, on "
-        f"{processes} process{'es' if processes != 1 else ''}: {seconds / 3600:.1f} hours of training{kept}. "
-        "Validation NDCG@10 ranks each held-out item within the mixed catalogue for a seeded sample of the "
-        "validation users (`max_eval_examples`)."
+        f"{plural(len(epochs), 'epoch')} over {examples} (every prefix of a history is one example), batch size "
+        f"{_value(recipe.get('batch_size'))} per process, learning rate {_value(recipe.get('learning_rate'))}, on "
+        f"{plural(metrics.get('num_processes', 1), 'process')}: {duration(seconds)} of training{kept}. Validation "
+        f"NDCG@10 ranks each held-out item within the mixed catalogue, for {validated}."
     )
 
 
@@ -166,18 +181,15 @@ def base_card(
     name = model_name or Path(str(model_id)).name
     features = feature_note(config, metrics)
     target_words, run_prefix = DEMO_TARGET if is_demo(metrics) else TEXT_TARGET
-    card_data = ModelCardData(
-        model_name=name,
-        license="other",
-        license_name="research-use-data",
-        library_name="transformers",
-        tags=[*TAGS, "pre-trained-base"],
-    )
+    demo = is_demo(metrics)
+    # Weights learnt from real data inherit its research-use terms; the synthetic demo data has none.
+    licence = {"license": "apache-2.0"} if demo else {"license": "other", "license_name": "research-use-data"}
+    card_data = ModelCardData(model_name=name, library_name="transformers", tags=[*TAGS, "pre-trained-base"], **licence)
     data_paragraph = (
-        f"{len(domains)} domain{'s' if len(domains) != 1 else ''}, mixed into one catalogue (ids namespaced per "
-        "domain); every user's history is split leave-one-out by time (last item test, the one before it "
-        "validation, every earlier prefix a training example). The weights are released for research: each "
-        "domain keeps its own terms."
+        f"{plural(len(domains), 'domain')}, mixed into one catalogue (ids namespaced per domain); every user's "
+        "history is split leave-one-out by time (last item test, the one before it validation, every earlier "
+        "prefix a training example). "
+        + (DEMO_DATA_NOTE if demo else "The weights are released for research: each domain keeps its own terms.")
     )
     return ModelCard.from_template(
         card_data,
@@ -194,7 +206,7 @@ def base_card(
         data_rows=data_rows(metrics),
         budget_paragraph=budget_paragraph(metrics),
         curve_rows=curve_rows(metrics),
-        recipe_rows=[row for row in recipe_rows(metrics) if row[0] not in ("epochs run", "best validation NDCG@10")],
+        recipe_rows=recipe_setting_rows(metrics.get("recipe") or {}),
         transfer_results=(transfer_results or "").strip() or NO_TRANSFER,
-        limitations=LIMITATIONS.format(features=features),
+        limitations=DEMO_LIMITATIONS if demo else LIMITATIONS.format(features=features),
     )

@@ -104,15 +104,20 @@ def _value(value: Any) -> str:
     return "–" if value is None else f"`{value}`"
 
 
+def recipe_setting_rows(recipe: dict[str, Any]) -> list[tuple[str, str]]:
+    """`(key, value)` rows of a training recipe's settings (not where it wrote its files)."""
+    return [(f"`{k}`", _value(v)) for k, v in recipe.items() if k not in HIDDEN_RECIPE_KEYS]
+
+
 def recipe_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """`(key, value)` rows of the training recipe, plus the epochs actually run and the best validation NDCG@10."""
-    recipe = metrics.get("recipe") or {}
-    rows = [(f"`{k}`", _value(v)) for k, v in recipe.items() if k not in HIDDEN_RECIPE_KEYS]
+    rows = recipe_setting_rows(metrics.get("recipe") or {})
     epochs = metrics.get("epochs")
     if isinstance(epochs, list) and epochs:
-        best = max(epochs, key=lambda e: e.get("ndcg@10", float("-inf")))
         rows.append(("epochs run", str(len(epochs))))
-        if "ndcg@10" in best:
+        scored = [e for e in epochs if isinstance(e.get("ndcg@10"), (int, float))]
+        if scored:
+            best = max(scored, key=lambda e: e["ndcg@10"])
             rows.append(("best validation NDCG@10", f"{best['ndcg@10']:.4f} (epoch {best.get('epoch', '?')})"))
     if "num_processes" in metrics:
         rows.append(("processes", str(metrics["num_processes"])))

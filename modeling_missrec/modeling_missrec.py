@@ -1172,7 +1172,7 @@ class MISSRecForPreTraining(_MISSRecHead):
         self,
         item_seq: torch.Tensor,
         labels: torch.Tensor,
-        augmented_item_seq: torch.Tensor,
+        augmented_item_seq: torch.Tensor | None = None,
         lengths: torch.Tensor | None = None,
         augmented_lengths: torch.Tensor | None = None,
         augmented_text_features: torch.Tensor | None = None,
@@ -1182,7 +1182,8 @@ class MISSRecForPreTraining(_MISSRecHead):
         """
         Args:
             item_seq: `[B, L]` histories; labels: `[B]` their next items; lengths: `[B]`.
-            augmented_item_seq: `[B, L']` the augmented view (e.g. item drop); augmented_lengths: `[B]`.
+            augmented_item_seq: `[B, L']` the augmented view (e.g. item drop); augmented_lengths: `[B]`. Required
+                with the sequence->sequence term; ignored (not encoded) when `config.seq_seq_loss_weight` is 0.
             augmented_text_features: `[B, L', text_feature_dim]` alternative text of the augmented view (word drop).
             label_log_q: `[B]` the log of each label's share of the training targets: subtracted from the in-batch
                 logits of the sequence->item loss (its logQ correction), as the batch's other targets, its
@@ -1190,12 +1191,15 @@ class MISSRecForPreTraining(_MISSRecHead):
             return_dict: return a `ModelOutput` (default) or a tuple.
 
         Returns:
-            [`MISSRecPreTrainingOutput`] (`scores` `[B, B]` in-batch, uncorrected).
+            [`MISSRecPreTrainingOutput`] (`scores` `[B, B]` in-batch, uncorrected). As a tuple (`return_dict=False`)
+            it holds the fields that are not None: without the sequence->sequence term, no `seq_seq_loss`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         base, cfg = self.base, self.config
         seq, diversity = base._encode(item_seq, lengths)
         if cfg.seq_seq_loss_weight:  # without its term the augmented view is not encoded: half a step's cost
+            if augmented_item_seq is None:
+                raise ValueError("config.seq_seq_loss_weight > 0: the sequence->sequence term needs augmented_item_seq")
             seq_aug, diversity_aug = base._encode(augmented_item_seq, augmented_lengths, augmented_text_features)
             diversity = diversity + diversity_aug
         labels = validate_labels(labels, len(item_seq), cfg.num_items)

@@ -282,7 +282,8 @@ def fit_missrec(
         if args.epochs == 0:
             model, histories[mode] = evaluate_zero_shot(name, model, valid, mode_args)
         else:
-            collator = training_collator(mode_args, domain, length)
+            augmented = bool(model.config.seq_seq_loss_weight)
+            collator = training_collator(mode_args, domain, length, augmented_views=augmented)
             model, _, histories[mode] = fit(logger, name, model, collator, valid, mode_args, on_epoch_end)
         score = max(row["ndcg@10"] for row in histories[mode])
         if kept is None or score > kept[0]:
@@ -314,23 +315,24 @@ def evaluate_zero_shot(
 
 
 def training_collator(
-    args: TrainingRecipe, domain: MultiModalDomain, max_seq_length: int
+    args: TrainingRecipe, domain: MultiModalDomain, max_seq_length: int, augmented_views: bool = True
 ) -> SequenceCollator | SampledCandidates | InBatchLogQ:
-    """Training batches; with the augmented views of pre-training for `stage: pretrain` (and the logQ correction
-    of its in-batch loss for `in_batch_log_q`), and with the candidates of the sampled softmax for `loss: sampled`."""
+    """Training batches; with the augmented views of pre-training for `stage: pretrain` unless not
+    `augmented_views` (a model without the sequence->sequence term reads none), the logQ correction of its in-batch
+    loss for `in_batch_log_q`, and with the candidates of the sampled softmax for `loss: sampled`."""
     if args.stage == "finetune":
         batches = SequenceCollator(domain.sequences["train"], max_seq_length)
         if args.loss == "full":
             return batches
         return SampledCandidates(batches, domain.num_items, args.num_negatives, args.negative_sampling, args.seed)
     text = {}
-    if args.word_drop_ratio > 0:
+    if augmented_views and args.word_drop_ratio > 0:
         text = {name: feature_matrix(domain.items, name) for name in ("text_features", "alt_text_features")}
     views = SequenceCollator(
         domain.sequences["train"],
         max_seq_length,
-        item_drop_ratio=args.item_drop_ratio,
-        word_drop_ratio=args.word_drop_ratio,
+        item_drop_ratio=args.item_drop_ratio if augmented_views else 0.0,
+        word_drop_ratio=args.word_drop_ratio if augmented_views else 0.0,
         seed=args.seed,
         **text,
     )
@@ -506,7 +508,8 @@ def fit(
 
 def resolved_resume(args: TrainingRecipe) -> TrainingRecipe:
     """`resume_from_checkpoint: latest-if-any` made definite: `latest` when `output_dir` holds checkpoints, else a
-    fresh run, which may replace what a start killed before its first checkpoint left there."""
+    fresh run, which may replace what a start killed before its first checkpoint left there. Each process decides
+    alone, before any writes: they read the same `output_dir` (one file system, as resuming assumes anyway)."""
     if args.resume_from_checkpoint != RESUME_IF_ANY:
         return args
     if holds_checkpoints(args.output_dir):

@@ -113,3 +113,15 @@ def test_the_sanity_bar_holds_the_base_to_the_scratch_models_auto_picks(case, tm
         tmp_path / "Beauty" / "inductive" / "other" / "seed1"
     )
     assert case.scratch_reference("Beauty", tmp_path)["official"][0] == pytest.approx(0.05)  # tuned runs alone
+
+
+def test_recorded_sanity_rows_keep_the_order_of_the_base_domains(case, tmp_path):
+    for domain in ("Yelp", "Beauty", "LastFM"):
+        folder = tmp_path / "sanity" / domain / "zero-shot" / "zero-shot-seed0"
+        folder.mkdir(parents=True)
+        (folder / "bench_run.json").write_text(json.dumps({"target": domain}))
+    recorded = case.recorded_transfer_profile(tmp_path)
+    assert [run["target"] for run in recorded["sanity"]] == ["Beauty", "Yelp", "LastFM"] == [
+        d for d in case.BASE_DOMAINS if d in ("Yelp", "Beauty", "LastFM")
+    ]
+    assert recorded["runs"] == [] and "base" not in recorded  # nothing trained, no base yet

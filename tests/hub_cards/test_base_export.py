@@ -22,9 +22,9 @@ def catalogue(num_items: int, seed: int) -> dict[str, torch.Tensor]:
     return {f"{m}_features": torch.randn(num_items, 16, generator=generator) for m in ("text", "image")}
 
 
-def pretrained_model() -> MISSRecModel:
+def pretrained_model(**config) -> MISSRecModel:
     torch.manual_seed(0)
-    model = MISSRecModel(tiny_config(repeat_bias=True))
+    model = MISSRecModel(tiny_config(repeat_bias=True, **config))
     model.set_catalogue(**catalogue(80, seed=1))
     model.discover_interests()
     return model.eval()
@@ -38,12 +38,14 @@ def embeddings_on(model: MISSRecModel, items: dict[str, torch.Tensor]) -> torch.
         return model(item_seq, lengths=lengths).sequence_embeddings
 
 
-def test_clearing_the_catalogue_keeps_what_transfers(tmp_path):
-    model = pretrained_model()
+@pytest.mark.parametrize("fusion", ["dynamic_shared", "dynamic_instance"])  # per-item fusion weights or not
+def test_clearing_the_catalogue_keeps_what_transfers(tmp_path, fusion):
+    model = pretrained_model(item_mm_fusion=fusion)
     model.save_pretrained(tmp_path / "with")
     model.clear_catalogue()
     assert (model.config.num_items, model.config.num_interests) == (0, 0)
     assert model.text_features.shape == (1, 16) and model.interest_centroids.shape == (1, 32)
+    assert fusion == "dynamic_shared" or model.item_fusion.weight.shape == (1,)
     with pytest.raises(ValueError, match="no item catalogue"):
         model(torch.tensor([[1, 2]]))
     model.save_pretrained(tmp_path / "without")
@@ -55,7 +57,16 @@ def test_clearing_the_catalogue_keeps_what_transfers(tmp_path):
     torch.testing.assert_close(without_items, with_items, rtol=0, atol=0)
 
 
-def write_pretraining_run(folder, recipe_overrides: dict | None = None) -> dict:
+def test_a_transductive_model_loses_its_item_ids_with_its_catalogue(tmp_path):
+    model = pretrained_model(id_mode="transductive")
+    model.clear_catalogue()
+    assert model.item_id_embeddings.num_embeddings == 1  # the padding row: ids are re-learnt on a new catalogue
+    model.save_pretrained(tmp_path / "without")
+    reloaded = MISSRecModel.from_pretrained(tmp_path / "without")
+    assert reloaded.config.num_items == 0 and reloaded.item_id_embeddings.num_embeddings == 1
+
+
+def write_pretraining_run(folder, recipe_overrides: dict | None = None, **metrics_overrides) -> dict:
     """A `stage: pretrain` run folder in train.py's shape (weights and metrics.json)."""
     pretrained_model().save_pretrained(folder)
     statistics = {"Beauty": {"users": 22363, "items": 12101, "interactions": 198502}}
@@ -69,6 +80,7 @@ def write_pretraining_run(folder, recipe_overrides: dict | None = None) -> dict:
         "epochs": [{"epoch": 1, "loss": 7.49, "ndcg@10": 0.0175, "train_seconds": 2700.0},
                    {"epoch": 2, "loss": 7.21, "ndcg@10": 0.0198, "train_seconds": 1800.0}],
         "test": {"ndcg@10": 0.02},
+        **metrics_overrides,
     }  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return metrics
@@ -106,6 +118,20 @@ def test_the_exported_base_holds_no_catalogue_and_its_card_says_what_it_is(tmp_p
     # The card's Python runs as written, as remote code, without this package.
     code = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
     assert run_script_without_package(code, tmp_path).strip().endswith("torch.Size([1, 32])")
+
+
+def test_a_demo_base_card_says_synthetic_and_reads_short_runs_right(tmp_path):
+    demo = {"domain": ["demo-1", "demo-2"], "max_eval_examples": None, "max_train_examples": 5000}
+    build = {"source": "demo", "domains": ["demo-1", "demo-2"]}
+    epochs = [{"epoch": 1, "loss": 4.9, "ndcg@10": None, "train_seconds": 95.0}]
+    write_pretraining_run(tmp_path / "pretrain", demo, build=build, epochs=epochs)
+    card = ModelCard.load(export_base(tmp_path / "pretrain", tmp_path / "base") / "README.md")
+    assert card.data.license == "apache-2.0" and "synthetic" in card.text and "research-use" not in card.text
+    assert "| demo-1 | – | – | – | synthetic (the project's seeded demo generator) |" in card.text
+    assert "1 epoch over a seeded sample of 5,000 examples" in card.text and "2 minutes of training." in card.text
+    assert "for every validation user." in card.text and "best on validation" not in card.text  # no score, no pick
+    assert "| 1 | 4.900 | – | 95 |" in card.text
+    assert "configuration/recipes/demo-finetune.yaml" in card.text and "text-domain.yaml" not in card.text
 
 
 def test_a_base_without_transfer_results_says_so_and_only_pretraining_runs_are_bases(tmp_path):

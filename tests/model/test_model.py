@@ -231,6 +231,11 @@ def test_pretraining_loss_by_hand(model):
     _, diversity = model._encode(items, lengths)
     torch.testing.assert_close(out.diversity_loss, diversity)
     torch.testing.assert_close(out.loss, seq_item + cfg.diversity_loss_weight * diversity)
+    without_view = pretraining(model)(items, labels, lengths=lengths, return_dict=False)  # the view is not needed
+    assert len(without_view) == 5 and torch.equal(without_view[0], out.loss)  # loss, scores, seq, seq_item, diversity
+    cfg.seq_seq_loss_weight = 0.001
+    with pytest.raises(ValueError, match="needs augmented_item_seq"):
+        pretraining(model)(items, labels, lengths=lengths)
 
 
 def test_word_drop_view_uses_the_given_text_features(model):

@@ -147,6 +147,8 @@ def test_checkpoints_resume_refuse_other_settings_and_protect_earlier_runs(train
 def test_latest_if_any_starts_a_long_run_and_continues_it_after_a_kill(train, tmp_path, fresh_accelerate_state):
     """`resume_from_checkpoint: latest-if-any` (the bench's long runs): the same command starts afresh in a folder
     without checkpoints and, after a kill, continues from the latest epoch (not training it again)."""
+    with pytest.raises(ValueError, match="latest-if-any needs checkpointing_steps"):  # it would never resume
+        load_recipe(None, ["--resume_from_checkpoint", "latest-if-any"])
     run = tmp_path / "run"
     words = ["--num_users", "120", "--num_items", "60", "--baselines", "[]", "--epochs", "2", "--output_dir", str(run)]
     words += ["--checkpointing_steps", "epoch", "--checkpoints_total_limit", "100"]
