@@ -248,8 +248,9 @@ def test_cli_exports_a_dataset_and_reports_an_offline_push_clearly(tmp_path, cap
             main([*command, "--help"])
         return capsys.readouterr().out
 
-    assert "{model,dataset}" in help_of()
+    assert "{model,base,dataset}" in help_of()
     assert all(flag in help_of("model") for flag in ("--run_dir", "--base_model", "--push_to_hub", "--output_dir"))
+    assert all(flag in help_of("base") for flag in ("--run_dir", "--transfer_results", "--push_to_hub"))
     small_demo = ["dataset", "--domain", "demo", "--demo_num_items", "60", "--demo_num_users", "100"]
     command = [
         *[sys.executable, "-m", "modeling_missrec.hub_cards.export", *small_demo],
