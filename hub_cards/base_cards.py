@@ -14,15 +14,13 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..pipelines.data.domain_data import AMAZON_CATEGORIES
 from .model_cards import DEMO_LIMITATIONS, TAGS, _value, model_rows, recipe_setting_rows
 
 BASE_TEMPLATE = Path(__file__).with_name("base_card_template.md")
 # The terms of the real domains this project trains on (all research use); a domain not listed gets NO_TERMS.
 DATA_TERMS = {
-    **dict.fromkeys(
-        ("Beauty", "Games", "Scientific", "Food", "Home", "Movies", "Office", "Instruments", "Arts", "Pantry"),
-        "Amazon review data (McAuley et al.): research use",
-    ),
+    **dict.fromkeys((*AMAZON_CATEGORIES, "Beauty", "Games"), "Amazon review data (McAuley et al.): research use"),
     "Yelp": "Yelp Open Dataset: its dataset terms (academic, non-commercial)",
     "LastFM": "HetRec 2011 Last.fm (GroupLens): non-commercial research use",
     "MovieLens100K": "MovieLens 100K (GroupLens): research use, cite GroupLens",
@@ -55,11 +53,14 @@ def pretraining_domains(metrics: dict[str, Any]) -> list[str]:
     return [domains] if isinstance(domains, str) else list(domains)
 
 
+def is_demo_domain(domain: str) -> bool:
+    """Whether `domain` is the synthetic demo domain (`demo`, or `demo-<k>` of seed k)."""
+    return domain == "demo" or domain.startswith("demo-")
+
+
 def domain_terms(domain: str) -> str:
-    """The terms of one pre-training domain (`DATA_TERMS`; `demo-<k>` domains are synthetic)."""
-    if domain == "demo" or domain.startswith("demo-"):
-        return DEMO_TERMS
-    return DATA_TERMS.get(domain, NO_TERMS)
+    """The terms of one pre-training domain (`DATA_TERMS`; demo domains are synthetic)."""
+    return DEMO_TERMS if is_demo_domain(domain) else DATA_TERMS.get(domain, NO_TERMS)
 
 
 def data_rows(metrics: dict[str, Any]) -> list[list[str]]:
@@ -124,7 +125,7 @@ def budget_paragraph(metrics: dict[str, Any]) -> str:
 def is_demo(metrics: dict[str, Any]) -> bool:
     """Whether the base was pre-trained on the synthetic demo domains only."""
     domains = pretraining_domains(metrics)
-    return bool(domains) and all(domain_terms(d) == DEMO_TERMS for d in domains)
+    return bool(domains) and all(map(is_demo_domain, domains))
 
 
 def feature_note(config: Any, metrics: dict[str, Any]) -> str:

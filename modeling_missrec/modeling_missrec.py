@@ -350,28 +350,28 @@ class MISSRecModel(MISSRecPreTrainedModel):
         tables = self._validated_catalogue(
             {"text": text_features, "image": image_features}, {"text": text_present, "image": image_present}
         )
-        num_items = next(iter(tables.values()))[0].shape[0]
-        device = self.position_embeddings.weight.device
-        resized = num_items != self.config.num_items
-        self._describe_catalogue(num_items=num_items, num_interests=0)
-        self._register_catalogue_buffers(num_items, 0)
+        self._empty_catalogue(next(iter(tables.values()))[0].shape[0])
         for m, (table, mask) in tables.items():
             getattr(self, f"{m}_features")[1:] = table
             getattr(self, f"{m}_present")[1:] = mask
-        self.to(device)
-        if resized:
-            self._reset_item_parameters(num_items)
 
     @writes_catalogue_state
     def clear_catalogue(self) -> None:
         """Remove the item catalogue (feature tables, interest tables, per-item parameters), keeping the sequence
         encoder and the adaptors: what a pre-trained base ships, a few MB instead of its pre-training items.
         [`set_catalogue`] gives it a catalogue again (a zero-shot run, fine-tuning)."""
+        self._empty_catalogue(0)
+
+    def _empty_catalogue(self, num_items: int) -> None:
+        """All-zero catalogue buffers for `num_items` items and no interests, on the model's device and described in
+        its config; the per-item parameters are re-initialised when the number of items changes."""
         device = self.position_embeddings.weight.device
-        self._describe_catalogue(num_items=0, num_interests=0)
-        self._register_catalogue_buffers(0, 0)
+        resized = num_items != self.config.num_items
+        self._describe_catalogue(num_items=num_items, num_interests=0)
+        self._register_catalogue_buffers(num_items, 0)
         self.to(device)
-        self._reset_item_parameters(0)
+        if resized:
+            self._reset_item_parameters(num_items)
 
     def _fresh_item_id_embeddings(self) -> nn.Embedding:
         embeddings = nn.Embedding(self.config.num_items + 1, self.config.hidden_size, padding_idx=0)
