@@ -18,6 +18,7 @@ few users or with all of them, and would more pre-training change that?
      (`EPOCHS`: smaller samples get more, cheaper epochs; `PATIENCE` epochs without a validation gain stop a run).
      Below 100% every arm is inductive (a few users teach item ids little); at 100% the target recipe's
      `id_mode: auto` picks.
+   The runs go cheapest first (`run_plan`): the 100% cells, one seed at a time, come last.
    Each run is a `train.py` run (`common.train_run`) into `RUNS/<target>/<fraction>/<arm>-seed<N>/`; its numbers go
    to `bench_run.json` there (committed), and a run whose file exists is not trained again.
    - the budget curve: the base as it was after `BUDGET_EPOCHS` of its `BASE_EPOCHS` (`save_epochs`) fine-tuned
@@ -181,16 +182,34 @@ def run_transfer_profile(
     ]
     if "Scientific" in targets and not (REENCODED_SCIENTIFIC / "Scientific.feature_widths.json").is_file():
         reencode_text_features(SHARED / "amazon-scientific-mm", "Scientific", REENCODED_SCIENTIFIC)
-    runs, epochs = [], EPOCHS if epochs is None else epochs
-    for target, words in targets.items():
-        runs.append(one_run(target, None, "zero-shot", 0, base, root, words, epochs))
-        for fraction in fractions:
-            for seed in seeds:
-                runs += [one_run(target, fraction, arm, seed, base, root, words, epochs) for arm in ARMS]
-        for budget in budget_epochs:  # the budget curve, beside that share's scratch runs
-            for seed in seeds:
-                runs.append(one_run(target, budget_fraction, f"lora@epoch-{budget}", seed, base, root, words, epochs))
+    epochs = EPOCHS if epochs is None else epochs
+    plan = run_plan(list(targets), fractions, seeds, budget_epochs, budget_fraction)
+    runs = [
+        one_run(target, fraction, arm, seed, base, root, targets[target], epochs)
+        for target, fraction, arm, seed in plan
+    ]
     return report | {"case": "transfer-profile", "wall_seconds": time.perf_counter() - started, "runs": runs}
+
+
+def run_plan(
+    targets: list[str],
+    fractions: tuple[float, ...],
+    seeds: list[int],
+    budget_epochs: tuple[int, ...],
+    budget_fraction: float,
+) -> list[tuple[str, float | None, str, int]]:
+    """(target, fraction, arm, seed) of every run, cheapest first, so that a case stopped by its session has filled
+    whole rows of the table: each target's zero-shot run, the shares below 100% (smallest first), the budget curve,
+    then the 100% cells one seed at a time (each costs about as much as every smaller share together: read whatever
+    seeds are recorded)."""
+    plan = [(target, None, "zero-shot", 0) for target in targets]
+    for fraction in sorted(f for f in fractions if f < 1):
+        plan += [(target, fraction, arm, seed) for target in targets for seed in seeds for arm in ARMS]
+    budget = [f"lora@epoch-{epochs}" for epochs in budget_epochs]  # beside that share's scratch runs
+    plan += [(target, budget_fraction, arm, seed) for target in targets for seed in seeds for arm in budget]
+    full = [fraction for fraction in fractions if fraction >= 1]
+    plan += [(target, f, arm, seed) for seed in seeds for f in full for target in targets for arm in ARMS]
+    return plan
 
 
 def recorded_transfer_profile(root: Path = RUNS) -> dict:

@@ -75,8 +75,8 @@ class MISSRecDomainConfig(datasets.BuilderConfig):
         image_dir: local folder of item images named by source id, for raw data (`None`: no images).
         device, batch_size: where and in what batches features are extracted.
         demo_num_items, demo_num_users, demo_seed: size and seed of the demo domain.
-        data_fingerprint: names, sizes and modification times of the input files (set by `load_domain`), so
-            the cache is rebuilt when the files change.
+        data_fingerprint: names, sizes and contents of the input files (set by `load_domain`), so the cache is
+            rebuilt when the files change.
     """
 
     domain: str = "Scientific"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -41,15 +42,28 @@ class MultiModalDomain:
 
 
 def files_fingerprint(*folders: str | os.PathLike | None) -> str | None:
-    """A hash of the names, sizes and modification times of the files in `folders` (None if none is given)."""
+    """A hash of the names (within their folder), sizes and contents of the files in `folders` (None if none is
+    given).
+
+    Contents rather than modification times: a copy or a fresh checkout of the same data (new times, same bytes)
+    keeps its cache, and re-encoding a catalogue's text costs minutes where hashing its files costs a fraction of a
+    second (35 MB in 0.14 s here).
+    """
     entries = []
-    for folder in folders:
+    for position, folder in enumerate(folders):
         if folder is not None and Path(folder).is_dir():
             for path in sorted(Path(folder).rglob("*")):
                 if path.is_file():
-                    stat = path.stat()
-                    entries.append((str(path), stat.st_size, stat.st_mtime_ns))
+                    entries.append((position, path.relative_to(folder).as_posix(), path.stat().st_size, _digest(path)))
     return datasets.fingerprint.Hasher.hash(entries) if entries else None
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_domain(
@@ -71,7 +85,7 @@ def load_domain(
             (the demo domain's only source).
         data_dir: folder of the MISSRec files, of the raw 2018 files or of the atomic files.
         cache_dir: the `datasets` cache folder (default: the `datasets` default). Tables are rebuilt when the
-            settings or the files in `data_dir` / `image_dir` (names, sizes, modification times) change.
+            settings or the files in `data_dir` / `image_dir` (names, sizes, contents) change.
         download_mode: `datasets` download mode; `"force_redownload"` rebuilds everything, raw preparation too.
         config_kwargs: other [`MISSRecDomainConfig`] fields (`text_encoder`, `text_fields`, `image_dir`, ...).
 

@@ -62,6 +62,20 @@ def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, mon
     assert table in (base / "README.md").read_text()
 
 
+def test_the_plan_runs_cheap_cells_first_and_the_full_data_cells_seed_by_seed(case):
+    plan = case.run_plan(["A", "B"], (1.0, 0.05, 0.01), [0, 1], (1, 3), 0.05)
+    arms = case.ARMS
+    assert plan[:2] == [("A", None, "zero-shot", 0), ("B", None, "zero-shot", 0)]
+    fractions = [fraction for _, fraction, _, _ in plan[2:]]
+    assert fractions == sorted(fractions)  # 1%, 5%, the budget curve at 5%, then 100%
+    full = [(target, arm, seed) for target, fraction, arm, seed in plan if fraction == 1.0]
+    assert full == [(t, a, s) for s in (0, 1) for t in ("A", "B") for a in arms]  # seed 0 of both targets first
+    budget = [(target, arm, seed) for target, _, arm, seed in plan if "@" in arm]
+    assert budget == [(t, f"lora@epoch-{e}", s) for t in ("A", "B") for s in (0, 1) for e in (1, 3)]
+    expected = 2 + 2 * 2 * 2 * len(arms) + len(budget) + len(full)
+    assert len(plan) == len(set(plan)) == expected
+
+
 def record(fraction, arm, seed, excluded, official, id_mode="inductive"):
     metrics = {p: {"ndcg@10": v} for p, v in (("exclude_history", excluded), ("official", official))}
     cold = {"users": 3, **metrics}
@@ -121,7 +135,9 @@ def test_recorded_sanity_rows_keep_the_order_of_the_base_domains(case, tmp_path)
         folder.mkdir(parents=True)
         (folder / "bench_run.json").write_text(json.dumps({"target": domain}))
     recorded = case.recorded_transfer_profile(tmp_path)
-    assert [run["target"] for run in recorded["sanity"]] == ["Beauty", "Yelp", "LastFM"] == [
-        d for d in case.BASE_DOMAINS if d in ("Yelp", "Beauty", "LastFM")
-    ]
+    assert (
+        [run["target"] for run in recorded["sanity"]]
+        == ["Beauty", "Yelp", "LastFM"]
+        == [d for d in case.BASE_DOMAINS if d in ("Yelp", "Beauty", "LastFM")]
+    )
     assert recorded["runs"] == [] and "base" not in recorded  # nothing trained, no base yet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from helpers import SHARED_DATA, rec
 from modeling_missrec.pipelines.data.collator import SequenceCollator, catalogue_features, feature_matrix
 from modeling_missrec.pipelines.data.demo_data import make_demo_domain
 from modeling_missrec.pipelines.data.domain_data import leave_one_out
-from modeling_missrec.pipelines.data.loading import domain_statistics, load_domain, mix_domains
+from modeling_missrec.pipelines.data.loading import domain_statistics, files_fingerprint, load_domain, mix_domains
 from modeling_missrec.pipelines.data.missrec_files import read_missrec_folder, write_missrec_folder
 
 SCIENTIFIC = SHARED_DATA / "amazon-scientific-mm"
@@ -328,6 +329,31 @@ def test_collator_and_features_follow_a_selected_or_shuffled_view(tmp_path):
     np.testing.assert_array_equal(
         feature_matrix(shuffled, "text_features")[:5], np.array(shuffled[:5]["text_features"], dtype=np.float32)
     )
+
+
+def test_the_cache_follows_file_contents_not_their_times(tmp_path):
+    """A copy of the same files with new times (a fresh checkout, a re-provisioned data folder) keeps the cache; the
+    same sizes with other bytes rebuild it."""
+    files = write_missrec_folder(make_demo_domain(num_items=50, num_users=30, name="MyShop"), tmp_path / "files")
+    first = load_domain("MyShop", data_dir=files, cache_dir=tmp_path / "cache")
+    cached = first.sequences.cache_files["train"][0]["filename"]
+    for path in files.iterdir():
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    assert (
+        load_domain("MyShop", data_dir=files, cache_dir=tmp_path / "cache").sequences.cache_files["train"][0][
+            "filename"
+        ]
+        == cached
+    )
+    assert files_fingerprint(files) == files_fingerprint(shutil.copytree(files, tmp_path / "copy"))
+    train = files / "MyShop.train.inter"
+    rows = train.read_text().splitlines()
+    rows[1], rows[2] = rows[2], rows[1]  # same bytes, another order: another file
+    train.write_text("\n".join(rows) + "\n")
+    assert train.stat().st_size == (tmp_path / "copy" / "MyShop.train.inter").stat().st_size
+    changed = load_domain("MyShop", data_dir=files, cache_dir=tmp_path / "cache")
+    assert changed.sequences.cache_files["train"][0]["filename"] != cached
+    assert changed.sequences["train"]["user"][:2] == first.sequences["train"]["user"][:2][::-1]
 
 
 def test_cache_follows_file_changes_and_max_history_applies_to_files(tmp_path):
