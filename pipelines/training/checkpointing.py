@@ -77,7 +77,7 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / PROGRESS_FILE).is_file()]
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and _is_complete(p)]
     return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
 
 
@@ -87,10 +87,15 @@ def holds_checkpoints(output_dir: str | os.PathLike) -> bool:
     for root in sorted((Path(output_dir) / "checkpoints").glob("*")):
         if list_checkpoints(root):
             return True
-        interrupted = [p for p in root.glob(f"{TEMPORARY}*") if (p / PROGRESS_FILE).is_file()]
-        if interrupted or any(root.glob(f"{REPLACED}*")):
+        if any(map(_is_complete, root.glob(f"{TEMPORARY}*"))) or any(root.glob(f"{REPLACED}*")):
             return True
     return False
+
+
+def _is_complete(folder: Path) -> bool:
+    """Whether checkpoint `folder` (final or temporary) was written to the end: its `progress.json`, written last,
+    is there."""
+    return (folder / PROGRESS_FILE).is_file()
 
 
 def read_progress(folder: str | os.PathLike) -> TrainingProgress:
@@ -179,7 +184,7 @@ def recover_interrupted_saves(root: str | os.PathLike) -> list[str]:
         if name.startswith(DISCARDED):
             shutil.rmtree(folder)
             done.append(f"deleted {name}, whose deletion was interrupted")
-        elif name.startswith(TEMPORARY) and (folder / PROGRESS_FILE).is_file():
+        elif name.startswith(TEMPORARY) and _is_complete(folder):
             _install(folder, root / name.removeprefix(TEMPORARY))
             done.append(f"completed the save of {name.removeprefix(TEMPORARY)}, interrupted before its rename")
         elif name.startswith(TEMPORARY):
