@@ -159,3 +159,16 @@ def test_the_tuned_rows_pair_with_the_sasrec_an_earlier_variant_trained_and_samp
     sampled = case.run_accuracy_case("sampled-softmax", [0], recorded_only=True)
     uniform = case.sampled_softmax_markdown(sampled).splitlines()[2].split(" | ")
     assert uniform[:2] == ["| transductive", "uniform"] and uniform[4:7] == ["0.1000", "0.0970", "-0.0030"]
+
+
+def test_the_text_domain_case_runs_seed_by_seed(case, monkeypatch, tmp_path):
+    """Every domain and id mode of a seed before the next seed: a case stopped early pairs MISSRec with SASRec on
+    every domain."""
+    calls = []
+    monkeypatch.setattr(
+        case, "run_once", lambda domain, mode, variant, words, seed, *rest: calls.append((seed, domain, mode))
+    )
+    monkeypatch.setattr(case, "FULL_DATA_RUNS", tmp_path)
+    case.run_accuracy_case("text-domains", [0, 1], ["MovieLens100K", "Beauty"])
+    firsts = [(domain, mode) for domain in ("MovieLens100K", "Beauty") for mode in case.ID_MODES]
+    assert calls == [(seed, *run) for seed in (0, 1) for run in firsts]
