@@ -112,6 +112,8 @@ def budget_paragraph(metrics: dict[str, Any]) -> str:
     scored = [e for e in epochs if isinstance(e.get("ndcg@10"), (int, float))]
     best = max(scored, key=lambda e: e["ndcg@10"]) if scored else None
     kept = "" if best is None else f"; the weights are those of epoch {best.get('epoch')}, the best on validation"
+    if "snapshot_epoch" in metrics:  # a `save_epochs` snapshot: the weights as they were, whatever validation said
+        kept = f"; the weights are those after epoch {metrics['snapshot_epoch']} (a snapshot of a longer run)"
     users = recipe.get("max_eval_examples")
     validated = "every validation user" if users is None else f"a seeded sample of {users:,} validation users"
     return (

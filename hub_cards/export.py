@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -80,6 +81,18 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is missing: export needs a train.py output folder (weights + metrics.json)")
     with open(path) as f:
         return json.load(f)
+
+
+def snapshot_metrics(folder: Path) -> dict[str, Any] | None:
+    """For an `epoch-<N>` snapshot of a run (`save_epochs`: no `metrics.json` of its own), the run's metrics as they
+    stood after epoch N, with `snapshot_epoch` N; None for any other folder."""
+    match = re.fullmatch(r"epoch-(\d+)", folder.name)
+    if match is None or (folder / "metrics.json").is_file() or not (folder.parent / "metrics.json").is_file():
+        return None
+    epoch = int(match.group(1))
+    metrics = read_metrics(folder.parent)
+    epochs = [e for e in metrics.get("epochs") or [] if e.get("epoch", 0) <= epoch]
+    return {**metrics, "epochs": epochs, "snapshot_epoch": epoch}
 
 
 # Recipe keys that hold paths of the machine that trained: an exported folder is read on others.
@@ -243,7 +256,8 @@ def export_base(
     """Write a pre-trained base as a Hub-ready folder, without its pre-training catalogue.
 
     Args:
-        run_dir: the output folder of a `train.py` run with `stage: pretrain` (weights, `metrics.json`).
+        run_dir: the output folder of a `train.py` run with `stage: pretrain` (weights, `metrics.json`), or one of
+            its `epoch-<N>` snapshots (`save_epochs`), whose card tells its first N epochs.
         output_dir: a new (or empty) folder.
         repo_id: the Hub id the folder will be pushed to (used by the card's commands; default: the folder path).
         transfer_results: a markdown file of the transfer measurements made with this base, shown on the card.
@@ -252,7 +266,7 @@ def export_base(
         The output folder.
     """
     run_dir = Path(run_dir)
-    metrics = read_metrics(run_dir)
+    metrics = snapshot_metrics(run_dir) or read_metrics(run_dir)
     stage = (metrics.get("recipe") or {}).get("stage")
     if stage != "pretrain":
         raise ValueError(
@@ -358,7 +372,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also write the demo page as the folder's app (app.py, requirements.txt): a Hub Space",
     )
     base = commands.add_parser("base", help="a pre-training run as a base without its catalogue, with its card")
-    base.add_argument("--run_dir", required=True, help="train.py output folder of a stage: pretrain run")
+    base.add_argument(
+        "--run_dir", required=True, help="train.py output folder of a stage: pretrain run, or its epoch-N snapshot"
+    )
     base.add_argument(
         "--transfer_results", help="a markdown file of what transfer measured with this base, for the card"
     )

@@ -142,3 +142,17 @@ def test_a_base_without_transfer_results_says_so_and_only_pretraining_runs_are_b
     write_pretraining_run(tmp_path / "finetune", {"stage": "finetune"})
     with pytest.raises(ValueError, match="stage='finetune' run: a base is a pre-training run"):
         export_base(tmp_path / "finetune", tmp_path / "not-a-base")
+
+
+def test_a_snapshot_of_the_budget_curve_exports_with_the_epochs_it_had_seen(tmp_path):
+    """An `epoch-<N>` folder of `save_epochs` has no metrics of its own: its card tells the run's first N epochs
+    and says the weights are those after epoch N, not the best on validation."""
+    write_pretraining_run(tmp_path / "pretrain")
+    pretrained_model().save_pretrained(tmp_path / "pretrain" / "epoch-1")
+    card = ModelCard.load(export_base(tmp_path / "pretrain" / "epoch-1", tmp_path / "base") / "README.md")
+    assert "1 epoch over every training example" in card.text and "| 1 | 7.490 | 0.0175 | 2700 |" in card.text
+    assert "| 2 | 7.210 |" not in card.text and "best on validation" not in card.text
+    assert "the weights are those after epoch 1 (a snapshot of a longer run)" in card.text
+    assert json.loads((tmp_path / "base" / "metrics.json").read_text())["snapshot_epoch"] == 1
+    with pytest.raises(FileNotFoundError, match="metrics.json is missing"):
+        export_base(tmp_path / "pretrain" / "epoch-1" / "nested", tmp_path / "other")
