@@ -38,12 +38,16 @@ def trained_in_frozen_mode(model: nn.Module) -> list[str]:
     return names
 
 
-def match_catalogue_modalities(model: nn.Module, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def match_catalogue_modalities(
+    model: nn.Module, features: dict[str, torch.Tensor], add_missing: bool = True
+) -> dict[str, torch.Tensor]:
     """Fit a pre-trained MISSRec to a domain whose modalities differ from the ones it was trained on.
 
     - A modality the domain has and the model does not (text-only pre-training, text + image fine-tuning) is
       added with a freshly initialised adaptor ([`MISSRecModel.add_modality`]), with a warning. Every strategy
-      trains it (it is one of the modules `frozen` trains and `lora` saves whole).
+      trains it (it is one of the modules `frozen` trains and `lora` saves whole). Without `add_missing` (a model
+      that will not be trained: zero-shot) it is left out instead, with a warning: an untrained adaptor would
+      only add noise to every item's embedding.
     - A modality the model reads and the domain lacks is kept, with every item marked as lacking it (all-zero
       rows, which the model masks), with a warning: the model then recommends from the other modality.
     - A modality both have must have the same feature width (else `ValueError`: features of another encoder).
@@ -51,6 +55,7 @@ def match_catalogue_modalities(model: nn.Module, features: dict[str, torch.Tenso
     Args:
         model: a `MISSRecModel` (changed in place when a modality is added).
         features: the domain's `{"text_features": [N, dt], "image_features": [N, di]}` (either may be absent).
+        add_missing: add an adaptor for a modality the model lacks (False: leave the modality out).
 
     Returns:
         The features to give `model.set_catalogue`: one table per modality the model now reads.
@@ -64,15 +69,18 @@ def match_catalogue_modalities(model: nn.Module, features: dict[str, torch.Tenso
                 f"the pre-trained model reads {m} features of width {width}, but the domain's have width "
                 f"{table.shape[1]}: extract them with the encoder the model was pre-trained with"
             )
+    matched = dict(features)
     for m in ("text", "image"):
         if f"{m}_features" in features and m not in model.modality_names:
-            warnings.warn(
-                f"the pre-trained model reads {list(model.modality_names)} only; the domain also has {m} features: "
-                f"fine-tuning adds a freshly initialised {m} adaptor",
-                stacklevel=2,
-            )
-            model.add_modality(m, features[f"{m}_features"].shape[1])
-    matched = dict(features)
+            reads = f"the pre-trained model reads {list(model.modality_names)} only; the domain also has {m} features"
+            if add_missing:
+                warnings.warn(f"{reads}: fine-tuning adds a freshly initialised {m} adaptor", stacklevel=2)
+                model.add_modality(m, features[f"{m}_features"].shape[1])
+            else:
+                warnings.warn(
+                    f"{reads}: with nothing trained they are left out (untrained, they add noise)", stacklevel=2
+                )
+                del matched[f"{m}_features"]
     for m in model.modality_names:
         if f"{m}_features" not in features:
             warnings.warn(

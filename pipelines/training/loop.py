@@ -170,7 +170,7 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
 
     A model from a preset reads the modalities the catalogue has, at their widths. A pre-trained model whose
     modalities differ from the catalogue's is fitted to it by `match_catalogue_modalities` (a new adaptor for
-    a modality it lacks, with a warning).
+    a modality it lacks, with a warning; zero-shot, with `epochs` 0, that modality is left out instead).
     """
     dims = {f"{name.removesuffix('_features')}_feature_dim": table.shape[1] for name, table in features.items()}
     overrides = args.config_overrides or {}
@@ -183,7 +183,8 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
         # Rebuilt rather than set attribute by attribute, so that the overrides meet the config's checks.
         config = MISSRecConfig(**{**pretrained_config(args).to_dict(), **overrides})
         model = MISSRecModel.from_pretrained(args.pretrained, config=config)
-        features = match_catalogue_modalities(model, features)
+        # Zero-shot (nothing trained): a modality the model never learned is left out, not given a random adaptor.
+        features = match_catalogue_modalities(model, features, add_missing=args.epochs > 0)
         if model.config.id_mode == "transductive" and args.id_mode == "inductive":
             raise ValueError(f"pre-trained model {args.pretrained} is transductive; it cannot fine-tune inductively")
     default_ratio = PRETRAINING_INTEREST_RATIO if args.stage == "pretrain" else FINETUNING_INTEREST_RATIO

@@ -223,6 +223,10 @@ def test_match_catalogue_modalities_warns_adds_or_masks_and_refuses_other_widths
     with pytest.warns(UserWarning, match="adds a freshly initialised image adaptor"):
         matched = match_catalogue_modalities(model, features)
     assert model.modality_names == ("text", "image") and set(matched) == set(features)
+    untrained = tiny_model("text", text_feature_dim=12)  # zero-shot: no adaptor that nothing will train
+    with pytest.warns(UserWarning, match="with nothing trained they are left out"):
+        matched = match_catalogue_modalities(untrained, features, add_missing=False)
+    assert untrained.modality_names == ("text",) and set(matched) == {"text_features"}
     both = tiny_model("both", text_feature_dim=12, image_feature_dim=7)
     with pytest.warns(UserWarning, match="every item is marked as lacking image"):
         matched = match_catalogue_modalities(both, {"text_features": features["text_features"]})

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import REPO, run_train
+from helpers import FEATURE_DIM, REPO, run_train, tiny_config
 from modeling_missrec.configuration import load_recipe
 from modeling_missrec.hub_cards.export import export_base, export_model
 from modeling_missrec.pipelines.evaluation.content_knn import ContentKNNRecommender
+from modeling_missrec.pipelines.training.loop import build_missrec
 from safetensors.torch import load_file
 from transformers import pipeline
 
-import modeling_missrec  # noqa: F401  (registers the task)
+from modeling_missrec import MISSRecModel  # (importing the package registers the task)
 
 PRETRAIN = REPO / "configuration" / "recipes" / "demo-pretrain.yaml"
 
@@ -71,3 +72,17 @@ def test_a_base_recommends_on_a_catalogue_it_never_saw_and_the_folder_serves(tmp
 def test_zero_shot_recipes_that_cannot_be(words, message):
     with pytest.raises(ValueError, match=message):
         load_recipe(None, ["--epochs", "0", *words])
+
+
+def test_zero_shot_leaves_out_a_modality_the_base_never_learned(tmp_path):
+    """A text-only base on a catalogue with text and images: fine-tuning adds an image adaptor to train; zero-shot
+    trains nothing, so the images are left out rather than read through a random adaptor."""
+    MISSRecModel(tiny_config(modalities="text")).save_pretrained(tmp_path / "base")
+    features = {f"{m}_features": torch.randn(30, FEATURE_DIM) for m in ("text", "image")}
+    words = ["--pretrained", str(tmp_path / "base"), "--id_mode", "inductive", "--baselines", "[]"]
+    with pytest.warns(UserWarning, match="with nothing trained they are left out"):
+        zero_shot = build_missrec(load_recipe(None, [*words, "--epochs", "0"]), dict(features))
+    assert zero_shot.modality_names == ("text",) and zero_shot.config.num_items == 30
+    with pytest.warns(UserWarning, match="adds a freshly initialised image adaptor"):
+        finetuned = build_missrec(load_recipe(None, [*words, "--epochs", "1"]), dict(features))
+    assert finetuned.modality_names == ("text", "image")
