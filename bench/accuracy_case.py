@@ -181,8 +181,8 @@ def run_accuracy_case(
     else:
         plan = [("Scientific", mode, variant, words) for mode, variant, words in scientific_runs(case)]
     root = FULL_DATA_RUNS if case == "text-domains" else RUNS
-    # Seed by seed: every domain and mode of the first seed before the second's, so that a case stopped by its
-    # session has a paired MISSRec-SASRec comparison on every domain rather than more seeds of the first one.
+    # Seed by seed (every case): every domain, mode and variant of the first seed before the second's, so that a
+    # case stopped by its session has a paired MISSRec-SASRec comparison on every domain, not more seeds of one.
     records = [r for seed in seeds for run in plan if (r := run_once(*run, seed, recorded_only, root)) is not None]
     # The runs that hold the SASRec of a domain and seed, when another case's plan trained it.
     for domain, seed in sorted({(r["domain"], r["seed"]) for r in records}):

@@ -8,8 +8,9 @@ few users or with all of them, and would more pre-training change that?
    against that case's models trained from scratch on the domain alone (`id_mode: auto`;
    `accuracy_case.FULL_DATA_RUNS`); its records go to `RUNS/sanity/<domain>/zero-shot/zero-shot-seed0/`.
 2. Targets (`TARGETS`): Scientific, with its text re-encoded by the same sentence encoder and its CLIP images as
-   given (`scientific.yaml`), and MovieLens100K (`text-domain.yaml`), each with its shipped recipe: the tuned
-   settings, so that pre-trained and scratch models differ only in the pre-training.
+   given (`scientific.yaml`; fine-tuning trains an image adaptor for them, zero-shot leaves them out), and
+   MovieLens100K (`text-domain.yaml`), each with its shipped recipe: the tuned settings, so that pre-trained and
+   scratch models differ only in the pre-training.
 3. Per target:
    - zero-shot: the base on the target's catalogue, nothing trained (`epochs: 0`), beside popularity and the
      content-kNN baseline (one run: nothing in it depends on a seed);

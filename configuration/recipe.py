@@ -132,9 +132,9 @@ class TrainingRecipe:
         output_dir: where the model and `metrics.json` go.
         overwrite_output_dir: a run that does not resume refuses an `output_dir` holding checkpoints unless this
             is set (they are then deleted).
-        checkpointing_steps: save a resumable checkpoint every this many optimiser steps (an integer; with
-            gradient accumulation a step is `gradient_accumulation_steps` batches), at the end of
-            every epoch (`"epoch"`), or never (`None`). Checkpoints go to `output_dir/checkpoints/<model>/`.
+        checkpointing_steps: save a resumable checkpoint every this many optimiser steps and at the end of every
+            epoch (an integer; with gradient accumulation a step is `gradient_accumulation_steps` batches), at the
+            end of every epoch only (`"epoch"`), or never (`None`). Checkpoints go to `output_dir/checkpoints/<model>/`.
         checkpoints_total_limit: how many checkpoints of each model are kept (the newest).
         save_epochs: save MISSRec as it is after each of these epochs (its weights and interests then, not the best
             ones) into `output_dir/epoch-<N>/`, a folder `pretrained` loads: the bases of a pre-training budget
@@ -272,12 +272,12 @@ class TrainingRecipe:
         integers = ("batch_size", "eval_batch_size", "num_users", "num_items", "gradient_accumulation_steps")
         if not isinstance(self.epochs, int) or self.epochs < 0 or (self.epochs == 0 and self.pretrained is None):
             raise ValueError(f"epochs={self.epochs!r} must be an integer >= 1 (0: zero-shot, with pretrained)")
-        if self.epochs == 0 and (self.stage, self.strategy, self.id_mode) not in ZERO_SHOT:
+        if self.zero_shot and (self.stage, self.strategy, self.id_mode) not in ZERO_SHOT:
             raise ValueError(
                 f"epochs=0 evaluates the pre-trained model as it is (zero-shot): stage finetune, strategy full and "
                 f"id_mode inductive or auto, not {self.stage}, {self.strategy}, {self.id_mode}"
             )
-        if self.epochs == 0 and {"sasrec", "scratch"} & set(self.baselines):
+        if self.zero_shot and {"sasrec", "scratch"} & set(self.baselines):
             raise ValueError(
                 f"epochs=0 trains nothing, so baselines {self.baselines} would be untrained: use [content-knn]"
             )
@@ -321,6 +321,11 @@ class TrainingRecipe:
     def domains(self) -> list[str]:
         """The domain names, as a list."""
         return [self.domain] if isinstance(self.domain, str) else list(self.domain)
+
+    @property
+    def zero_shot(self) -> bool:
+        """Whether the run evaluates its pre-trained model as it is, nothing trained (`epochs: 0`)."""
+        return self.epochs == 0
 
     @property
     def resume_run_dir(self) -> str | None:

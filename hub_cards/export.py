@@ -84,15 +84,22 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def snapshot_metrics(folder: Path) -> dict[str, Any] | None:
-    """For an `epoch-<N>` snapshot of a run (`save_epochs`: no `metrics.json` of its own), the run's metrics as they
-    stood after epoch N, with `snapshot_epoch` N; None for any other folder."""
+    """For an `epoch-<N>` snapshot of a run (`save_epochs`: no `metrics.json` of its own), what the run's metrics say
+    of it: the recipe, the data, the processes and the first N epochs, with `snapshot_epoch` N (not the run's test
+    numbers or sizes, which are its kept weights'); None for any other folder."""
     match = re.fullmatch(r"epoch-(\d+)", folder.name)
-    if match is None or (folder / "metrics.json").is_file() or not (folder.parent / "metrics.json").is_file():
+    if match is None or (folder / "metrics.json").is_file() or not (folder / "config.json").is_file():
         return None
+    if not (folder.parent / "metrics.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} is a snapshot of the run {folder.parent}, which has not finished (no metrics.json there yet): "
+            "export it once the run has ended"
+        )
     epoch = int(match.group(1))
     metrics = read_metrics(folder.parent)
+    snapshot = {key: metrics[key] for key in ("recipe", "build", "num_processes") if key in metrics}
     epochs = [e for e in metrics.get("epochs") or [] if e.get("epoch", 0) <= epoch]
-    return {**metrics, "epochs": epochs, "snapshot_epoch": epoch}
+    return {**snapshot, "epochs": epochs, "snapshot_epoch": epoch}
 
 
 # Recipe keys that hold paths of the machine that trained: an exported folder is read on others.

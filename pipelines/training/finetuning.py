@@ -51,6 +51,7 @@ def match_catalogue_modalities(
     - A modality the model reads and the domain lacks is kept, with every item marked as lacking it (all-zero
       rows, which the model masks), with a warning: the model then recommends from the other modality.
     - A modality both have must have the same feature width (else `ValueError`: features of another encoder).
+    - Zero-shot, the domain must have a modality the model reads (else `ValueError`).
 
     Args:
         model: a `MISSRecModel` (changed in place when a modality is added).
@@ -81,6 +82,11 @@ def match_catalogue_modalities(
                     f"{reads}: with nothing trained they are left out (untrained, they add noise)", stacklevel=2
                 )
                 del matched[f"{m}_features"]
+    if not set(model.modality_names) & {name.removesuffix("_features") for name in matched}:
+        raise ValueError(
+            f"the pre-trained model reads {list(model.modality_names)} and the domain has none of them: with nothing "
+            "trained (zero-shot) it has nothing to recommend from"
+        )
     for m in model.modality_names:
         if f"{m}_features" not in features:
             warnings.warn(

@@ -184,7 +184,7 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
         config = MISSRecConfig(**{**pretrained_config(args).to_dict(), **overrides})
         model = MISSRecModel.from_pretrained(args.pretrained, config=config)
         # Zero-shot (nothing trained): a modality the model never learned is left out, not given a random adaptor.
-        features = match_catalogue_modalities(model, features, add_missing=args.epochs > 0)
+        features = match_catalogue_modalities(model, features, add_missing=not args.zero_shot)
         if model.config.id_mode == "transductive" and args.id_mode == "inductive":
             raise ValueError(f"pre-trained model {args.pretrained} is transductive; it cannot fine-tune inductively")
     default_ratio = PRETRAINING_INTEREST_RATIO if args.stage == "pretrain" else FINETUNING_INTEREST_RATIO
@@ -244,7 +244,7 @@ def id_modes_to_try(args: TrainingRecipe, from_scratch: bool = False) -> tuple[s
     inductive."""
     if args.id_mode != "auto":
         return (args.id_mode,)
-    if args.epochs == 0:  # zero-shot: ids that were never trained on this catalogue would score noise
+    if args.zero_shot:  # zero-shot: ids that were never trained on this catalogue would score noise
         return ("inductive",)
     if args.pretrained is not None and not from_scratch and pretrained_config(args).id_mode == "transductive":
         return ("transductive",)
@@ -270,7 +270,7 @@ def fit_missrec(
     """
     modes = id_modes_to_try(args, from_scratch)
     if args.id_mode == "auto" and len(modes) == 1:
-        why = "a zero-shot run is" if args.epochs == 0 else f"{args.pretrained} is"
+        why = "a zero-shot run is" if args.zero_shot else f"{args.pretrained} is"
         logger.print(f"id_mode auto: {why} {modes[0]}, so only {modes[0]} is evaluated or trained")
     kept, histories = None, {}
     for mode in modes:
@@ -280,7 +280,7 @@ def fit_missrec(
         model = missrec_to_train(mode_args, features, from_scratch)
         length = model.config.max_seq_length
         valid = SequenceCollator(domain.sequences["validation"], length)
-        if args.epochs == 0:
+        if args.zero_shot:
             model, histories[mode] = evaluate_zero_shot(name, model, valid, mode_args)
         else:
             augmented = bool(model.config.seq_seq_loss_weight)
@@ -599,7 +599,7 @@ def train_and_evaluate(
     max_seq_length = unwrap_missrec(accelerator.unwrap_model(model)).config.max_seq_length
     loaders = {split: SequenceCollator(domain.sequences[split], max_seq_length) for split in ("validation", "test")}
     label = "MISSRec" if args.pretrained is None else f"MISSRec (pre-trained, {args.strategy})"
-    label = "MISSRec (pre-trained, zero-shot)" if args.epochs == 0 else label
+    label = "MISSRec (pre-trained, zero-shot)" if args.zero_shot else label
     scorers = {label: ("", ranking_model(accelerator, model))}
     if "scratch" in args.baselines:
         scratch, scratch_args, histories = fit_missrec(accelerator, args, domain, features, from_scratch=True)
@@ -648,6 +648,6 @@ def train_and_evaluate(
             for name, key in (("MISSRec", "epochs"), ("MISSRec-scratch", "scratch_epochs"), ("SASRec", "sasrec_epochs"))
             if key in results
         }
-        if args.epochs > 0:  # a zero-shot run has no training curve
+        if not args.zero_shot:  # a zero-shot run has no training curve
             plot_curves(histories, os.path.join(args.output_dir, "curves.png"))
     return results, {name: results[f"{prefix}test"] for name, (prefix, _) in scorers.items()}

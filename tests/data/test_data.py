@@ -332,8 +332,8 @@ def test_collator_and_features_follow_a_selected_or_shuffled_view(tmp_path):
 
 
 def test_the_cache_follows_file_contents_not_their_times(tmp_path):
-    """A copy of the same files with new times (a fresh checkout, a re-provisioned data folder) keeps the cache; the
-    same sizes with other bytes rebuild it."""
+    """The same files with new times (a fresh checkout, a re-provisioned data folder) keep the cache; the same
+    sizes and times with other bytes rebuild it."""
     files = write_missrec_folder(make_demo_domain(num_items=50, num_users=30, name="MyShop"), tmp_path / "files")
     first = load_domain("MyShop", data_dir=files, cache_dir=tmp_path / "cache")
     cached = first.sequences.cache_files["train"][0]["filename"]
@@ -350,6 +350,7 @@ def test_the_cache_follows_file_contents_not_their_times(tmp_path):
     rows = train.read_text().splitlines()
     rows[1], rows[2] = rows[2], rows[1]  # same bytes, another order: another file
     train.write_text("\n".join(rows) + "\n")
+    os.utime(train, (1_000_000_000, 1_000_000_000))  # only the bytes differ
     assert train.stat().st_size == (tmp_path / "copy" / "MyShop.train.inter").stat().st_size
     changed = load_domain("MyShop", data_dir=files, cache_dir=tmp_path / "cache")
     assert changed.sequences.cache_files["train"][0]["filename"] != cached

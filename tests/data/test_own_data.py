@@ -227,6 +227,8 @@ def test_match_catalogue_modalities_warns_adds_or_masks_and_refuses_other_widths
     with pytest.warns(UserWarning, match="with nothing trained they are left out"):
         matched = match_catalogue_modalities(untrained, features, add_missing=False)
     assert untrained.modality_names == ("text",) and set(matched) == {"text_features"}
+    with pytest.raises(ValueError, match="has none of them: with nothing trained"), pytest.warns(UserWarning):
+        match_catalogue_modalities(untrained, {"image_features": features["image_features"]}, add_missing=False)
     both = tiny_model("both", text_feature_dim=12, image_feature_dim=7)
     with pytest.warns(UserWarning, match="every item is marked as lacking image"):
         matched = match_catalogue_modalities(both, {"text_features": features["text_features"]})

@@ -153,6 +153,8 @@ def test_a_snapshot_of_the_budget_curve_exports_with_the_epochs_it_had_seen(tmp_
     assert "1 epoch over every training example" in card.text and "| 1 | 7.490 | 0.0175 | 2700 |" in card.text
     assert "| 2 | 7.210 |" not in card.text and "best on validation" not in card.text
     assert "the weights are those after epoch 1 (a snapshot of a longer run)" in card.text
-    assert json.loads((tmp_path / "base" / "metrics.json").read_text())["snapshot_epoch"] == 1
-    with pytest.raises(FileNotFoundError, match="metrics.json is missing"):
-        export_base(tmp_path / "pretrain" / "epoch-1" / "nested", tmp_path / "other")
+    shared = json.loads((tmp_path / "base" / "metrics.json").read_text())
+    assert shared["snapshot_epoch"] == 1 and "test" not in shared  # the run's test numbers are its kept weights'
+    (tmp_path / "pretrain" / "metrics.json").unlink()  # a run still pre-training
+    with pytest.raises(FileNotFoundError, match="snapshot of the run .* which has not finished"):
+        export_base(tmp_path / "pretrain" / "epoch-1", tmp_path / "other")
