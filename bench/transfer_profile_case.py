@@ -42,6 +42,7 @@ from pathlib import Path
 
 from accuracy_case import FULL_DATA_RUNS, PROTOCOL_KEYS, TEXT_DOMAINS, TUNED, id_mode_auto_runs
 from common import RESUMABLE, mean_and_error, plus_minus, train_run
+from modeling_missrec.configuration.recipe import SNAPSHOT_PREFIX
 from transfer_case import METRICS, RECIPES, REENCODED_SCIENTIFIC, SHARED, cold_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ ARMS_ORDER = {"zero-shot": 0, **{arm: i + 1 for i, arm in enumerate(ARMS)}}
 def arm_order(arm: str) -> tuple[int, int]:
     """Table order: zero-shot, the arms, then the budget curve's by pre-training epochs."""
     strategy, _, budget = arm.partition("@")
-    return ARMS_ORDER[strategy], int(budget.removeprefix("epoch-") or 0)
+    return ARMS_ORDER[strategy], int(budget.removeprefix(SNAPSHOT_PREFIX) or 0)
 
 
 def run_arguments(
@@ -206,7 +207,7 @@ def run_plan(
     plan = [(target, None, "zero-shot", 0) for target in targets]
     for fraction in sorted(f for f in fractions if f < 1):
         plan += [(target, fraction, arm, seed) for target in targets for seed in seeds for arm in ARMS]
-    budget = [f"lora@epoch-{epochs}" for epochs in budget_epochs]  # beside that share's scratch runs
+    budget = [f"lora@{SNAPSHOT_PREFIX}{epochs}" for epochs in budget_epochs]  # beside that share's scratch runs
     plan += [(target, budget_fraction, arm, seed) for target in targets for seed in seeds for arm in budget]
     full = [fraction for fraction in fractions if fraction >= 1]
     plan += [(target, f, arm, seed) for seed in seeds for f in full for target in targets for arm in ARMS]

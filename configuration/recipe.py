@@ -35,6 +35,7 @@ LR_SCHEDULES = (
 BASELINES = ("sasrec", "scratch", "content-knn")
 ZERO_SHOT = {("finetune", "full", "inductive"), ("finetune", "full", "auto")}  # (stage, strategy, id_mode) of epochs 0
 RESUME_IF_ANY = "latest-if-any"  # resume_from_checkpoint: resume when output_dir holds checkpoints, else start afresh
+SNAPSHOT_PREFIX = "epoch-"  # `save_epochs` writes the model after epoch N to `output_dir/epoch-<N>/`
 
 
 def default_recipe_path() -> Path:

@@ -45,6 +45,7 @@ import numpy as np
 from transformers import pipeline
 
 from .. import MISSRecModel
+from ..configuration.recipe import SNAPSHOT_PREFIX
 from ..pipeline_missrec import TASK
 from ..pipelines.data.collator import arrow_table, catalogue_features
 from ..pipelines.data.loading import MultiModalDomain, domain_statistics, load_domain
@@ -87,7 +88,7 @@ def snapshot_metrics(folder: Path) -> dict[str, Any] | None:
     """For an `epoch-<N>` snapshot of a run (`save_epochs`: no `metrics.json` of its own), what the run's metrics say
     of it: the recipe, the data, the processes and the first N epochs, with `snapshot_epoch` N (not the run's test
     numbers or sizes, which are its kept weights'); None for any other folder."""
-    match = re.fullmatch(r"epoch-(\d+)", folder.name)
+    match = re.fullmatch(rf"{SNAPSHOT_PREFIX}(\d+)", folder.name)
     if match is None or (folder / "metrics.json").is_file() or not (folder / "config.json").is_file():
         return None
     if not (folder.parent / "metrics.json").is_file():

@@ -46,7 +46,7 @@ from ... import (
     unwrap_missrec,
 )
 from ...configuration import TrainingRecipe, check_config_overrides, load_preset
-from ...configuration.recipe import RESUME_IF_ANY
+from ...configuration.recipe import RESUME_IF_ANY, SNAPSHOT_PREFIX
 from ..data import (
     SPLITS,
     MultiModalDomain,
@@ -484,7 +484,7 @@ def fit(
         accelerator.print(f"{name} epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {metrics['ndcg@10']:.4f}{learned}")
         if missrec is not None and epoch + 1 in (args.save_epochs or ()) and accelerator.is_main_process:
             suffix = "" if name == "MISSRec" else f"-{name}"
-            save_trained(unwrapped, Path(args.output_dir) / f"epoch-{epoch + 1}{suffix}")
+            save_trained(unwrapped, Path(args.output_dir) / f"{SNAPSHOT_PREFIX}{epoch + 1}{suffix}")
         if on_epoch_end is not None:
             on_epoch_end(progress.history[-1])
         progress.epoch, progress.step, progress.loss_sum = epoch + 1, 0, 0.0
