@@ -22,9 +22,14 @@ from .layers_missrec import (
     MISSRecAttention,
     MISSRecFeedForward,
     MISSRecSublayer,
+    PackedLayout,
     catalogue_cross_entropy,
     init_standard_weights,
+    join_buckets,
     keep_most_recent,
+    longest_first,
+    row_buckets,
+    unpack,
     validate_history,
     validate_labels,
 )
@@ -51,22 +56,41 @@ class SASRecOutput(ModelOutput):
 
 
 class SASRecAttention(MISSRecAttention):
-    """Causal multi-head self-attention on dense `[B, L, d]` histories (`F.scaled_dot_product_attention`).
+    """Causal multi-head self-attention on packed history tokens, computed per row bucket (see [`PackedLayout`]).
 
-    Histories are left-aligned, so the causal mask alone keeps every real position away from padding (which
-    only ever sits after it); the outputs at padding positions are never read.
+    Histories are left-aligned, so in a bucket's padded layout the causal mask alone keeps every real position
+    away from padding (which only ever sits after it); the outputs at padding positions are dropped when packing.
+    A history's last position attends to all of its history, so when only those positions are wanted (`queries`:
+    the last layer) their attention is MISSRec's unmasked one over the row, which needs no causal mask at all.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`[B, L, d]` -> `[B, L, d]`; position `t` attends to positions `0..t`."""
-        out = F.scaled_dot_product_attention(
-            self._heads(self.q_proj(x)),
-            self._heads(self.k_proj(x)),
-            self._heads(self.v_proj(x)),
-            dropout_p=self.attention_dropout.p if self.training else 0.0,
-            is_causal=True,
-        )
-        return self.o_proj(out.transpose(1, 2).flatten(2))
+    def forward(
+        self,
+        queries: torch.Tensor,
+        query_layout: PackedLayout,
+        keys: torch.Tensor,
+        key_layout: PackedLayout,
+    ) -> torch.Tensor:
+        """`[Tq, d]` outputs of packed `queries` over packed `keys` `[Tk, d]` of the same rows.
+
+        With `query_layout is key_layout` the queries are the keys (every position, causal); otherwise each row's
+        queries are its last position alone.
+        """
+        if query_layout is not key_layout:
+            return super().forward(queries, query_layout, keys, key_layout)
+        q_all, k_all, v_all = self.project_table(queries)
+        outputs = []
+        buckets = zip(key_layout.padded(q_all), key_layout.padded(k_all), key_layout.padded(v_all))
+        for bucket, ((q, _), (k, _), (v, _)) in enumerate(buckets):
+            out = F.scaled_dot_product_attention(
+                self._heads(q),
+                self._heads(k),
+                self._heads(v),
+                dropout_p=self.attention_dropout.p if self.training else 0.0,
+                is_causal=True,
+            )
+            outputs.append(key_layout.packed(out.transpose(1, 2).flatten(2), bucket))
+        return self.o_proj(join_buckets(outputs))
 
 
 class SASRecFeedForward(MISSRecFeedForward):
@@ -85,9 +109,14 @@ class SASRecLayer(nn.Module):
         self.self_attention = MISSRecSublayer(config, SASRecAttention(config))
         self.feed_forward = MISSRecSublayer(config, SASRecFeedForward(config))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`[B, L, d]` -> `[B, L, d]`."""
-        return self.feed_forward(self.self_attention(x))
+    def forward(
+        self, x: torch.Tensor, layout: PackedLayout, queries: tuple[torch.Tensor, PackedLayout] | None = None
+    ) -> torch.Tensor:
+        """`x` `[T, d]` packed history tokens laid out by `layout` -> `[Tq, d]`: every token's output, or with
+        `queries` (`(tokens [B, d], layout)`: each row's last token, a subset of `x`) only theirs (exact: a
+        position's output depends on the others only through attention)."""
+        q, q_layout = (x, layout) if queries is None else queries
+        return self.feed_forward(self.self_attention(q, q_layout, x, layout))
 
 
 class SASRecPreTrainedModel(PreTrainedModel):
@@ -142,6 +171,27 @@ class SASRecModel(SASRecPreTrainedModel):
         item_seq, lengths, _ = keep_most_recent(item_seq, lengths, self.config.max_seq_length)
         return item_seq, lengths
 
+    def _packed_tokens(
+        self, item_seq: torch.Tensor, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, PackedLayout, torch.Tensor | None, torch.Tensor]:
+        """The embedded history tokens, packed (no padding: most histories are far shorter than the longest of a
+        batch, which a padded `[B, L, d]` grid would be sized by), rows longest first.
+
+        Returns:
+            `(tokens [T, d], layout over [B, L'], order [B] or None, lengths [B])`: row `i` of the layout is history
+            `order[i]` (None: the input order), `lengths` in layout order.
+        """
+        item_seq, lengths = self._prepare_history(item_seq, lengths)
+        order = longest_first(lengths)
+        if order is not None:
+            item_seq, lengths = item_seq[order], lengths[order]
+        length_list = lengths.tolist()
+        positions = torch.arange(length_list[0], device=item_seq.device)
+        layout = PackedLayout(positions < lengths[:, None], row_buckets(len(lengths)), length_list)
+        tokens = self.item_embeddings(layout.pack(item_seq[:, : length_list[0]]))
+        tokens = tokens + self.position_embeddings(layout.pack(positions.expand(len(lengths), -1)))
+        return self.dropout(self.LayerNorm(tokens)), layout, order, lengths
+
     def encode(self, item_seq: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs of the last Transformer layer at every position.
 
@@ -154,19 +204,20 @@ class SASRecModel(SASRecPreTrainedModel):
 
         Returns:
             `(hidden [B, L', hidden_size], lengths [B])` with `L' = max(lengths) <= max_seq_length`; `hidden`
-            at padding positions is meaningless.
+            is 0 at padding positions.
         """
-        item_seq, lengths = self._prepare_history(item_seq, lengths)
-        seq_len = int(lengths.max())
-        item_seq = item_seq[:, :seq_len]
-        hidden = self.item_embeddings(item_seq) + self.position_embeddings.weight[:seq_len]
-        hidden = self.dropout(self.LayerNorm(hidden))
+        tokens, layout, order, lengths = self._packed_tokens(item_seq, lengths)
         for layer in self.layers:
-            hidden = layer(hidden)
-        return hidden, lengths
+            tokens = layer(tokens, layout)
+        hidden = unpack(tokens, layout.mask)
+        if order is None:
+            return hidden, lengths
+        restore = order.argsort()
+        return hidden[restore], lengths[restore]
 
     def embed_sequences(self, item_seq: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Sequence representations: the last layer's output at each history's last item.
+        """Sequence representations: the last layer's output at each history's last item (the last layer computes
+        only those positions).
 
         Args:
             item_seq: `[B, L]` long, left-aligned item ids, 0 = padding, most recent last.
@@ -175,9 +226,15 @@ class SASRecModel(SASRecPreTrainedModel):
         Returns:
             `[B, hidden_size]`.
         """
-        hidden, lengths = self.encode(item_seq, lengths)
-        last = (lengths - 1)[:, None, None].expand(-1, 1, hidden.shape[-1])
-        return hidden.gather(1, last).squeeze(1)
+        tokens, layout, order, lengths = self._packed_tokens(item_seq, lengths)
+        for layer in self.layers[:-1]:
+            tokens = layer(tokens, layout)
+        last = tokens[lengths.cumsum(0) - 1]  # packed rows are whole histories, one after the other
+        last_layout = PackedLayout(
+            last.new_ones(len(last), 1, dtype=torch.bool), row_buckets(len(last)), [1] * len(last)
+        )
+        output = self.layers[-1](tokens, layout, queries=(last, last_layout))
+        return output if order is None else output[order.argsort()]
 
     # ------------------------------------------------------------------ item side
     def embed_items(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:

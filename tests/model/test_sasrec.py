@@ -68,6 +68,44 @@ def test_causality_later_items_do_not_change_earlier_positions(model):
         torch.testing.assert_close(model.embed_sequences(items[:, :k]), hidden[:, k - 1], atol=1e-5, rtol=0)
 
 
+def dense_reference(model: SASRecModel, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """RecBole's layout of the same math, in eval mode: every history padded to the longest, `[B, L, d]`, each
+    layer's attention causal over the whole grid."""
+    width = int(lengths.max())
+    hidden = model.LayerNorm(model.item_embeddings(items[:, :width]) + model.position_embeddings.weight[:width])
+    for layer in model.layers:
+        attention = layer.self_attention.block
+        q, k, v = (attention._heads(p(hidden)) for p in (attention.q_proj, attention.k_proj, attention.v_proj))
+        update = attention.o_proj(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).flatten(2))
+        hidden = layer.self_attention.LayerNorm(hidden + update)
+        hidden = layer.feed_forward.LayerNorm(hidden + layer.feed_forward.block(hidden))
+    return hidden
+
+
+def test_packed_histories_equal_the_padded_grid_outputs_and_gradients():
+    """The packed path (rows longest first, attention per bucket, the last layer on the last positions only) is
+    the padded computation: outputs at every real position, sequence embeddings, and the weights' gradients (in
+    float64, so that only a real difference shows)."""
+    model = tiny_sasrec(max_seq_length=30).double()
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.cat([torch.tensor([1, 30, 2, 30, 1]), torch.randint(1, 31, (195,), generator=generator)])
+    items = torch.randint(1, NUM_ITEMS + 1, (200, 30), generator=generator)  # 200 rows: several attention buckets
+    items = items * (torch.arange(30) < lengths[:, None])
+    reference = dense_reference(model, items, lengths)
+    hidden, _ = model.encode(items, lengths)
+    real = torch.arange(30) < lengths[:, None]
+    torch.testing.assert_close(hidden[real], reference[real], atol=1e-12, rtol=0)
+    assert not hidden[~real].any()
+    last = reference[torch.arange(200), lengths - 1]
+    sequences = model.embed_sequences(items, lengths)
+    torch.testing.assert_close(sequences, last, atol=1e-12, rtol=0)
+    weights = torch.randn(200, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    packed_grads = torch.autograd.grad((sequences * weights).sum(), list(model.parameters()))
+    dense_grads = torch.autograd.grad((last * weights).sum(), list(model.parameters()))
+    for (name, _), packed, dense in zip(model.named_parameters(), packed_grads, dense_grads):
+        torch.testing.assert_close(packed, dense, atol=1e-10, rtol=1e-8, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_scores_ignore_padding_and_batch_composition(model):
     items, lengths = random_histories(20, 10, NUM_ITEMS)
     full = model(items, lengths).scores
