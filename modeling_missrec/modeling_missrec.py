@@ -50,6 +50,7 @@ from .scoring_missrec import (
     history_items,
     history_mask,
     join_id_scores,
+    static_item_embeddings,
 )
 from .utils_missrec import unwrap_missrec
 
@@ -897,11 +898,19 @@ class MISSRecModel(MISSRecPreTrainedModel):
             `[B, C]`, or `[B, num_items + 1]` (column = item id, column 0 set to the dtype's minimum).
         """
         items = self.embed_items(item_ids, catalogue)
-        modality_logits = torch.stack([sequence_embeddings @ items[m].T for m in self.modality_names])  # [M, B, C]
-        logits = self.item_fusion(modality_logits, self.item_presence(item_ids), item_ids)
-        if "id" in items:
-            logits = join_id_scores(sequence_embeddings @ items["id"].T, logits, id_share=self.item_fusion.id_share())
-        logits = logits / self.score_temperature()
+        if self.item_fusion.mode == "static":
+            # Linear rules: fused on the `[C, d]` embeddings, one matmul, instead of on every `[B, C]` logit.
+            table = static_item_embeddings(
+                items, self.item_presence(item_ids), self.modality_names, self.item_fusion.id_share()
+            )
+            logits = (sequence_embeddings / self.score_temperature()) @ table.T
+        else:
+            modality_logits = torch.stack([sequence_embeddings @ items[m].T for m in self.modality_names])  # [M, B, C]
+            logits = self.item_fusion(modality_logits, self.item_presence(item_ids), item_ids)
+            if "id" in items:
+                id_logits = sequence_embeddings @ items["id"].T
+                logits = join_id_scores(id_logits, logits, id_share=self.item_fusion.id_share())
+            logits = logits / self.score_temperature()
         if item_ids is None:
             logits[:, 0] = torch.finfo(logits.dtype).min
         return logits

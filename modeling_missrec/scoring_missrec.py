@@ -10,6 +10,8 @@ MISSRec is computed"), used by the model's training scores, by evaluation (which
   two gated logits written as `s_i + d * sigmoid(w d)` with `d = s_t - s_i`; an absent modality takes the present
   one's value, which gives the masked softmax's result;
 - [`join_id_scores`]: `(s_id + 2 * fused) / 3` in transductive mode (linear too);
+- [`static_item_embeddings`]: the two linear rules applied to the embeddings, so that one matmul gives the static
+  fused scores (training and the index alike);
 - [`add_history_offsets`]: the learned repeat offsets (`MISSRecRepeatBias`, `config.repeat_bias`) added to the
   logits of the items a history holds.
 
@@ -109,6 +111,27 @@ def join_id_scores(
     if in_place:
         return fused.mul_(2).add_(id_scores).div_(3)
     return (id_scores + 2 * fused) / 3
+
+
+def static_item_embeddings(
+    embeddings: dict[str, torch.Tensor],
+    present: torch.Tensor,
+    modalities: Sequence[str],
+    id_share: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One embedding per item whose dot product with a sequence is that item's static fused score: [`present_mean`]
+    over the present modalities, joined with the id embedding ([`join_id_scores`]) when there is one. Both rules
+    are linear, so fusing embeddings once equals fusing every row's logits (one matmul scores a batch).
+
+    Args:
+        embeddings: `{modality: [C, d]}` normalised item embeddings (and `"id"`, transductive).
+        present: `[M, C]` bool, in `modalities` order; id_share: as [`join_id_scores`].
+
+    Returns:
+        `[C, d]`.
+    """
+    mean = present_mean(torch.stack([embeddings[m] for m in modalities]), present[..., None])
+    return join_id_scores(embeddings["id"], mean, id_share=id_share) if "id" in embeddings else mean
 
 
 def history_items(item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,9 +270,8 @@ class ItemIndex:
         """Write the columns of items `start .. start + c - 1` (0-based rows) from their normalised embeddings
         (`{"text": [c, d], "image": [c, d], "id": [c, d]}`) and modality presence `[M, c]`."""
         if self.mode == "static":
-            stacked = torch.stack([embeddings[m] for m in self.modalities])  # [M, c, d]
-            mean = present_mean(stacked, present[..., None])
-            columns = [join_id_scores(embeddings["id"], mean, id_share=self.id_share) if self.id_folded else mean]
+            kept = embeddings if self.id_folded else {m: embeddings[m] for m in self.modalities}
+            columns = [static_item_embeddings(kept, present, self.modalities, self.id_share)]
         else:
             text, image = stand_in_for_absent(embeddings["text"], embeddings["image"], *present[:, :, None])
             columns = [text, image] + ([embeddings["id"]] if self.has_id else [])

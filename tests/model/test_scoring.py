@@ -87,3 +87,41 @@ def test_a_score_that_is_not_a_number_never_ranks_above_one_that_is():
     # Item 7 is never recommended: it is dropped, as an excluded item is (before the fix it ranked first).
     assert (top.item_ids != 7).all() and (top.item_ids[:, -1] == 0).all()
     assert torch.isfinite(top.scores[:, :-1]).all()
+
+
+@pytest.mark.parametrize("id_mode", ["inductive", "transductive"])
+def test_static_scores_fused_on_embeddings_equal_the_fused_logits(id_mode):
+    """`score_items` under static fusion fuses the item embeddings once (`static_item_embeddings`); the scores and
+    every weight's gradient are those of the rule applied to each modality's logits (`MISSRecItemFusion`, then
+    `join_id_scores`, then the temperature), for the whole catalogue and for candidates."""
+    from helpers import tiny_model
+
+    learned = {"learned_id_weight": True} if id_mode == "transductive" else {}
+    model = tiny_model(30, id_mode=id_mode, item_mm_fusion="static", learn_score_temperature=True, **learned)
+    model = model.double()
+    model.image_present[[3, 7, 8]] = False  # items without an image: the mean is over their text alone
+    model.text_present[[5]] = False
+    with torch.no_grad():
+        model.learned_temperature.log_inverse.add_(0.3)  # neither 1 nor the starting value
+        if model.item_fusion.id_weight is not None:
+            model.item_fusion.id_weight.fill_(0.7)
+    sequences = torch.randn(4, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for item_ids in (None, torch.tensor([2, 3, 5, 8, 11, 29])):
+        items = model.embed_items(item_ids)
+        logits = torch.stack([sequences @ items[m].T for m in model.modality_names])
+        expected = model.item_fusion(logits, model.item_presence(item_ids), item_ids)
+        if "id" in items:
+            expected = join_id_scores(sequences @ items["id"].T, expected, id_share=model.item_fusion.id_share())
+        expected = expected / model.score_temperature()
+        scores = model.score_items(sequences, item_ids)
+        if item_ids is None:
+            expected, scores = expected[:, 1:], scores[:, 1:]  # (column 0, the padding, is set to the minimum)
+        torch.testing.assert_close(scores, expected, atol=1e-12, rtol=0)
+        weights = torch.randn(scores.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        ours = torch.autograd.grad((scores * weights).sum(), parameters, allow_unused=True)
+        theirs = torch.autograd.grad((expected * weights).sum(), parameters, allow_unused=True)
+        for name, a, b in zip([n for n, p in model.named_parameters() if p.requires_grad], ours, theirs):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
