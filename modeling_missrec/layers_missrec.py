@@ -524,21 +524,39 @@ class MISSRecAttention(nn.Module):
         """
         if rows is None and self.folds_keys(len(queries), len(keys), key_layout.mask.shape[0]):
             return self.o_proj(self._attend_folded(queries, query_layout, keys, key_layout))
-        outputs = []
         q_all, k_all, v_all = self.project_table(queries, keys) if projected is None else projected
         if rows is not None:
             q_all, k_all, v_all = (F.embedding(rows, table) for table in (q_all, k_all, v_all))
+        return self.o_proj(self._attend_projected(q_all, k_all, v_all, query_layout, key_layout))
+
+    def _attend_projected(
+        self,
+        q_all: torch.Tensor,
+        k_all: torch.Tensor,
+        v_all: torch.Tensor,
+        query_layout: PackedLayout,
+        key_layout: PackedLayout,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        """Attention of projected packed queries `[Tq, d]` over projected packed keys and values `[Tk, d]`, bucket
+        by bucket (`F.scaled_dot_product_attention`). Returns `[Tq, d]`, before `o_proj`.
+
+        `causal`: the queries are the keys (one layout), each attending to the positions up to its own. Rows are
+        left-aligned, so the causal mask alone keeps every real position away from padding (only ever after it).
+        """
+        outputs = []
         buckets = zip(query_layout.padded(q_all), key_layout.padded(k_all), key_layout.padded(v_all))
         for bucket, ((q, _), (k, k_mask), (v, _)) in enumerate(buckets):
             out = F.scaled_dot_product_attention(
                 self._heads(q),
                 self._heads(k),
                 self._heads(v),
-                attn_mask=None if key_layout.is_dense(bucket) else k_mask[:, None, None, :],
+                attn_mask=None if causal or key_layout.is_dense(bucket) else k_mask[:, None, None, :],
                 dropout_p=self.attention_dropout.p if self.training else 0.0,
+                is_causal=causal,
             )
             outputs.append(query_layout.packed(out.transpose(1, 2).flatten(2), bucket))
-        return self.o_proj(join_buckets(outputs))
+        return join_buckets(outputs)
 
 
 class MISSRecFeedForward(nn.Module):

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -25,7 +24,6 @@ from .layers_missrec import (
     PackedLayout,
     catalogue_cross_entropy,
     init_standard_weights,
-    join_buckets,
     keep_most_recent,
     longest_first,
     row_buckets,
@@ -59,9 +57,8 @@ class SASRecAttention(MISSRecAttention):
     """Causal multi-head self-attention on packed history tokens, computed per row bucket (see [`PackedLayout`]).
 
     Histories are left-aligned, so in a bucket's padded layout the causal mask alone keeps every real position
-    away from padding (which only ever sits after it); the outputs at padding positions are dropped when packing.
-    A history's last position attends to all of its history, so when only those positions are wanted (`queries`:
-    the last layer) their attention is MISSRec's unmasked one over the row, which needs no causal mask at all.
+    away from padding. A history's last position attends to all of its history, so when only those positions are
+    wanted (`queries`: the last layer) their attention is MISSRec's unmasked one over the row, with no causal mask.
     """
 
     def forward(
@@ -78,19 +75,8 @@ class SASRecAttention(MISSRecAttention):
         """
         if query_layout is not key_layout:
             return super().forward(queries, query_layout, keys, key_layout)
-        q_all, k_all, v_all = self.project_table(queries)
-        outputs = []
-        buckets = zip(key_layout.padded(q_all), key_layout.padded(k_all), key_layout.padded(v_all))
-        for bucket, ((q, _), (k, _), (v, _)) in enumerate(buckets):
-            out = F.scaled_dot_product_attention(
-                self._heads(q),
-                self._heads(k),
-                self._heads(v),
-                dropout_p=self.attention_dropout.p if self.training else 0.0,
-                is_causal=True,
-            )
-            outputs.append(key_layout.packed(out.transpose(1, 2).flatten(2), bucket))
-        return self.o_proj(join_buckets(outputs))
+        projected = self.project_table(queries)
+        return self.o_proj(self._attend_projected(*projected, key_layout, key_layout, causal=True))
 
 
 class SASRecFeedForward(MISSRecFeedForward):
