@@ -20,6 +20,10 @@ the sampler's own trials: the one-lever comparisons of an ablation. Every trial 
 seed's validation curve; a pruned trial is in the Optuna study only); a study with `--storage` (an Optuna database
 URL) can be resumed or inspected with Optuna's tools. Any recipe key is overridden as in `train.py` (`--key value`),
 for every trial.
+
+Long trials (hours each on a CPU) survive a kill: with `--checkpointing_steps 20 --resume_from_checkpoint
+latest-if-any`, each trial's seeds checkpoint into `<output_dir>/trials/<trial>/seed<N>/`, and the same command
+again skips the fixed trials `trials.json` records and continues the one that was running from its checkpoint.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ OVERRIDE_PREFIX = "config_overrides."
 # Recipe keys holding config attributes: a setting `<key>.<attribute>` sets one of them.
 OVERRIDE_KEYS = ("config_overrides", "sasrec_config_overrides")
 MODELS = ("missrec", "sasrec")
+FIXED_PREFIX = "fixed-"  # the name of `--trials` entry N: `fixed-<N>`
 # What a trial's record keeps of each epoch (per seed): its validation curve, and the temperature when it is learned.
 CURVE_KEYS = ("epoch", "loss", "ndcg@10", "score_temperature")
 # The recipe keys that decide the data a run trains and validates on (`train.load_training_data`).
@@ -111,6 +113,8 @@ class TrialRunner:
         started, scores, epochs, curves = time.perf_counter(), [], [], []
         for seed in self.seeds:
             args = apply_settings(self.args, {**settings, "seed": seed})
+            if args.checkpointing_steps is not None:
+                args = self.checkpointed(args, name, seed)
             # Under `id_mode: auto` a run trains two validation curves; the pruner compares one per trial.
             curve = on_epoch_end if self.model == "sasrec" or len(id_modes_to_try(args)) == 1 else None
             score, history = best_validation_ndcg(args, self.domain(args), on_epoch_end=curve, model=self.model)
@@ -132,6 +136,20 @@ class TrialRunner:
         )
         self.log.write_text(json.dumps(self.records, indent=2))
         return value
+
+    def checkpointed(self, args: TrainingRecipe, name: str, seed: int) -> TrainingRecipe:
+        """`args` checkpointing into the trial's own `trials/<name>/seed<N>/` folder beside the log, so that with
+        `resume_from_checkpoint: latest-if-any` a killed trial continues there (a finished seed's checkpoint returns
+        its history at once). A sampled trial's name is only its number, which names other settings in another
+        study: its folder is emptied first."""
+        folder = self.log.parent / "trials" / name / f"seed{seed}"
+        if not name.startswith(FIXED_PREFIX) and folder.exists():
+            shutil.rmtree(folder)
+        return dataclasses.replace(args, output_dir=str(folder))
+
+    def is_recorded(self, name: str, settings: dict) -> bool:
+        """Whether the log holds trial `name` with these settings and seeds (a rerun of the study skips it)."""
+        return any(r["trial"] == name and r["settings"] == settings and r["seeds"] == self.seeds for r in self.records)
 
     def objective(self, space: dict):
         """The Optuna objective over `space`; with one seed it reports each epoch, so the pruner can stop it."""
@@ -184,7 +202,8 @@ def run_study(
     with locked_output_dir(output):  # two studies into one trials.json would interleave their records
         runner = TrialRunner(args, seeds, output / "trials.json", model)
         for number, settings in enumerate(fixed):
-            runner.run(f"fixed-{number}", settings or {})
+            if not runner.is_recorded(f"{FIXED_PREFIX}{number}", settings or {}):
+                runner.run(f"{FIXED_PREFIX}{number}", settings or {})
         if n_trials:
             study = optuna.create_study(
                 study_name=study_name,

@@ -149,6 +149,40 @@ def test_tune_scores_fixed_and_sampled_trials_on_validation_without_reading_test
         tune.apply_settings(load_recipe(None, TINY_RUN), {"lr": 0.1})
 
 
+def test_a_killed_study_skips_recorded_trials_and_resumes_the_running_one(
+    scripts, tmp_path, monkeypatch, fresh_accelerate_state
+):
+    """With checkpoints and `latest-if-any`, the same study again skips the fixed trials it recorded and continues
+    the one a kill stopped from its own checkpoint, to the scores of an uninterrupted study."""
+    pytest.importorskip("optuna")
+    loop, tune = scripts
+    fixed = [{}, {"learning_rate": 0.003}]
+    resumable = ["--epochs", "3", "--checkpointing_steps", "epoch", "--resume_from_checkpoint", "latest-if-any"]
+    whole = tune.run_study(
+        load_recipe(None, [*TINY_RUN, *resumable, "--output_dir", str(tmp_path / "a")]), [0], fixed, {}
+    )
+    args = load_recipe(None, [*TINY_RUN, *resumable, "--output_dir", str(tmp_path / "b")])
+    evaluate, calls = loop.evaluate_ranking, []
+
+    def killed_at_the_fifth_validation(*a, **k):  # fixed-1's second epoch: after its first checkpoint
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return evaluate(*a, **k)
+
+    monkeypatch.setattr(loop, "evaluate_ranking", killed_at_the_fifth_validation)
+    with pytest.raises(KeyboardInterrupt):
+        tune.run_study(args, [0], fixed, {})
+    assert [r["trial"] for r in json.loads((tmp_path / "b" / "trials.json").read_text())] == ["fixed-0"]
+    assert (tmp_path / "b" / "trials" / "fixed-1" / "seed0" / "checkpoints").is_dir()
+    calls.clear()
+    records = tune.run_study(args, [0], fixed, {})
+    assert [r["trial"] for r in records] == ["fixed-0", "fixed-1"]
+    assert len(calls) == 2  # fixed-0 not trained again; fixed-1 resumed after its first epoch
+    for ours, theirs in zip(records, whole):
+        assert ours["valid_ndcg@10"] == pytest.approx(theirs["valid_ndcg@10"], abs=1e-6)
+
+
 def test_label_smoothing_spreads_over_real_items_only():
     model = tiny_model(NUM_ITEMS)
     items, lengths = random_histories(8, 10, NUM_ITEMS, seed=5)
