@@ -23,7 +23,8 @@ for every trial.
 
 Long trials (hours each on a CPU) survive a kill: with `--checkpointing_steps 20 --resume_from_checkpoint
 latest-if-any`, each trial's seeds checkpoint into `<output_dir>/trials/<trial>/seed<N>/`, and the same command
-again skips the fixed trials `trials.json` records and continues the one that was running from its checkpoint.
+again skips the fixed trials `trials.json` records (the same settings, recipe and model) and continues the fixed
+trial that was running from its checkpoint (a sampled trial starts over, under a new number).
 """
 
 from __future__ import annotations

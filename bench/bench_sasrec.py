@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,7 @@ TEXT_DOMAINS = REPO.parent / "shared" / "data" / "text-domains"
 
 def model_class_at(revision: str, into: Path) -> type:
     """`SASRecModel` as `revision` wrote it: its flat `modeling_missrec/*.py` copied into a package of `into`."""
-    package = into / f"sasrec_at_{revision.replace('/', '_')}"
+    package = into / ("sasrec_at_" + re.sub(r"\W", "_", revision))  # `v1.0`, `HEAD~2`: a module name
     package.mkdir()
     names = subprocess.run(
         ["git", "ls-tree", "--name-only", revision, "modeling_missrec/"],

@@ -9,8 +9,8 @@ and the search-space format.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -19,6 +19,7 @@ from accelerate import Accelerator
 
 from ...configuration import TrainingRecipe, load_preset
 from ..data import MultiModalDomain, catalogue_features
+from .checkpointing import recover_interrupted_saves
 from .loop import fit_missrec, fit_sasrec, id_modes_to_try, load_training_data
 from .output_lock import locked_output_dir
 
@@ -32,6 +33,7 @@ OVERRIDE_PREFIX = "config_overrides."
 OVERRIDE_KEYS = ("config_overrides", "sasrec_config_overrides")
 MODELS = ("missrec", "sasrec")
 FIXED_PREFIX = "fixed-"  # the name of `--trials` entry N: `fixed-<N>`
+RESUME_KEYS = ("checkpointing_steps", "resume_from_checkpoint")  # how a trial is saved, not what it trains
 # What a trial's record keeps of each epoch (per seed): its validation curve, and the temperature when it is learned.
 CURVE_KEYS = ("epoch", "loss", "ndcg@10", "score_temperature")
 # The recipe keys that decide the data a run trains and validates on (`train.load_training_data`).
@@ -114,7 +116,7 @@ class TrialRunner:
         for seed in self.seeds:
             args = apply_settings(self.args, {**settings, "seed": seed})
             if args.checkpointing_steps is not None:
-                args = self.checkpointed(args, name, seed)
+                args = self.checkpointed(args, name, settings, seed)
             # Under `id_mode: auto` a run trains two validation curves; the pruner compares one per trial.
             curve = on_epoch_end if self.model == "sasrec" or len(id_modes_to_try(args)) == 1 else None
             score, history = best_validation_ndcg(args, self.domain(args), on_epoch_end=curve, model=self.model)
@@ -126,6 +128,7 @@ class TrialRunner:
             {
                 "trial": name,
                 "settings": settings,
+                "fingerprint": self.fingerprint(settings),
                 "seeds": self.seeds,
                 "valid_ndcg@10": scores,
                 "mean_valid_ndcg@10": value,
@@ -137,19 +140,33 @@ class TrialRunner:
         self.log.write_text(json.dumps(self.records, indent=2))
         return value
 
-    def checkpointed(self, args: TrainingRecipe, name: str, seed: int) -> TrainingRecipe:
-        """`args` checkpointing into the trial's own `trials/<name>/seed<N>/` folder beside the log, so that with
-        `resume_from_checkpoint: latest-if-any` a killed trial continues there (a finished seed's checkpoint returns
-        its history at once). A sampled trial's name is only its number, which names other settings in another
-        study: its folder is emptied first."""
-        folder = self.log.parent / "trials" / name / f"seed{seed}"
-        if not name.startswith(FIXED_PREFIX) and folder.exists():
-            shutil.rmtree(folder)
+    def fingerprint(self, settings: dict) -> str:
+        """What a trial trains, as a short hash: the model and the recipe with the trial's settings (its seed,
+        output folder and checkpoint keys aside). A record or checkpoint of other settings, recipe or model under
+        the same trial name is not the same trial."""
+        values = dataclasses.asdict(apply_settings(self.args, settings))
+        for key in ("seed", "output_dir", "overwrite_output_dir", *RESUME_KEYS):
+            values.pop(key, None)
+        text = json.dumps({"model": self.model, "recipe": values}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def checkpointed(self, args: TrainingRecipe, name: str, settings: dict, seed: int) -> TrainingRecipe:
+        """`args` checkpointing into the trial's own `trials/<name>-<fingerprint>/seed<N>/` folder beside the log,
+        so that with `resume_from_checkpoint: latest-if-any` a killed trial continues there (a finished seed's
+        checkpoint returns its history at once), and saves a kill interrupted are finished first."""
+        folder = self.log.parent / "trials" / f"{name}-{self.fingerprint(settings)}" / f"seed{seed}"
+        for model in sorted((folder / "checkpoints").glob("*")):
+            recover_interrupted_saves(model)
         return dataclasses.replace(args, output_dir=str(folder))
 
     def is_recorded(self, name: str, settings: dict) -> bool:
-        """Whether the log holds trial `name` with these settings and seeds (a rerun of the study skips it)."""
-        return any(r["trial"] == name and r["settings"] == settings and r["seeds"] == self.seeds for r in self.records)
+        """Whether the log holds trial `name` as these settings, recipe and model train it, on these seeds (a rerun
+        of the study skips it)."""
+        fingerprint = self.fingerprint(settings)
+        return any(
+            r["trial"] == name and r.get("fingerprint") == fingerprint and r["seeds"] == self.seeds
+            for r in self.records
+        )
 
     def objective(self, space: dict):
         """The Optuna objective over `space`; with one seed it reports each epoch, so the pruner can stop it."""

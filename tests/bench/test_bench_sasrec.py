@@ -23,11 +23,11 @@ def test_the_bench_times_both_revisions_on_the_same_batches(tmp_path, monkeypatc
     (tmp_path / "Shop.item").write_text("\n".join(items) + "\n")
     output = tmp_path / "result.json"
     argv = ["--domain", "Shop", "--data_dir", str(tmp_path), "--batch_size", "16", "--steps", "2", "--repeats", "2"]
-    result = bench.main([*argv, "--against", "HEAD", "--output", str(output)])
+    result = bench.main([*argv, "--against", "HEAD~0", "--output", str(output)])  # (not a module name)
     assert json.loads(output.read_text()) == result
-    assert set(result["models"]) == {"this tree", "HEAD"}
+    assert set(result["models"]) == {"this tree", "HEAD~0"}
     for row in result["models"].values():
         assert row["train_step_ms"] > 0 and row["eval_batch_ms"] > 0
-    ours, theirs = result["models"]["this tree"], result["models"]["HEAD"]
+    ours, theirs = result["models"]["this tree"], result["models"]["HEAD~0"]
     assert result["ratio"]["train_step_ms"] == ours["train_step_ms"] / theirs["train_step_ms"]
     assert 1 < result["mean_history_length"] <= 15

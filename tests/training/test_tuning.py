@@ -174,13 +174,24 @@ def test_a_killed_study_skips_recorded_trials_and_resumes_the_running_one(
     with pytest.raises(KeyboardInterrupt):
         tune.run_study(args, [0], fixed, {})
     assert [r["trial"] for r in json.loads((tmp_path / "b" / "trials.json").read_text())] == ["fixed-0"]
-    assert (tmp_path / "b" / "trials" / "fixed-1" / "seed0" / "checkpoints").is_dir()
+    (folder,) = (tmp_path / "b" / "trials").glob("fixed-1-*")  # named by what the trial trains
+    assert (folder / "seed0" / "checkpoints").is_dir()
     calls.clear()
     records = tune.run_study(args, [0], fixed, {})
     assert [r["trial"] for r in records] == ["fixed-0", "fixed-1"]
     assert len(calls) == 2  # fixed-0 not trained again; fixed-1 resumed after its first epoch
     for ours, theirs in zip(records, whole):
         assert ours["valid_ndcg@10"] == pytest.approx(theirs["valid_ndcg@10"], abs=1e-6)
+    # Another trial under the same name (the list edited) is trained afresh, not read from the old one's record or
+    # checkpoints; so is the same list for another model.
+    calls.clear()
+    records = tune.run_study(args, [0], [{}, {"learning_rate": 0.002}], {})
+    assert [r["trial"] for r in records] == ["fixed-0", "fixed-1", "fixed-1"] and len(calls) == 3
+    assert len(list((tmp_path / "b" / "trials").glob("fixed-1-*"))) == 2
+    assert records[2]["valid_ndcg@10"] != records[1]["valid_ndcg@10"]
+    assert (
+        tune.TrialRunner(args, [0], tmp_path / "b" / "trials.json", model="sasrec").is_recorded("fixed-0", {}) is False
+    )
 
 
 def test_label_smoothing_spreads_over_real_items_only():
