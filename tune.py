@@ -22,9 +22,9 @@ URL) can be resumed or inspected with Optuna's tools. Any recipe key is overridd
 for every trial.
 
 Long trials (hours each on a CPU) survive a kill: with `--checkpointing_steps 20 --resume_from_checkpoint
-latest-if-any`, each trial's seeds checkpoint into `<output_dir>/trials/<trial>/seed<N>/`, and the same command
-again skips the fixed trials `trials.json` records (the same settings, recipe and model) and continues the fixed
-trial that was running from its checkpoint (a sampled trial starts over, under a new number).
+latest-if-any`, each trial's seeds checkpoint into `<output_dir>/trials/<trial>-<hash of what it trains>/seed<N>/`,
+and the same command again skips the fixed trials `trials.json` records (the same settings, recipe and model) and
+continues the fixed trial that was running from its checkpoint (a sampled trial starts over, under a new number).
 """
 
 from __future__ import annotations

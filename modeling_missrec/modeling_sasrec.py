@@ -25,6 +25,7 @@ from .layers_missrec import (
     catalogue_cross_entropy,
     init_standard_weights,
     keep_most_recent,
+    last_item_queries,
     longest_first,
     row_buckets,
     unpack,
@@ -215,11 +216,11 @@ class SASRecModel(SASRecPreTrainedModel):
         tokens, layout, order, lengths = self._packed_tokens(item_seq, lengths)
         for layer in self.layers[:-1]:
             tokens = layer(tokens, layout)
-        last = tokens[lengths.cumsum(0) - 1]  # packed rows are whole histories, one after the other
-        last_layout = PackedLayout(
-            last.new_ones(len(last), 1, dtype=torch.bool), row_buckets(len(last)), [1] * len(last)
+        batch = len(lengths)
+        queries = last_item_queries(
+            tokens, layout, layout.mask, (lengths - 1)[:, None], row_buckets(batch), [1] * batch
         )
-        output = self.layers[-1](tokens, layout, queries=(last, last_layout))
+        output = self.layers[-1](tokens, layout, queries=queries)
         return output if order is None else output[order.argsort()]
 
     # ------------------------------------------------------------------ item side

@@ -270,8 +270,7 @@ class ItemIndex:
         """Write the columns of items `start .. start + c - 1` (0-based rows) from their normalised embeddings
         (`{"text": [c, d], "image": [c, d], "id": [c, d]}`) and modality presence `[M, c]`."""
         if self.mode == "static":
-            kept = embeddings if self.id_folded else {m: embeddings[m] for m in self.modalities}
-            columns = [static_item_embeddings(kept, present, self.modalities, self.id_share)]
+            columns = [static_item_embeddings(embeddings, present, self.modalities, self.id_share)]
         else:
             text, image = stand_in_for_absent(embeddings["text"], embeddings["image"], *present[:, :, None])
             columns = [text, image] + ([embeddings["id"]] if self.has_id else [])

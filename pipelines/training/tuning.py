@@ -113,10 +113,11 @@ class TrialRunner:
     def run(self, name: str, settings: dict, on_epoch_end=None) -> float:
         """Mean best validation NDCG@10 of `settings` over the seeds."""
         started, scores, epochs, curves = time.perf_counter(), [], [], []
+        fingerprint = self.fingerprint(settings)
         for seed in self.seeds:
             args = apply_settings(self.args, {**settings, "seed": seed})
             if args.checkpointing_steps is not None:
-                args = self.checkpointed(args, name, settings, seed)
+                args = self.checkpointed(args, f"{name}-{fingerprint}", seed)
             # Under `id_mode: auto` a run trains two validation curves; the pruner compares one per trial.
             curve = on_epoch_end if self.model == "sasrec" or len(id_modes_to_try(args)) == 1 else None
             score, history = best_validation_ndcg(args, self.domain(args), on_epoch_end=curve, model=self.model)
@@ -128,7 +129,7 @@ class TrialRunner:
             {
                 "trial": name,
                 "settings": settings,
-                "fingerprint": self.fingerprint(settings),
+                "fingerprint": fingerprint,
                 "seeds": self.seeds,
                 "valid_ndcg@10": scores,
                 "mean_valid_ndcg@10": value,
@@ -150,11 +151,12 @@ class TrialRunner:
         text = json.dumps({"model": self.model, "recipe": values}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
-    def checkpointed(self, args: TrainingRecipe, name: str, settings: dict, seed: int) -> TrainingRecipe:
-        """`args` checkpointing into the trial's own `trials/<name>-<fingerprint>/seed<N>/` folder beside the log,
-        so that with `resume_from_checkpoint: latest-if-any` a killed trial continues there (a finished seed's
-        checkpoint returns its history at once), and saves a kill interrupted are finished first."""
-        folder = self.log.parent / "trials" / f"{name}-{self.fingerprint(settings)}" / f"seed{seed}"
+    def checkpointed(self, args: TrainingRecipe, trial: str, seed: int) -> TrainingRecipe:
+        """`args` checkpointing into the trial's own `trials/<trial>/seed<N>/` folder beside the log (`trial`: its
+        name and [`fingerprint`]), so that with `resume_from_checkpoint: latest-if-any` a killed trial continues
+        there (a finished seed's checkpoint returns its history at once), and saves a kill interrupted are finished
+        first."""
+        folder = self.log.parent / "trials" / trial / f"seed{seed}"
         for model in sorted((folder / "checkpoints").glob("*")):
             recover_interrupted_saves(model)
         return dataclasses.replace(args, output_dir=str(folder))
