@@ -271,7 +271,12 @@ class PackedLayout:
         """The mean of every row's packed tokens `[T, d]`: `[B, d]`."""
         if self.full:  # (one token per row: the tokens are the means, a mean over size 1 is a kernel call)
             return tokens if self.mask.shape[1] == 1 else tokens.view(*self.mask.shape, -1).mean(1)
-        return unpack(tokens, self.mask).sum(1) / self.mask.sum(1, keepdim=True).to(tokens.dtype)
+        # A row's tokens are consecutive in the packed order: summing them by row index touches `[T, d]` only
+        # (unpacking to `[B, S, d]` first filled and copied the padding too, forward and backward).
+        counts = self.mask.sum(1)
+        rows = torch.repeat_interleave(torch.arange(len(counts), device=tokens.device), counts)
+        sums = tokens.new_zeros(len(counts), tokens.shape[-1]).index_add(0, rows, tokens)
+        return sums / counts.unsqueeze(1).to(tokens.dtype)
 
     def is_dense(self, bucket: int) -> bool:
         """Whether bucket `bucket` has no padding (its attention needs no mask)."""

@@ -408,6 +408,22 @@ def test_encoder_layer_reading_a_table_equals_the_gathered_tokens_with_gradients
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("mask", [[[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], [[1, 1], [1, 1]], [[1], [1]]])
+def test_row_means_average_each_rows_real_tokens(mask):
+    mask = torch.tensor(mask, dtype=torch.bool)
+    tokens = torch.randn(int(mask.sum()), 5, dtype=torch.float64, requires_grad=True)
+    layout = PackedLayout(mask, [0, len(mask)])
+    means = layout.row_means(tokens)
+    rows = mask.sum(1).tolist()
+    expected = torch.stack([part.mean(0) for part in tokens.split(rows)])
+    torch.testing.assert_close(means, expected)
+    # Each token's gradient is its row's upstream gradient over the row's token count.
+    upstream = torch.randn_like(means)
+    (tokens_grad,) = torch.autograd.grad(means, tokens, upstream)
+    per_token = torch.cat([upstream[b].expand(n, -1) / n for b, n in enumerate(rows)])
+    torch.testing.assert_close(tokens_grad, per_token)
+
+
 def attention_inputs(num_queries_per_row: int = 1):
     """A 4-head attention block with non-trivial weights, packed keys of ragged rows and their queries."""
     torch.manual_seed(0)
