@@ -124,10 +124,18 @@ def text_domain_runs(domains: list[str]) -> list[tuple[str, str, str, list[str]]
 
 
 def run_once(
-    domain: str, mode: str, variant: str, words: list[str], seed: int, recorded_only: bool, root: Path = RUNS
+    domain: str,
+    mode: str,
+    variant: str,
+    words: list[str],
+    seed: int,
+    recorded_only: bool,
+    root: Path = RUNS,
+    mode_chosen_on: int | None = None,
 ) -> dict | None:
     """One seed of one run (with SASRec when no record of the domain and seed has it), or its record when it ran
-    before; with `recorded_only`, only the record (None when the run has not been made)."""
+    before; with `recorded_only`, only the record (None when the run has not been made). `mode_chosen_on`: the
+    seed whose validation chose this run's id mode, when it is trained in that mode alone (its record says so)."""
     folder = root / domain / mode / variant / f"seed{seed}"
     record_file = folder / "bench_run.json"
     if record_file.is_file():
@@ -135,14 +143,16 @@ def run_once(
     if recorded_only:
         return None
     # One SASRec per domain and seed (it reads ids only, whatever MISSRec's settings), with the tuned recipe's own
-    # SASRec settings: beside the tuned transductive run of that seed, kept in its record.
-    first = mode == "transductive" and variant == TUNED and recorded_sasrec(domain, seed, root) is None
+    # SASRec settings: beside the first tuned run of that seed (transductive, when both modes run), in its record.
+    first = variant == TUNED and recorded_sasrec(domain, seed, root) is None
     baselines = "[sasrec]" if first else "[]"
     argv = [*words, "--seed", str(seed), "--baselines", baselines, "--output_dir", str(folder)]
     print(f"accuracy: {domain} {mode} {variant} seed {seed}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     results = train_run([*argv, *RESUMABLE])  # a run killed with its session continues where it stopped
     record = {"domain": domain, "mode": mode, "variant": variant, "seed": seed, "argv": argv}
+    if mode_chosen_on is not None:
+        record["id_mode_chosen_on_seed"] = mode_chosen_on
     record["wall_seconds"] = time.perf_counter() - started
     for name, prefix, history in (("missrec", "", "epochs"), ("sasrec", "sasrec_", "sasrec_epochs")):
         if history in results:
@@ -171,10 +181,15 @@ def recorded_sasrec(domain: str, seed: int, root: Path = RUNS) -> dict | None:
 
 
 def run_accuracy_case(
-    case: str, seeds: list[int], domains: list[str] | None = None, recorded_only: bool = False
+    case: str,
+    seeds: list[int],
+    domains: list[str] | None = None,
+    recorded_only: bool = False,
+    id_mode_from_first_seed: bool = False,
 ) -> dict:
     """Worker: every run of `case` and seed (resuming from recorded ones); with `recorded_only`, train nothing
-    and report the runs recorded so far."""
+    and report the runs recorded so far. With `id_mode_from_first_seed`, a later seed trains each domain (and
+    variant) only in the id mode `auto` picked on the first seed's validation, once the first seed has both."""
     started = time.perf_counter()
     if case == "text-domains":
         plan = text_domain_runs(list(domains or TEXT_DOMAIN_NAMES))
@@ -183,7 +198,16 @@ def run_accuracy_case(
     root = FULL_DATA_RUNS if case == "text-domains" else RUNS
     # Seed by seed (every case): every domain, mode and variant of the first seed before the second's, so that a
     # case stopped by its session has a paired MISSRec-SASRec comparison on every domain, not more seeds of one.
-    records = [r for seed in seeds for run in plan if (r := run_once(*run, seed, recorded_only, root)) is not None]
+    records, chosen = [], {}  # chosen: (domain, variant) -> the id mode auto picked on the first seed
+    for seed in seeds:
+        for domain, mode, variant, words in plan:
+            if chosen.get((domain, variant), mode) != mode:
+                continue
+            chosen_on = seeds[0] if (domain, variant) in chosen else None
+            record = run_once(domain, mode, variant, words, seed, recorded_only, root, chosen_on)
+            records += [] if record is None else [record]
+        if id_mode_from_first_seed and seed == seeds[0]:
+            chosen = {(r["domain"], r["variant"]): r["chosen_mode"] for r in id_mode_auto_runs(records)}
     # The runs that hold the SASRec of a domain and seed, when another case's plan trained it.
     for domain, seed in sorted({(r["domain"], r["seed"]) for r in records}):
         holder = recorded_sasrec(domain, seed, root)
@@ -210,16 +234,24 @@ def id_mode_auto_runs(runs: list[dict]) -> list[dict]:
     """The runs `id_mode: auto` makes, from the recorded ones: per domain, variant and seed with both id modes
     recorded, the mode of the better validation NDCG@10 (a tie keeps transductive), as `train.fit_missrec`
     chooses; each mode of an auto run trains exactly as that mode's own run (a test in `tests/test_recipe.py`).
-    Each is its chosen run's record with `mode` "auto" and `chosen_mode` set (and no SASRec of its own)."""
+    A seed trained in one mode alone, the one auto picked on another seed (`id_mode_chosen_on_seed` in its
+    record), counts as that mode. Each is its chosen run's record with `mode` "auto" and `chosen_mode` set (and no
+    SASRec of its own)."""
     groups = _grouped(runs)
     auto = []
     for (domain, mode, variant), firsts in groups.items():
         if mode != ID_MODES[0]:
             continue
         seconds = groups.get((domain, ID_MODES[1], variant), {})
-        for seed in sorted(set(firsts) & set(seconds)):
-            first, second = firsts[seed], seconds[seed]
-            chosen = second if second["missrec"]["valid_ndcg@10"] > first["missrec"]["valid_ndcg@10"] else first
+        for seed in sorted(set(firsts) | set(seconds)):
+            first, second = firsts.get(seed), seconds.get(seed)
+            if first is None or second is None:
+                chosen = first or second
+                if "id_mode_chosen_on_seed" not in chosen:
+                    continue
+            else:
+                better = second["missrec"]["valid_ndcg@10"] > first["missrec"]["valid_ndcg@10"]
+                chosen = second if better else first
             without_sasrec = {k: v for k, v in chosen.items() if k != "sasrec"}
             auto.append({**without_sasrec, "mode": "auto", "chosen_mode": chosen["mode"]})
     return auto
@@ -284,6 +316,10 @@ def accuracy_markdown(result: dict) -> str:
         if mode == "auto":
             chosen = [per_seed[s]["chosen_mode"] for s in seeds]
             mode = "auto: " + ", ".join(f"{m} {chosen.count(m)}/{len(seeds)}" for m in ID_MODES if m in chosen)
+            carried = {per_seed[s].get("id_mode_chosen_on_seed") for s in seeds} - {None}
+            if carried:
+                later = [s for s in seeds if "id_mode_chosen_on_seed" in per_seed[s]]
+                mode += f" (seeds {', '.join(map(str, later))}: the mode seed {min(carried)} chose)"
         valid = plus_minus(mean_and_error([ours[s]["valid_ndcg@10"] for s in seeds]))
         lines.append(
             f"| {domain} | {mode} | {len(seeds)} | {' | '.join(excluded)} | {excluded_target} | "

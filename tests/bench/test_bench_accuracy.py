@@ -172,3 +172,54 @@ def test_the_text_domain_case_runs_seed_by_seed(case, monkeypatch, tmp_path):
     case.run_accuracy_case("text-domains", [0, 1], ["MovieLens100K", "Beauty"])
     firsts = [(domain, mode) for domain in ("MovieLens100K", "Beauty") for mode in case.ID_MODES]
     assert calls == [(seed, *run) for seed in (0, 1) for run in firsts]
+
+
+def test_later_seeds_train_only_the_id_mode_auto_picked_on_the_first_seed(case, monkeypatch, tmp_path):
+    """`id_mode_from_first_seed`: seed 0 trains both modes; seed 1 trains each domain in the mode seed 0's
+    validation picked, with SASRec beside it whichever mode that is, and its record and the auto row say so."""
+    valid = {("MovieLens100K", "transductive"): 0.10, ("MovieLens100K", "inductive"): 0.05}
+    valid |= {("Beauty", "transductive"): 0.02, ("Beauty", "inductive"): 0.03}
+    trained = []
+
+    def train_run(argv):
+        word = lambda key: argv[argv.index(key) + 1]  # noqa: E731
+        domain, mode, seed, baselines = word("--domain"), word("--id_mode"), int(word("--seed")), word("--baselines")
+        trained.append((seed, domain, mode, baselines))
+        metrics = {k: valid[(domain, mode)] for k in case.METRICS}
+        results = {"epochs": [{"epoch": 1, "ndcg@10": valid[(domain, mode)], "train_seconds": 1.0}]}
+        results |= {"test": metrics, "test_exclude_history": metrics, "popularity_test": metrics}
+        if baselines == "[sasrec]":
+            results |= {"sasrec_epochs": [{"epoch": 1, "ndcg@10": 0.01, "train_seconds": 1.0}]}
+            results |= {"sasrec_test": metrics, "sasrec_test_exclude_history": metrics}
+        return results
+
+    monkeypatch.setattr(case, "train_run", train_run)
+    monkeypatch.setattr(case, "FULL_DATA_RUNS", tmp_path)
+    result = case.run_accuracy_case("text-domains", [0, 1], ["MovieLens100K", "Beauty"], id_mode_from_first_seed=True)
+    assert trained == [
+        (0, "MovieLens100K", "transductive", "[sasrec]"),
+        (0, "MovieLens100K", "inductive", "[]"),
+        (0, "Beauty", "transductive", "[sasrec]"),
+        (0, "Beauty", "inductive", "[]"),
+        (1, "MovieLens100K", "transductive", "[sasrec]"),
+        (1, "Beauty", "inductive", "[sasrec]"),  # SASRec beside the only run of the seed
+    ]
+    later = [r for r in result["runs"] if r["seed"] == 1]
+    assert [r.get("id_mode_chosen_on_seed") for r in later] == [0, 0]
+    assert all(r.get("id_mode_chosen_on_seed") is None for r in result["runs"] if r["seed"] == 0)
+    auto = {(r["domain"], r["seed"]): r["chosen_mode"] for r in case.id_mode_auto_runs(result["runs"])}
+    assert auto == {
+        ("MovieLens100K", 0): "transductive",
+        ("MovieLens100K", 1): "transductive",
+        ("Beauty", 0): "inductive",
+        ("Beauty", 1): "inductive",
+    }
+    rows = [line.split(" | ") for line in case.accuracy_markdown(result).splitlines() if "| auto" in line]
+    assert [row[1] for row in rows] == [
+        "auto: transductive 2/2 (seeds 1: the mode seed 0 chose)",
+        "auto: inductive 2/2 (seeds 1: the mode seed 0 chose)",
+    ]
+    # The same command again trains nothing: every run is recorded.
+    trained.clear()
+    case.run_accuracy_case("text-domains", [0, 1], ["MovieLens100K", "Beauty"], id_mode_from_first_seed=True)
+    assert trained == []
