@@ -233,7 +233,9 @@ def run_case(
     if case == "real-transfer":
         return run_real_transfer(seeds)
     if case == "transfer-profile":
-        return recorded_transfer_profile() if recorded else run_transfer_profile(seeds)
+        if recorded:
+            return recorded_transfer_profile()
+        return run_transfer_profile(seeds, id_mode_from_first_seed=id_mode_from_first_seed)
     if case in ACCURACY_CASES:
         return run_accuracy_case(case, seeds, text_domains, recorded, id_mode_from_first_seed)
     started = time.perf_counter()
@@ -390,8 +392,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--id_mode_from_first_seed",
         action="store_true",
-        help="text-domains: each seed after the first trains a domain only in the id mode `auto` picked on the "
-        "first seed's validation (about 40%% less; its records and the table's auto row say so)",
+        help="text-domains (and transfer-profile's 100%% cells): each seed after the first trains a domain (a cell) "
+        "only in the id mode `auto` picked on the first seed's validation (about 40%% less; the records and the "
+        "tables say so)",
     )
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "bench_train.json"))
     parser.add_argument(

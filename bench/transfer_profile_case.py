@@ -18,7 +18,8 @@ few users or with all of them, and would more pre-training change that?
      and seed: MISSRec from scratch and the base fine-tuned with `lora` and `full`, under the same budget
      (`EPOCHS`: smaller samples get more, cheaper epochs; `PATIENCE` epochs without a validation gain stop a run).
      Below 100% every arm is inductive (a few users teach item ids little); at 100% the target recipe's
-     `id_mode: auto` picks.
+     `id_mode: auto` picks (with `--id_mode_from_first_seed`, on the first seed: later seeds train each 100% cell
+     in the mode picked for it there, alone, at half the cost).
    The runs go cheapest first (`run_plan`): the 100% cells, one seed at a time, come last.
    Each run is a `train.py` run (`common.train_run`) into `RUNS/<target>/<fraction>/<arm>-seed<N>/`; its numbers go
    to `bench_run.json` there (committed), and a run whose file exists is not trained again.
@@ -87,17 +88,25 @@ def arm_order(arm: str) -> tuple[int, int]:
 
 
 def run_arguments(
-    target_words: list[str], fraction: float | None, arm: str, seed: int, base: Path, folder: Path, epochs: dict
+    target_words: list[str],
+    fraction: float | None,
+    arm: str,
+    seed: int,
+    base: Path,
+    folder: Path,
+    epochs: dict,
+    id_mode: str | None = None,
 ) -> list[str]:
-    """The `train.py` words of one run: `fraction` None is the zero-shot run (with its baselines)."""
+    """The `train.py` words of one run: `fraction` None is the zero-shot run (with its baselines). `id_mode`, at
+    100%: train in that mode alone instead of the recipe's `auto`."""
     argv = [*target_words, "--seed", str(seed), "--output_dir", str(folder), "--overwrite_output_dir=true"]
     if fraction is None:
         return [*argv, "--pretrained", str(base), "--epochs", "0", "--id_mode", "inductive", "--strategy", "full",
                 "--baselines", "[content-knn]"]  # fmt: skip
     argv += ["--train_user_fraction", str(fraction), "--epochs", str(epochs[fraction])]
     argv += ["--early_stopping_patience", str(PATIENCE), "--baselines", "[]"]
-    if fraction < 1:
-        argv += ["--id_mode", "inductive"]
+    if fraction < 1 or id_mode is not None:
+        argv += ["--id_mode", id_mode or "inductive"]
     if arm != "scratch":  # `lora@epoch-3`: lora on the base as it was after 3 epochs
         strategy, _, budget = arm.partition("@")
         argv += ["--pretrained", str(base / budget if budget else base), "--strategy", strategy]
@@ -110,19 +119,32 @@ def record_of(results: dict, prefix: str = "") -> dict:
 
 
 def one_run(
-    target: str, fraction: float | None, arm: str, seed: int, base: Path, root: Path, words: list[str], epochs: dict
+    target: str,
+    fraction: float | None,
+    arm: str,
+    seed: int,
+    base: Path,
+    root: Path,
+    words: list[str],
+    epochs: dict,
+    mode_of: dict | None = None,
 ) -> dict:
-    """The record of one run (`epochs`: the cap per share of users), trained unless recorded."""
+    """The record of one run (`epochs`: the cap per share of users), trained unless recorded. `mode_of`, at 100%:
+    the first seed's record of the same cell, whose chosen id mode this run then trains in alone."""
     folder = root / target / ("zero-shot" if fraction is None else f"{fraction:g}") / f"{arm}-seed{seed}"
     record_file = folder / "bench_run.json"
     if record_file.is_file():
         return json.loads(record_file.read_text())
-    argv = run_arguments(words, fraction, arm, seed, base, folder, epochs)
+    id_mode = None if mode_of is None else mode_of["chosen_id_mode"]
+    argv = run_arguments(words, fraction, arm, seed, base, folder, epochs, id_mode)
     print(f"transfer-profile: {target} {fraction or 'zero-shot'} {arm} seed {seed}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     results = train_run(argv)
     record = {"target": target, "fraction": fraction, "arm": arm, "seed": seed, "argv": argv}
     record |= {"wall_seconds": time.perf_counter() - started, "id_mode": results["recipe"]["id_mode"]}
+    record["chosen_id_mode"] = results["id_mode"]  # what `auto` picked (the recipe's mode otherwise)
+    if mode_of is not None:
+        record["id_mode_chosen_on_seed"] = mode_of["seed"]
     record |= {"missrec": record_of(results), "popularity": record_of(results, "popularity_")}
     record["cold"] = cold_metrics(argv, arm == "lora", base, tuple(PROTOCOL_KEYS))
     record["build"] = {key: results["build"][key] for key in ("train_users",) if key in results["build"]}
@@ -160,13 +182,15 @@ def run_transfer_profile(
     budget_epochs: tuple[int, ...] = BUDGET_EPOCHS,
     budget_fraction: float = BUDGET_FRACTION,
     sanity: dict[str, list[str]] | None = None,
+    id_mode_from_first_seed: bool = False,
 ) -> dict:
     """Worker: the base, then every run of the case (resuming from recorded ones). `targets` maps a name to its
     `train.py` words (default `TARGETS`), `base_words` are the base's (default: `BASE_RECIPE` on `BASE_DOMAINS` for
     `BASE_EPOCHS`, keeping the models after `BUDGET_EPOCHS`), `epochs` the epoch cap per share of users (default
     `EPOCHS`); the budget curve fine-tunes the base after each of `budget_epochs` on `budget_fraction` of the users
     (a share of `fractions`, whose scratch runs it is compared with); `sanity` maps each base domain to its
-    `train.py` words for the sanity bar (default `SANITY`)."""
+    `train.py` words for the sanity bar (default `SANITY`). With `id_mode_from_first_seed`, the 100% cells of the
+    seeds after the first train only in the id mode `auto` picked for the same cell on the first seed."""
     from modeling_missrec.pipelines.data.text_reencoding import reencode_text_features
 
     started = time.perf_counter()
@@ -186,10 +210,14 @@ def run_transfer_profile(
         reencode_text_features(SHARED / "amazon-scientific-mm", "Scientific", REENCODED_SCIENTIFIC)
     epochs = EPOCHS if epochs is None else epochs
     plan = run_plan(list(targets), fractions, seeds, budget_epochs, budget_fraction)
-    runs = [
-        one_run(target, fraction, arm, seed, base, root, targets[target], epochs)
-        for target, fraction, arm, seed in plan
-    ]
+    runs: list[dict] = []
+    for target, fraction, arm, seed in plan:
+        mode_of = None  # at 100% with `id_mode_from_first_seed`, a later seed trains in the first seed's choice
+        if id_mode_from_first_seed and fraction is not None and fraction >= 1 and seed != seeds[0]:
+            cell = (target, fraction, arm, seeds[0])
+            mode_of = next(r for r in runs if (r["target"], r["fraction"], r["arm"], r["seed"]) == cell)
+            mode_of = mode_of if "chosen_id_mode" in mode_of else None
+        runs.append(one_run(target, fraction, arm, seed, base, root, targets[target], epochs, mode_of))
     return report | {"case": "transfer-profile", "wall_seconds": time.perf_counter() - started, "runs": runs}
 
 
@@ -236,7 +264,7 @@ def summarise(runs: list[dict]) -> list[dict]:
     for (target, fraction, arm), per_seed in groups.items():
         seeds = sorted(per_seed)
         row = {"target": target, "fraction": fraction, "arm": arm, "seeds": seeds}
-        row["id_modes"] = sorted({per_seed[s]["id_mode"] for s in seeds})
+        row["id_modes"] = sorted({shown_id_mode(per_seed[s]) for s in seeds})
         scratch = groups.get((target, fraction, "scratch"), {})
         paired = [s for s in seeds if s in scratch]
         for protocol in PROTOCOL_KEYS:
@@ -258,6 +286,15 @@ def summarise(runs: list[dict]) -> list[dict]:
     return sorted(
         rows, key=lambda r: (r["target"], -1 if r["fraction"] is None else r["fraction"], arm_order(r["arm"]))
     )
+
+
+def shown_id_mode(run: dict) -> str:
+    """The id mode a run trained in, as the table names it: `auto: X` where `auto` picked X, on this seed or, for a
+    later seed trained in X alone, on the first (`X (seed N's)`)."""
+    chosen = run.get("chosen_id_mode", run["id_mode"])
+    if "id_mode_chosen_on_seed" in run:
+        return f"auto: {chosen} (seed {run['id_mode_chosen_on_seed']}'s)"
+    return f"auto: {chosen}" if run["id_mode"] == "auto" else chosen
 
 
 def verdict(row: dict, protocol: str) -> str:

@@ -141,3 +141,37 @@ def test_recorded_sanity_rows_keep_the_order_of_the_base_domains(case, tmp_path)
         == [d for d in case.BASE_DOMAINS if d in ("Yelp", "Beauty", "LastFM")]
     )
     assert recorded["runs"] == [] and "base" not in recorded  # nothing trained, no base yet
+
+
+def test_later_seeds_train_the_full_data_cells_in_the_mode_auto_picked_on_the_first(case, monkeypatch, tmp_path):
+    """`id_mode_from_first_seed`: at 100%, seed 0 runs the recipe's `auto`; seed 1 trains each cell (target, arm)
+    in the mode auto picked for it on seed 0, alone, and the record and the table say so. Shares below 100% keep
+    their inductive runs on every seed."""
+    picks = {"scratch": "transductive", "lora": "inductive", "full": "transductive"}
+    trained = []
+
+    def train_run(argv):
+        word = lambda key: argv[argv.index(key) + 1] if key in argv else None  # noqa: E731
+        mode, pretrained = word("--id_mode") or "auto", word("--pretrained")
+        arm = "scratch" if pretrained is None else word("--strategy")
+        trained.append((word("--train_user_fraction"), arm, word("--seed"), mode))
+        metrics = {k: 0.1 for k in case.METRICS}
+        results = {"recipe": {"id_mode": mode}, "id_mode": picks[arm] if mode == "auto" else mode, "build": {}}
+        results |= {"epochs": [{"epoch": 1, "ndcg@10": 0.1}]}
+        return results | {key: metrics for key in ("test", "test_exclude_history", "popularity_test",
+                                                   "popularity_test_exclude_history")}  # fmt: skip
+
+    monkeypatch.setattr(case, "train_run", train_run)
+    monkeypatch.setattr(case, "ensure_base", lambda base, words: {})
+    monkeypatch.setattr(case, "cold_metrics", lambda *args: {"users": 0})
+    run = {"targets": {"T": ["--domain", "demo"]}, "fractions": (0.5, 1.0), "root": tmp_path, "sanity": {}}
+    run |= {"budget_epochs": (), "epochs": {0.5: 1, 1.0: 1}, "id_mode_from_first_seed": True}
+    result = case.run_transfer_profile([0, 1], **run)
+    full = [(arm, seed, mode) for fraction, arm, seed, mode in trained if fraction == "1.0"]
+    assert full == [(arm, "0", "auto") for arm in case.ARMS] + [(arm, "1", picks[arm]) for arm in case.ARMS]
+    assert {mode for fraction, _, _, mode in trained if fraction == "0.5"} == {"inductive"}
+    later = [r for r in result["runs"] if r["fraction"] == 1.0 and r["seed"] == 1]
+    assert [(r["chosen_id_mode"], r["id_mode_chosen_on_seed"]) for r in later] == [(picks[a], 0) for a in case.ARMS]
+    rows = {(r["fraction"], r["arm"]): r["id_modes"] for r in case.summarise(result["runs"])}
+    assert rows[(1.0, "lora")] == ["auto: inductive", "auto: inductive (seed 0's)"]
+    assert rows[(0.5, "lora")] == ["inductive"]
