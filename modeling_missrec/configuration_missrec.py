@@ -9,6 +9,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 MODALITIES = ("text", "image", "both")
 ID_MODES = ("inductive", "transductive")
+ITEM_ID_INITS = ("random", "content")
 SEQ_MM_FUSIONS = ("add", "contextual")
 ITEM_MM_FUSIONS = ("static", "dynamic_shared", "dynamic_instance")
 INTEREST_METHODS = ("kmeans", "dpc_knn", "none")
@@ -130,6 +131,12 @@ class MISSRecConfig(PretrainedConfig):
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the fine-tuning cross-entropy over the catalogue, in [0, 1) (the paper: 0). The
             smoothed mass is spread over the real items only, not the padding column.
+        item_id_init (`str`, *optional*, defaults to `"random"`):
+            Transductive mode: how training starts the item-id embeddings. `"random"` (the paper): normal(0,
+            `initializer_range`). `"content"`: each item's id starts in the direction of its content (the mean of
+            its L2-normalised adapted modality embeddings, at a random row's norm), so that an item the training
+            data rarely shows is not scored by a random direction ([`MISSRecModel.init_item_ids_from_content`];
+            the training script applies it to ids it creates, never to ids a pre-trained model learned).
         learned_id_weight (`bool`, *optional*, defaults to `False`):
             Transductive mode: learn how much the item-id logit counts beside the fused content logit, one share
             `a` for the model (`a * s_id + (1 - a) * fused`, starting at the paper's fixed 1/3: `(s_id + 2 *
@@ -182,6 +189,7 @@ class MISSRecConfig(PretrainedConfig):
         seq_seq_loss_weight: float = 1e-3,
         diversity_loss_weight: float = 1e-4,
         label_smoothing: float = 0.0,
+        item_id_init: str = "random",
         learned_id_weight: bool = False,
         exclude_history_in_loss: bool = False,
         repeat_bias: bool = False,
@@ -191,6 +199,7 @@ class MISSRecConfig(PretrainedConfig):
         _check_int("image_feature_dim", image_feature_dim, 1)
         _check_choice("modalities", modalities, MODALITIES)
         _check_choice("id_mode", id_mode, ID_MODES)
+        _check_choice("item_id_init", item_id_init, ITEM_ID_INITS)
         _check_int("num_items", num_items, 0)
         _check_int("num_interests", num_interests, 0)
         _check_choice("seq_mm_fusion", seq_mm_fusion, SEQ_MM_FUSIONS)
@@ -266,6 +275,7 @@ class MISSRecConfig(PretrainedConfig):
         self.seq_seq_loss_weight = seq_seq_loss_weight
         self.label_smoothing = label_smoothing
         self.exclude_history_in_loss = exclude_history_in_loss
+        self.item_id_init = item_id_init
         self.learned_id_weight = learned_id_weight
         self.repeat_bias = repeat_bias
         self.diversity_loss_weight = diversity_loss_weight

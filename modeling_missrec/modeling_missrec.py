@@ -399,6 +399,24 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self.item_id_embeddings = self._fresh_item_id_embeddings()
         self._add_id_share()
 
+    @torch.no_grad()
+    def init_item_ids_from_content(self) -> None:
+        """Start each item's id embedding in the direction of its content (`config.item_id_init="content"`): the
+        mean of its L2-normalised adapted modality embeddings, rescaled to the norm a random row has
+        (`initializer_range * sqrt(hidden_size)`), so that the history tokens keep their scale. The id logit is a
+        cosine, so an item the training data rarely shows then scores like its content, not like a random
+        direction. Items with no modality keep their row; the padding row stays 0.
+        """
+        if self.item_id_embeddings is None:
+            raise ValueError("the model has no item-id embeddings (inductive): nothing to initialise")
+        items = self.embed_items()
+        content = F.normalize(sum(items[m] for m in self.modality_names), dim=-1)  # [N + 1, d]
+        scale = self.config.initializer_range * math.sqrt(self.config.hidden_size)
+        has_content = self.item_presence().any(0)
+        has_content[0] = False
+        weight = self.item_id_embeddings.weight
+        weight[has_content] = (scale * content[has_content]).to(weight.dtype)
+
     def add_repeat_bias(self) -> None:
         """Switch the learned repeat offsets on ([`MISSRecRepeatBias`], `config.repeat_bias`), starting at 0 (the
         scores do not change until they are trained): how a model pre-trained without them is fine-tuned with them.

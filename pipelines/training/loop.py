@@ -171,6 +171,8 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
     A model from a preset reads the modalities the catalogue has, at their widths. A pre-trained model whose
     modalities differ from the catalogue's is fitted to it by `match_catalogue_modalities` (a new adaptor for
     a modality it lacks, with a warning; zero-shot, with `epochs` 0, that modality is left out instead).
+    Item-id embeddings it creates (transductive mode) start as `config.item_id_init` says; ids a pre-trained
+    model learned on this catalogue are kept.
     """
     dims = {f"{name.removesuffix('_features')}_feature_dim": table.shape[1] for name, table in features.items()}
     overrides = args.config_overrides or {}
@@ -189,9 +191,13 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
             raise ValueError(f"pre-trained model {args.pretrained} is transductive; it cannot fine-tune inductively")
     default_ratio = PRETRAINING_INTEREST_RATIO if args.stage == "pretrain" else FINETUNING_INTEREST_RATIO
     model.config.interest_ratio = args.interest_ratio or default_ratio
-    model.set_catalogue(**features)
+    learned_ids = None if args.pretrained is None or from_scratch else model.item_id_embeddings
+    model.set_catalogue(**features)  # (a new catalogue size gives fresh ids)
     if args.id_mode == "transductive" and model.item_id_embeddings is None:
         model.add_item_id_embeddings()
+    fresh_ids = model.item_id_embeddings is not None and model.item_id_embeddings is not learned_ids
+    if fresh_ids and model.config.item_id_init == "content":
+        model.init_item_ids_from_content()
     return model
 
 
