@@ -118,10 +118,15 @@ def test_the_sanity_bar_holds_the_base_to_the_scratch_models_auto_picks(case, tm
     assert reference["exclude_history"][0] == pytest.approx(0.05) and reference["official"][0] == pytest.approx(0.06)
     base = {"target": "Beauty", "missrec": {"exclude_history": {"ndcg@10": 0.055}, "official": {"ndcg@10": 0.03}}}
     base["scratch"] = json.loads(json.dumps(reference))  # as the bench's report holds it
-    row = case.sanity_markdown([base]).splitlines()[2]
-    assert row.startswith("| Beauty | 0.0550 | 0.0500 ± 0.0100 | 1.10 (pass) | 0.0300 | 0.0600 ± 0.0100 | 0.50 (MISS)")
+    sampled = {"exclude_history": (0.06, 0.002), "official": (0.02, 0.001)}  # the sampled table's
+    row = case.sanity_markdown([base | {"sampled_scratch": sampled}]).splitlines()[2]
+    assert row == (
+        "| Beauty | 0.0550 | 0.0500 ± 0.0100 | 1.10 (pass) | 0.0600 ± 0.0020 | 0.92 (MISS) "
+        "| 0.0300 | 0.0600 ± 0.0100 | 0.50 (MISS) | 0.0200 ± 0.0010 | 1.50 (pass) |"
+    )
     assert case.scratch_reference("Games", tmp_path) == {}
-    assert "| Games | 0.0550 | — | — |" in case.sanity_markdown([base | {"target": "Games", "scratch": {}}])
+    games = case.sanity_markdown([base | {"target": "Games", "scratch": {}}]).splitlines()[2]
+    assert games.startswith("| Games | 0.0550 | — | — | — | — | 0.0300 |")
     (tmp_path / "Beauty" / "inductive" / "other").mkdir()  # another variant's run of seed 1 is not the recipe's
     (tmp_path / "Beauty" / "inductive" / "tuned" / "seed1").rename(
         tmp_path / "Beauty" / "inductive" / "other" / "seed1"
