@@ -58,7 +58,7 @@ from accuracy_case import (
     run_accuracy_case,
     sampled_softmax_markdown,
 )
-from common import machine_info, memory_status, train_run
+from common import machine_info, memory_status, train_run, trained_epochs
 from transfer_case import markdown as transfer_markdown
 from transfer_case import run_real_transfer
 from transfer_profile_case import markdown as profile_markdown
@@ -157,11 +157,12 @@ def summarise(results: dict) -> list[dict]:
         history = results.get(history_key) if history_key else None
         if history:
             best = max(history, key=lambda e: e["ndcg@10"])
+            trained = trained_epochs(history)
             row.update(
-                train_seconds=statistics.median(e["train_seconds"] for e in history),
-                eval_seconds=statistics.median(e["eval_seconds"] for e in history),
+                train_seconds=statistics.median(e["train_seconds"] for e in trained),
+                eval_seconds=statistics.median(e["eval_seconds"] for e in trained),
                 best_epoch=best["epoch"],
-                epochs_run=len(history),
+                epochs_run=len(trained),
             )
         rows.append(row)
     return rows

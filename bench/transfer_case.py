@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import mean_and_error, plus_minus, recipe_flags, train_run
+from common import mean_and_error, plus_minus, recipe_flags, train_run, trained_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -136,14 +136,15 @@ def run_real_transfer(seeds: list[int], pretrained: Path = PRETRAINED) -> dict:
                     if not result_file.is_file():
                         print(f"real-transfer: {target} {mode} {variant} seed {seed}", file=sys.stderr, flush=True)
                         metrics = train_run(argv)
-                        epochs = metrics["epochs"]
+                        epochs = trained_epochs(metrics["epochs"])
                         cold = cold_metrics(argv, variant == "lora", pretrained)
                         record = {
                             "target": target, "mode": mode, "variant": variant, "seed": seed,
                             "test": {k: metrics["test"][k] for k in METRICS},
                             "popularity_test": {k: metrics["popularity_test"][k] for k in METRICS},
                             "cold_test": {"users": cold["users"], **cold.get("official", {})},
-                            "best_epoch": max(epochs, key=lambda e: e["ndcg@10"])["epoch"], "epochs_run": len(epochs),
+                            "best_epoch": max(metrics["epochs"], key=lambda e: e["ndcg@10"])["epoch"],
+                            "epochs_run": len(epochs),
                             "train_seconds": statistics.median(e["train_seconds"] for e in epochs),
                         }  # fmt: skip
                         result_file.write_text(json.dumps(record, indent=2))

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from accuracy_case import FULL_DATA_RUNS, PROTOCOL_KEYS, TEXT_DOMAINS, TUNED, id_mode_auto_runs
 from accuracy_case import RUNS as SAMPLED_RUNS
-from common import RESUMABLE, mean_and_error, plus_minus, train_run
+from common import RESUMABLE, mean_and_error, plus_minus, train_run, trained_epochs
 from modeling_missrec.configuration.recipe import SNAPSHOT_PREFIX
 from transfer_case import METRICS, RECIPES, REENCODED_SCIENTIFIC, SHARED, cold_metrics
 
@@ -152,7 +152,7 @@ def one_run(
     record["build"] = {key: results["build"][key] for key in ("train_users",) if key in results["build"]}
     if "epochs" in results and fraction is not None:
         record["best_epoch"] = max(results["epochs"], key=lambda e: e["ndcg@10"])["epoch"]
-        record["epochs_run"] = len(results["epochs"])
+        record["epochs_run"] = len(trained_epochs(results["epochs"]))
     if "content_knn_test" in results:
         record["content_knn"] = record_of(results, "content_knn_")
     folder.mkdir(parents=True, exist_ok=True)

@@ -464,7 +464,8 @@ class MISSRecModel(MISSRecPreTrainedModel):
         Transformer and the text adaptor keep their weights, the new adaptor starts from `nn.Linear`'s default
         initialisation (as the official model's adaptors), and with two modalities the item fusion gets its
         learned weight (zero: the mean of the two logits). Until [`set_catalogue`] gives the new modality's
-        features, every catalogue item lacks it.
+        features, every catalogue item lacks it; then [`align_adaptor`] can start the adaptor where the learned
+        modalities are (training does).
 
         Args:
             modality: `"text"` or `"image"`, one the model does not read yet.
@@ -485,6 +486,45 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self.register_buffer(f"{modality}_features", torch.zeros(rows, feature_dim, device=device))
         self.register_buffer(f"{modality}_present", torch.zeros(rows, dtype=torch.bool, device=device))
         self.register_buffer(f"{modality}_interest_ids", torch.zeros(rows, dtype=torch.long, device=device))
+
+    @torch.no_grad()
+    def align_adaptor(self, modality: str, ridge: float = 1e-2) -> None:
+        """Set `modality`'s adaptor to the linear map that best predicts, from that modality's features, the
+        adapted embeddings of the model's other modalities (their sum), fitted on the catalogue's items that have
+        both (ridge regression; the penalty is `ridge` times the features' mean variance).
+
+        A modality added to a pre-trained model ([`add_modality`]) starts from a random adaptor, whose embeddings
+        are noise beside the trained ones: they dilute every fused logit and blur every history token, so that
+        fine-tuning on few users starts far below the model it came from. Aligned, the new modality starts out
+        agreeing with the trained ones (an image embedded where its item's text is), and training refines it.
+
+        Args:
+            modality: a modality the model reads beside another, whose features the catalogue holds
+                ([`set_catalogue`] first).
+            ridge: the relative penalty (> 0).
+        """
+        if modality not in self.modality_names or len(self.modality_names) < 2:
+            raise ValueError(f"cannot align {modality!r}: the model reads {list(self.modality_names)}")
+        if ridge <= 0:
+            raise ValueError(f"ridge={ridge!r} must be > 0")
+        self._check_catalogue()
+        others = [m for m in self.modality_names if m != modality]
+        with_others = torch.stack([getattr(self, f"{m}_present") for m in others]).any(0)
+        rows = getattr(self, f"{modality}_present") & with_others
+        if rows.sum() < 2:
+            raise ValueError(f"cannot align {modality!r}: fewer than 2 catalogue items have it and another modality")
+        catalogue = self.adapted_catalogue()
+        target = sum(catalogue[m][rows] for m in others).double()  # [n, d]
+        features = getattr(self, f"{modality}_features")[rows].double()  # [n, w]
+        mean_x, mean_y = features.mean(0), target.mean(0)
+        x, y = features - mean_x, target - mean_y
+        gram = x.T @ x  # [w, w]
+        penalty = ridge * gram.diagonal().mean().clamp_min(torch.finfo(gram.dtype).tiny)
+        eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+        weight = torch.linalg.solve(gram + penalty * eye, x.T @ y)  # [w, d]
+        adaptor = getattr(self, f"{modality}_adaptor")
+        adaptor.weight.copy_(weight.T.to(adaptor.weight.dtype))
+        adaptor.bias.copy_((mean_y - mean_x @ weight).to(adaptor.bias.dtype))
 
     @writes_catalogue_state  # outermost: leaving inference mode turns gradients back on, no_grad then off
     @torch.no_grad()

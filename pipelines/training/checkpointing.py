@@ -49,7 +49,7 @@ class TrainingProgress:
         global_step: optimiser steps completed since the start (batches / gradient_accumulation_steps, each
             epoch's last partial cycle counting as one); checkpoints are named and taken by it.
         best: best validation NDCG@10 so far (-1 before the first evaluation).
-        best_epoch: the epoch (0-based) of `best`.
+        best_epoch: the epoch (0-based) of `best`; -1 for the model as it started (`fit`'s `validate_start`).
         loss_sum: sum of the batch losses of the epoch in progress.
         history: one dict of metrics per completed epoch.
         finished: training of this model ended (its best weights are loaded and final).

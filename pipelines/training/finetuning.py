@@ -44,7 +44,8 @@ def match_catalogue_modalities(
     """Fit a pre-trained MISSRec to a domain whose modalities differ from the ones it was trained on.
 
     - A modality the domain has and the model does not (text-only pre-training, text + image fine-tuning) is
-      added with a freshly initialised adaptor ([`MISSRecModel.add_modality`]), with a warning. Every strategy
+      added with a freshly initialised adaptor ([`MISSRecModel.add_modality`]), with a warning (`build_missrec`
+      aligns it with the learned modalities once the catalogue is set: [`MISSRecModel.align_adaptor`]). Every strategy
       trains it (it is one of the modules `frozen` trains and `lora` saves whole). Without `add_missing` (a model
       that will not be trained: zero-shot) it is left out instead, with a warning: an untrained adaptor would
       only add noise to every item's embedding.

@@ -177,6 +177,7 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
     dims = {f"{name.removesuffix('_features')}_feature_dim": table.shape[1] for name, table in features.items()}
     overrides = args.config_overrides or {}
     check_config_overrides(overrides)
+    added: list[str] = []
     if args.pretrained is None or from_scratch:
         modalities = catalogue_modalities(features)
         config = load_preset(args.preset, id_mode=args.id_mode, modalities=modalities, **dims, **overrides)
@@ -186,13 +187,17 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
         config = MISSRecConfig(**{**pretrained_config(args).to_dict(), **overrides})
         model = MISSRecModel.from_pretrained(args.pretrained, config=config)
         # Zero-shot (nothing trained): a modality the model never learned is left out, not given a random adaptor.
+        read_before = model.modality_names
         features = match_catalogue_modalities(model, features, add_missing=not args.zero_shot)
+        added = [m for m in model.modality_names if m not in read_before]
         if model.config.id_mode == "transductive" and args.id_mode == "inductive":
             raise ValueError(f"pre-trained model {args.pretrained} is transductive; it cannot fine-tune inductively")
     default_ratio = PRETRAINING_INTEREST_RATIO if args.stage == "pretrain" else FINETUNING_INTEREST_RATIO
     model.config.interest_ratio = args.interest_ratio or default_ratio
     learned_ids = None if args.pretrained is None or from_scratch else model.item_id_embeddings
     model.set_catalogue(**features)  # (a new catalogue size gives fresh ids)
+    for m in added:  # a modality the pre-trained model lacked starts out agreeing with the ones it learned
+        model.align_adaptor(m)
     if args.id_mode == "transductive" and model.item_id_embeddings is None:
         model.add_item_id_embeddings()
     fresh_ids = model.item_id_embeddings is not None and model.item_id_embeddings is not learned_ids
@@ -291,7 +296,9 @@ def fit_missrec(
         else:
             augmented = bool(model.config.seq_seq_loss_weight)
             collator = training_collator(mode_args, domain, length, augmented_views=augmented)
-            model, _, histories[mode] = fit(logger, name, model, collator, valid, mode_args, on_epoch_end)
+            pretrained = args.pretrained is not None and not from_scratch
+            fit_args = (logger, name, model, collator, valid, mode_args, on_epoch_end)
+            model, _, histories[mode] = fit(*fit_args, validate_start=pretrained)
         score = max(row["ndcg@10"] for row in histories[mode])
         if kept is None or score > kept[0]:
             kept = (score, model, mode_args)
@@ -373,6 +380,7 @@ def fit(
     valid: SequenceCollator,
     args: TrainingRecipe,
     on_epoch_end: Callable[[dict], None] | None = None,
+    validate_start: bool = False,
 ) -> tuple[torch.nn.Module, Accelerator, list[dict]]:
     """Train `model` with AdamW for `args.epochs`, keeping the weights of the best validation NDCG@10.
 
@@ -385,7 +393,9 @@ def fit(
     With `args.checkpointing_steps`, checkpoints go to `output_dir/checkpoints/<name>/`, and a run resuming
     (`args.resume_from_checkpoint`) continues from the newest one: same batches, same random draws.
     `on_epoch_end` is called with each epoch's history row (loss, validation metrics); an exception it raises
-    stops the training (`tune.py` prunes a trial so).
+    stops the training (`tune.py` prunes a trial so). With `validate_start` (a pre-trained model), the model as it
+    starts is validated first and is a candidate too (history row `epoch` 0, no loss): fine-tuning on few users can
+    make a pre-trained model worse, and then the run keeps it as it was.
 
     Returns:
         The prepared (possibly DDP-wrapped) model with the best weights loaded, its Accelerator, and the
@@ -429,6 +439,22 @@ def fit(
         accelerator.load_state(str(resume))
         best_state = load_best_weights(resume)
         accelerator.print(f"{name}: resumed from {resume} (epoch {progress.epoch + 1}, batch {progress.step})")
+    evaluation = {"batch_size": args.eval_batch_size, "ks": args.metrics_at, "accelerator": accelerator}
+
+    def validate() -> dict[str, float]:
+        protocol = args.validation_protocol
+        return evaluate_ranking(scorer, valid, protocols=(protocol,), **evaluation)[protocol]
+
+    if validate_start and resume is None:
+        if missrec is not None:
+            discover_interests_on_every_rank(model)
+        started = time.perf_counter()
+        metrics = validate()
+        progress.history.append({"epoch": 0, "eval_seconds": time.perf_counter() - started, **metrics})
+        logger.log({f"{name}/valid_{k}": v for k, v in metrics.items()}, step=0)
+        accelerator.print(f"{name} before training: valid ndcg@10 {metrics['ndcg@10']:.4f}")
+        progress.best, progress.best_epoch = metrics["ndcg@10"], -1
+        best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
     root = checkpoint_root(args.output_dir, name)
     save = {"accelerator": accelerator, "root": root, "total_limit": args.checkpoints_total_limit}
     every = args.checkpointing_steps if isinstance(args.checkpointing_steps, int) else None
@@ -466,15 +492,7 @@ def fit(
                 if every and progress.global_step % every == 0:
                     save_checkpoint(progress=progress, best_state=best_state, **save)
         trained = time.perf_counter()
-        protocol = args.validation_protocol
-        metrics = evaluate_ranking(
-            scorer,
-            valid,
-            batch_size=args.eval_batch_size,
-            ks=args.metrics_at,
-            protocols=(protocol,),
-            accelerator=accelerator,
-        )[protocol]
+        metrics = validate()
         loss = progress.loss_sum / progress.step
         seconds = {"train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained}
         learning_rate = scheduler.get_last_lr()[0]

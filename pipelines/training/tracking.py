@@ -80,9 +80,9 @@ def plot_curves(histories: dict[str, list[dict]], path: str | os.PathLike) -> Pa
 
     figure, (loss_axis, ndcg_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for name, history in histories.items():
-        epochs = [row["epoch"] for row in history]
-        loss_axis.plot(epochs, [row["loss"] for row in history], marker="o", label=name)
-        ndcg_axis.plot(epochs, [row["ndcg@10"] for row in history], marker="o", label=name)
+        trained = [row for row in history if "loss" in row]  # (a pre-trained model's epoch 0 has no loss)
+        loss_axis.plot([row["epoch"] for row in trained], [row["loss"] for row in trained], marker="o", label=name)
+        ndcg_axis.plot([row["epoch"] for row in history], [row["ndcg@10"] for row in history], marker="o", label=name)
     loss_axis.set(title="training loss", xlabel="epoch")
     ndcg_axis.set(title="validation NDCG@10", xlabel="epoch")
     for axis in (loss_axis, ndcg_axis):

@@ -34,6 +34,7 @@ def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, mon
     assert budget["argv"][budget["argv"].index("--pretrained") + 1] == str(tmp_path / "base" / "epoch-1")
     half = next(r for r in result["runs"] if r["fraction"] == 0.5 and r["arm"] == "lora")
     assert half["build"]["train_users"]["fraction"] == 0.5 and half["id_mode"] == "inductive"
+    assert half["epochs_run"] == 1 and half["best_epoch"] in (0, 1)  # epoch 0: the base as it started, validated
     zero = next(r for r in result["runs"] if r["arm"] == "zero-shot")
     assert set(zero["content_knn"]) == set(zero["missrec"]) == {"official", "exclude_history"}
     assert zero["cold"]["users"] == 0 or "ndcg@10" in zero["cold"]["exclude_history"]
