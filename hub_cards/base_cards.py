@@ -105,13 +105,16 @@ def budget_paragraph(metrics: dict[str, Any]) -> str:
     """What the pre-training cost: epochs, batch size, examples cap, processes and training time, the kept epoch
     and what validation ranked."""
     recipe = metrics.get("recipe") or {}
-    epochs = metrics.get("epochs") or []
+    history = metrics.get("epochs") or []
+    epochs = [e for e in history if e.get("epoch") != 0]  # (epoch 0: a pre-trained start, validated, not trained)
     seconds = sum(e.get("train_seconds") or 0.0 for e in epochs)
     cap = recipe.get("max_train_examples")
     examples = "every training example of each domain" if cap is None else f"a seeded sample of {cap:,} examples"
-    scored = [e for e in epochs if isinstance(e.get("ndcg@10"), (int, float))]
+    scored = [e for e in history if isinstance(e.get("ndcg@10"), (int, float))]
     best = max(scored, key=lambda e: e["ndcg@10"]) if scored else None
     kept = "" if best is None else f"; the weights are those of epoch {best.get('epoch')}, the best on validation"
+    if best is not None and best.get("epoch") == 0:
+        kept = "; the weights are those it started from, which no epoch beat on validation"
     if "snapshot_epoch" in metrics:  # a `save_epochs` snapshot: the weights as they were, whatever validation said
         kept = f"; the weights are those after epoch {metrics['snapshot_epoch']} (a snapshot of a longer run)"
     users = recipe.get("max_eval_examples")

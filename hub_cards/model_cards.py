@@ -114,11 +114,13 @@ def recipe_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     rows = recipe_setting_rows(metrics.get("recipe") or {})
     epochs = metrics.get("epochs")
     if isinstance(epochs, list) and epochs:
-        rows.append(("epochs run", str(len(epochs))))
+        # (a pre-trained model's history starts with its validation before training: epoch 0)
+        rows.append(("epochs run", str(sum(1 for e in epochs if e.get("epoch") != 0))))
         scored = [e for e in epochs if isinstance(e.get("ndcg@10"), (int, float))]
         if scored:
             best = max(scored, key=lambda e: e["ndcg@10"])
-            rows.append(("best validation NDCG@10", f"{best['ndcg@10']:.4f} (epoch {best.get('epoch', '?')})"))
+            when = "before training" if best.get("epoch") == 0 else f"epoch {best.get('epoch', '?')}"
+            rows.append(("best validation NDCG@10", f"{best['ndcg@10']:.4f} ({when})"))
     if "num_processes" in metrics:
         rows.append(("processes", str(metrics["num_processes"])))
     return rows

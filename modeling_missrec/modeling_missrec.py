@@ -488,10 +488,10 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self.register_buffer(f"{modality}_interest_ids", torch.zeros(rows, dtype=torch.long, device=device))
 
     @torch.no_grad()
-    def align_adaptor(self, modality: str, ridge: float = 1e-2) -> None:
+    def align_adaptor(self, modality: str, ridge: float = 1e-2, chunk_size: int = 65536) -> None:
         """Set `modality`'s adaptor to the linear map that best predicts, from that modality's features, the
         adapted embeddings of the model's other modalities (their sum), fitted on the catalogue's items that have
-        both (ridge regression; the penalty is `ridge` times the features' mean variance).
+        both (ridge regression on centred features, penalty `ridge` times the mean diagonal of their Gram matrix).
 
         A modality added to a pre-trained model ([`add_modality`]) starts from a random adaptor, whose embeddings
         are noise beside the trained ones: they dilute every fused logit and blur every history token, so that
@@ -502,6 +502,7 @@ class MISSRecModel(MISSRecPreTrainedModel):
             modality: a modality the model reads beside another, whose features the catalogue holds
                 ([`set_catalogue`] first).
             ridge: the relative penalty (> 0).
+            chunk_size: items per step of the sums (float64 `[chunk, width]` blocks, not the whole catalogue).
         """
         if modality not in self.modality_names or len(self.modality_names) < 2:
             raise ValueError(f"cannot align {modality!r}: the model reads {list(self.modality_names)}")
@@ -510,19 +511,32 @@ class MISSRecModel(MISSRecPreTrainedModel):
         self._check_catalogue()
         others = [m for m in self.modality_names if m != modality]
         with_others = torch.stack([getattr(self, f"{m}_present") for m in others]).any(0)
-        rows = getattr(self, f"{modality}_present") & with_others
-        if rows.sum() < 2:
+        rows = (getattr(self, f"{modality}_present") & with_others).nonzero().flatten()
+        if len(rows) < 2:
             raise ValueError(f"cannot align {modality!r}: fewer than 2 catalogue items have it and another modality")
-        catalogue = self.adapted_catalogue()
-        target = sum(catalogue[m][rows] for m in others).double()  # [n, d]
-        features = getattr(self, f"{modality}_features")[rows].double()  # [n, w]
-        mean_x, mean_y = features.mean(0), target.mean(0)
-        x, y = features - mean_x, target - mean_y
-        gram = x.T @ x  # [w, w]
+        adaptor, features = getattr(self, f"{modality}_adaptor"), getattr(self, f"{modality}_features")
+        width, d = features.shape[1], self.config.hidden_size
+        sums = {
+            "x": torch.zeros(width),
+            "y": torch.zeros(d),
+            "xx": torch.zeros(width, width),
+            "xy": torch.zeros(width, d),
+        }
+        sums = {k: v.to(features.device, torch.float64) for k, v in sums.items()}
+        for chunk in rows.split(chunk_size):
+            catalogue = self.adapted_catalogue(chunk)
+            x, y = features[chunk].double(), sum(catalogue[m] for m in others).double()  # [c, w], [c, d]
+            sums["x"] += x.sum(0)
+            sums["y"] += y.sum(0)
+            sums["xx"] += x.T @ x
+            sums["xy"] += x.T @ y
+        n = len(rows)
+        mean_x, mean_y = sums["x"] / n, sums["y"] / n
+        gram = sums["xx"] - n * torch.outer(mean_x, mean_x)  # of the centred features
+        cross = sums["xy"] - n * torch.outer(mean_x, mean_y)
         penalty = ridge * gram.diagonal().mean().clamp_min(torch.finfo(gram.dtype).tiny)
-        eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-        weight = torch.linalg.solve(gram + penalty * eye, x.T @ y)  # [w, d]
-        adaptor = getattr(self, f"{modality}_adaptor")
+        eye = torch.eye(width, dtype=gram.dtype, device=gram.device)
+        weight = torch.linalg.solve(gram + penalty * eye, cross)  # [w, d]
         adaptor.weight.copy_(weight.T.to(adaptor.weight.dtype))
         adaptor.bias.copy_((mean_y - mean_x @ weight).to(adaptor.bias.dtype))
 

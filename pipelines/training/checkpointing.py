@@ -51,7 +51,8 @@ class TrainingProgress:
         best: best validation NDCG@10 so far (-1 before the first evaluation).
         best_epoch: the epoch (0-based) of `best`; -1 for the model as it started (`fit`'s `validate_start`).
         loss_sum: sum of the batch losses of the epoch in progress.
-        history: one dict of metrics per completed epoch.
+        history: one dict of metrics per completed epoch (a pre-trained model's first: epoch 0, its validation
+            before training).
         finished: training of this model ended (its best weights are loaded and final).
     """
 

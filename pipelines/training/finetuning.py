@@ -76,7 +76,7 @@ def match_catalogue_modalities(
         if f"{m}_features" in features and m not in model.modality_names:
             reads = f"the pre-trained model reads {list(model.modality_names)} only; the domain also has {m} features"
             if add_missing:
-                warnings.warn(f"{reads}: fine-tuning adds a freshly initialised {m} adaptor", stacklevel=2)
+                warnings.warn(f"{reads}: fine-tuning adds an {m} adaptor, to train", stacklevel=2)
                 model.add_modality(m, features[f"{m}_features"].shape[1])
             else:
                 warnings.warn(

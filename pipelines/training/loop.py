@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -197,7 +198,10 @@ def build_missrec(args: TrainingRecipe, features: dict[str, torch.Tensor], from_
     learned_ids = None if args.pretrained is None or from_scratch else model.item_id_embeddings
     model.set_catalogue(**features)  # (a new catalogue size gives fresh ids)
     for m in added:  # a modality the pre-trained model lacked starts out agreeing with the ones it learned
-        model.align_adaptor(m)
+        try:
+            model.align_adaptor(m)
+        except ValueError as error:  # (the modality and ridge are valid: too few items have both modalities)
+            warnings.warn(f"{error}; its adaptor keeps its random initialisation", stacklevel=2)
     if args.id_mode == "transductive" and model.item_id_embeddings is None:
         model.add_item_id_embeddings()
     fresh_ids = model.item_id_embeddings is not None and model.item_id_embeddings is not learned_ids
@@ -395,7 +399,8 @@ def fit(
     `on_epoch_end` is called with each epoch's history row (loss, validation metrics); an exception it raises
     stops the training (`tune.py` prunes a trial so). With `validate_start` (a pre-trained model), the model as it
     starts is validated first and is a candidate too (history row `epoch` 0, no loss): fine-tuning on few users can
-    make a pre-trained model worse, and then the run keeps it as it was.
+    make a pre-trained model worse, and then the run keeps it as it was. Early stopping counts from the best
+    trained epoch either way, so a pre-trained model trains as long as one from scratch would.
 
     Returns:
         The prepared (possibly DDP-wrapped) model with the best weights loaded, its Accelerator, and the
@@ -515,7 +520,10 @@ def fit(
         if metrics["ndcg@10"] > progress.best:  # the gathered metrics are the same on every rank
             progress.best, progress.best_epoch = metrics["ndcg@10"], epoch
             best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
-        elif args.early_stopping_patience and epoch - progress.best_epoch >= args.early_stopping_patience:
+        # Patience counts from the best trained epoch: a validated start is a candidate, not a deadline.
+        trained = [row for row in progress.history if row["epoch"] > 0]
+        best_trained = max(trained, key=lambda row: row["ndcg@10"])["epoch"]
+        if args.early_stopping_patience and epoch + 1 - best_trained >= args.early_stopping_patience:
             accelerator.print(f"{name}: no valid NDCG@10 gain for {args.early_stopping_patience} epochs, stopping")
             progress.finished = True
         if args.checkpointing_steps is not None and not progress.finished:

@@ -220,7 +220,7 @@ def test_an_added_modality_leaves_the_model_unchanged_until_items_have_it():
 def test_match_catalogue_modalities_warns_adds_or_masks_and_refuses_other_widths():
     features = {"text_features": torch.randn(10, 12), "image_features": torch.randn(10, 7)}
     model = tiny_model("text", text_feature_dim=12)
-    with pytest.warns(UserWarning, match="adds a freshly initialised image adaptor"):
+    with pytest.warns(UserWarning, match="fine-tuning adds an image adaptor"):
         matched = match_catalogue_modalities(model, features)
     assert model.modality_names == ("text", "image") and set(matched) == set(features)
     untrained = tiny_model("text", text_feature_dim=12)  # zero-shot: no adaptor that nothing will train
@@ -252,7 +252,7 @@ def test_text_only_pretraining_then_text_and_image_finetuning(tmp_path, strategy
     )  # fmt: skip
     assert json.loads((pretrained / "config.json").read_text())["modalities"] == "text"
     run = tmp_path / f"finetune-{strategy}"
-    with pytest.warns(UserWarning, match="adds a freshly initialised image adaptor"):
+    with pytest.warns(UserWarning, match="fine-tuning adds an image adaptor"):
         results = run_train(
             ["--domain", "Target", "--data_dir", str(tmp_path / "files"), "--pretrained", str(pretrained),
              "--strategy", strategy, "--epochs", "1", "--baselines", "[]", "--output_dir", str(run)]

@@ -36,6 +36,19 @@ def test_an_exact_linear_relation_is_recovered_on_the_items_with_both_modalities
     torch.testing.assert_close(aligned[keep], embedded[keep], atol=1e-3, rtol=1e-3)
 
 
+def test_the_sums_in_chunks_fit_what_one_pass_fits():
+    torch.manual_seed(0)
+    model = MISSRecModel(tiny_config())
+    model.set_catalogue(
+        text_features=torch.randn(NUM_ITEMS, FEATURE_DIM), image_features=torch.randn(NUM_ITEMS, FEATURE_DIM)
+    )
+    model.align_adaptor("image")
+    whole = [p.detach().clone() for p in model.image_adaptor.parameters()]
+    model.align_adaptor("image", chunk_size=7)
+    for chunked, expected in zip(model.image_adaptor.parameters(), whole):
+        torch.testing.assert_close(chunked, expected)
+
+
 def test_a_larger_penalty_shrinks_the_map_and_bad_calls_fail():
     torch.manual_seed(0)
     model = MISSRecModel(tiny_config())
@@ -67,9 +80,20 @@ def test_fine_tuning_a_text_only_base_on_images_starts_them_aligned(tmp_path):
     text = torch.randn(NUM_ITEMS, FEATURE_DIM)
     image = text @ torch.randn(FEATURE_DIM, FEATURE_DIM)  # the same information, in other coordinates
     words = ["--pretrained", str(tmp_path / "base"), "--id_mode", "inductive", "--baselines", "[]", "--epochs", "1"]
-    with pytest.warns(UserWarning, match="adds a freshly initialised image adaptor"):
+    with pytest.warns(UserWarning, match="fine-tuning adds an image adaptor"):
         model = build_missrec(load_recipe(None, words), {"text_features": text, "image_features": image})
     assert mean_cosine_with_text(model) > 0.95
     torch.manual_seed(0)
     model.image_adaptor.reset_parameters()  # what it added before aligning
     assert abs(mean_cosine_with_text(model)) < 0.3
+
+
+def test_without_items_that_have_both_modalities_the_new_adaptor_stays_random(tmp_path):
+    torch.manual_seed(0)
+    MISSRecModel(tiny_config(modalities="text")).save_pretrained(tmp_path / "base")
+    text, image = torch.randn(NUM_ITEMS, FEATURE_DIM), torch.randn(NUM_ITEMS, FEATURE_DIM)
+    text[1:25], image[25:] = 0, 0  # only item 1 has both
+    words = ["--pretrained", str(tmp_path / "base"), "--id_mode", "inductive", "--baselines", "[]", "--epochs", "1"]
+    with pytest.warns(UserWarning, match="fewer than 2 catalogue items have it and another modality"):
+        model = build_missrec(load_recipe(None, words), {"text_features": text, "image_features": image})
+    assert model.modality_names == ("text", "image")

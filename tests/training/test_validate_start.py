@@ -1,5 +1,5 @@
 """Fine-tuning a pre-trained model validates it before training, and keeps it as it started when no epoch beats
-it; a model from scratch does not (its start is random)."""
+it; a model from scratch does not (its start is random). Early stopping counts from the best trained epoch."""
 
 from __future__ import annotations
 
@@ -13,23 +13,23 @@ TINY = ["--num_users", "60", "--num_items", "40", "--baselines", "[]", "--batch_
 
 
 @pytest.fixture
-def falling_validation(monkeypatch):
-    """Every validation scores lower than the one before (the real metrics otherwise)."""
-    real_evaluate, calls = loop.evaluate_ranking, []
+def validation_scores(monkeypatch):
+    """`scores.extend([...])`: what the next validations score, in order (the real metrics otherwise)."""
+    real_evaluate, scores = loop.evaluate_ranking, []
 
-    def falling(*args, **kwargs):
+    def scripted(*args, **kwargs):
         metrics = real_evaluate(*args, **kwargs)
-        calls.append(len(calls))
+        score = scores.pop(0)
         for protocol in metrics.values():
-            protocol["ndcg@10"] = 0.5 - 0.1 * calls[-1]
+            protocol["ndcg@10"] = score
         return metrics
 
-    monkeypatch.setattr(loop, "evaluate_ranking", falling)
-    return calls
+    monkeypatch.setattr(loop, "evaluate_ranking", scripted)
+    return scores
 
 
 def test_a_pre_trained_model_no_epoch_improves_is_kept_as_it_started(
-    tmp_path, falling_validation, fresh_accelerate_state
+    tmp_path, validation_scores, fresh_accelerate_state
 ):
     from accelerate import Accelerator
 
@@ -37,18 +37,20 @@ def test_a_pre_trained_model_no_epoch_improves_is_kept_as_it_started(
     domain = loop.load_training_data(scratch_args)
     features = catalogue_features(domain.items)
     loop.build_missrec(scratch_args, features).save_pretrained(tmp_path / "base")
-    words = [*TINY, "--epochs", "5", "--early_stopping_patience", "2", "--strategy", "full"]
+    words = [*TINY, "--epochs", "6", "--early_stopping_patience", "2", "--strategy", "full"]
     args = parse_recipe_args([*words, "--pretrained", str(tmp_path / "base"), "--output_dir", str(tmp_path / "ft")])
 
+    # Training climbs, but never up to the start: it runs while it climbs, stops 2 epochs after its own best.
+    validation_scores.extend([0.5, 0.1, 0.2, 0.3, 0.25, 0.2])
     model, _, histories = loop.fit_missrec(Accelerator(), args, domain, features)
     history = histories["inductive"]
-    assert [row["epoch"] for row in history] == [0, 1, 2]  # the start, then two epochs without a gain
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3, 4, 5]
     assert "loss" not in history[0] and history[0]["ndcg@10"] == pytest.approx(0.5)
     start = loop.build_missrec(args, features)  # the pre-trained weights on this catalogue
     kept = Accelerator().unwrap_model(model).missrec.state_dict()
     for name, weight in start.named_parameters():
         torch.testing.assert_close(kept[name], weight, msg=name)
 
-    falling_validation.clear()
+    validation_scores.extend([0.4, 0.3, 0.2, 0.1])  # from scratch: no start row, the best is epoch 1
     _, _, histories = loop.fit_missrec(Accelerator(), args, domain, features, from_scratch=True)
-    assert [row["epoch"] for row in histories["inductive"]] == [1, 2, 3]  # no start row: the best is epoch 1
+    assert [row["epoch"] for row in histories["inductive"]] == [1, 2, 3]

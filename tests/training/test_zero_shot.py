@@ -83,6 +83,6 @@ def test_zero_shot_leaves_out_a_modality_the_base_never_learned(tmp_path):
     with pytest.warns(UserWarning, match="with nothing trained they are left out"):
         zero_shot = build_missrec(load_recipe(None, [*words, "--epochs", "0"]), dict(features))
     assert zero_shot.modality_names == ("text",) and zero_shot.config.num_items == 30
-    with pytest.warns(UserWarning, match="adds a freshly initialised image adaptor"):
+    with pytest.warns(UserWarning, match="fine-tuning adds an image adaptor"):
         finetuned = build_missrec(load_recipe(None, [*words, "--epochs", "1"]), dict(features))
     assert finetuned.modality_names == ("text", "image")
