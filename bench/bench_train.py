@@ -58,7 +58,8 @@ from accuracy_case import (
     run_accuracy_case,
     sampled_softmax_markdown,
 )
-from common import machine_info, memory_status, train_run, trained_epochs
+from common import machine_info, memory_status, train_run
+from modeling_missrec.pipelines.training.checkpointing import trained_epochs
 from transfer_case import markdown as transfer_markdown
 from transfer_case import run_real_transfer
 from transfer_profile_case import markdown as profile_markdown

@@ -79,12 +79,6 @@ def recipe_flags(values: dict) -> list[str]:
     return words
 
 
-def trained_epochs(history: list[dict]) -> list[dict]:
-    """The epochs of a `train.py` history that trained: a pre-trained model's history starts with its validation
-    before training (epoch 0, no training time)."""
-    return [row for row in history if row["epoch"] > 0]
-
-
 def mean_and_error(values: list[float]) -> tuple[float, float]:
     """The mean of `values` and its standard error (NaN for one value)."""
     mean = statistics.fmean(values)

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import mean_and_error, plus_minus, recipe_flags, train_run, trained_epochs
+from common import mean_and_error, plus_minus, recipe_flags, train_run
+from modeling_missrec.pipelines.training.checkpointing import trained_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

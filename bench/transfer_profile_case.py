@@ -44,8 +44,9 @@ from pathlib import Path
 
 from accuracy_case import FULL_DATA_RUNS, PROTOCOL_KEYS, TEXT_DOMAINS, TUNED, id_mode_auto_runs
 from accuracy_case import RUNS as SAMPLED_RUNS
-from common import RESUMABLE, mean_and_error, plus_minus, train_run, trained_epochs
+from common import RESUMABLE, mean_and_error, plus_minus, train_run
 from modeling_missrec.configuration.recipe import SNAPSHOT_PREFIX
+from modeling_missrec.pipelines.training.checkpointing import trained_epochs
 from transfer_case import METRICS, RECIPES, REENCODED_SCIENTIFIC, SHARED, cold_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,6 +15,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..pipelines.data.domain_data import AMAZON_CATEGORIES
+from ..pipelines.training.checkpointing import trained_epochs
 from .model_cards import DEMO_LIMITATIONS, TAGS, _value, model_rows, recipe_setting_rows
 
 BASE_TEMPLATE = Path(__file__).with_name("base_card_template.md")
@@ -106,7 +107,7 @@ def budget_paragraph(metrics: dict[str, Any]) -> str:
     and what validation ranked."""
     recipe = metrics.get("recipe") or {}
     history = metrics.get("epochs") or []
-    epochs = [e for e in history if e.get("epoch") != 0]  # (epoch 0: a pre-trained start, validated, not trained)
+    epochs = trained_epochs(history)
     seconds = sum(e.get("train_seconds") or 0.0 for e in epochs)
     cap = recipe.get("max_train_examples")
     examples = "every training example of each domain" if cap is None else f"a seeded sample of {cap:,} examples"

@@ -14,6 +14,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..pipelines.training.checkpointing import trained_epochs
+
 MODEL_TEMPLATE = Path(__file__).with_name("model_card_template.md")
 ADAPTER_TEMPLATE = Path(__file__).with_name("adapter_card_template.md")
 TAGS = ["recommendation", "sequential-recommendation", "multi-modal", "missrec", "custom_code"]
@@ -114,8 +116,7 @@ def recipe_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     rows = recipe_setting_rows(metrics.get("recipe") or {})
     epochs = metrics.get("epochs")
     if isinstance(epochs, list) and epochs:
-        # (a pre-trained model's history starts with its validation before training: epoch 0)
-        rows.append(("epochs run", str(sum(1 for e in epochs if e.get("epoch") != 0))))
+        rows.append(("epochs run", str(len(trained_epochs(epochs)))))
         scored = [e for e in epochs if isinstance(e.get("ndcg@10"), (int, float))]
         if scored:
             best = max(scored, key=lambda e: e["ndcg@10"])

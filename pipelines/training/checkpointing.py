@@ -68,6 +68,12 @@ class TrainingProgress:
     finished: bool = False
 
 
+def trained_epochs(history: list[dict]) -> list[dict]:
+    """The rows of a training history (`TrainingProgress.history`, the `epochs` of `metrics.json`) that trained: a
+    pre-trained model's history starts with its validation before training (epoch 0: no loss, no training time)."""
+    return [row for row in history if row.get("epoch") != 0]
+
+
 def checkpoint_root(output_dir: str | os.PathLike, model: str) -> Path:
     """The folder of `model`'s checkpoints inside a run's `output_dir`."""
     return Path(output_dir) / "checkpoints" / model

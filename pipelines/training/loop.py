@@ -73,6 +73,7 @@ from .checkpointing import (
     recover_interrupted_saves,
     save_checkpoint,
     saved_interest_table_shape,
+    trained_epochs,
 )
 from .finetuning import apply_finetuning_strategy, match_catalogue_modalities
 from .interest_discovery import discover_interests_on_every_rank
@@ -521,8 +522,7 @@ def fit(
             progress.best, progress.best_epoch = metrics["ndcg@10"], epoch
             best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
         # Patience counts from the best trained epoch: a validated start is a candidate, not a deadline.
-        trained = [row for row in progress.history if row["epoch"] > 0]
-        best_trained = max(trained, key=lambda row: row["ndcg@10"])["epoch"]
+        best_trained = max(trained_epochs(progress.history), key=lambda row: row["ndcg@10"])["epoch"]
         if args.early_stopping_patience and epoch + 1 - best_trained >= args.early_stopping_patience:
             accelerator.print(f"{name}: no valid NDCG@10 gain for {args.early_stopping_patience} epochs, stopping")
             progress.finished = True

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from accelerate.tracking import GeneralTracker, get_available_trackers
 
+from .checkpointing import trained_epochs
+
 
 class JSONLinesTracker(GeneralTracker):
     """An Accelerate tracker appending one JSON object per `log` call to `<logging_dir>/<run_name>.jsonl`.
@@ -80,7 +82,7 @@ def plot_curves(histories: dict[str, list[dict]], path: str | os.PathLike) -> Pa
 
     figure, (loss_axis, ndcg_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for name, history in histories.items():
-        trained = [row for row in history if "loss" in row]  # (a pre-trained model's epoch 0 has no loss)
+        trained = trained_epochs(history)  # (a pre-trained model's epoch 0 has no loss)
         loss_axis.plot([row["epoch"] for row in trained], [row["loss"] for row in trained], marker="o", label=name)
         ndcg_axis.plot([row["epoch"] for row in history], [row["ndcg@10"] for row in history], marker="o", label=name)
     loss_axis.set(title="training loss", xlabel="epoch")
