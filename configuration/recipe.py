@@ -64,6 +64,9 @@ class TrainingRecipe:
         num_users, num_items: size of the demo domains.
         preset: a model preset of `configuration/models/` (a model trained from scratch).
         pretrained: instead of a preset, a folder (or Hub id) of a pre-trained MISSRec to fine-tune.
+        pretrained_learning_rate: the learning rate a `pretrained` model fine-tunes with (`None`:
+            `learning_rate`, which models from scratch, the `scratch` baseline included, train with). A rate chosen
+            for random weights moves a pre-trained model away from what it knew in its first epoch.
         config_overrides: MISSRec config attributes to set on the model (dropout, `score_temperature`, the
             interest settings, ...), as a mapping (`{hidden_dropout_prob: 0.3}` in YAML) or the `transformers`
             examples' string form (`--config_overrides hidden_dropout_prob=0.3,score_temperature=0.05`). They
@@ -156,6 +159,7 @@ class TrainingRecipe:
     num_items: int = 600
     preset: str = "missrec-tiny"
     pretrained: str | None = None
+    pretrained_learning_rate: float | None = None
     config_overrides: dict | None = None
     sasrec_config_overrides: dict | None = None
     sasrec_learning_rate: float | None = None
@@ -212,8 +216,9 @@ class TrainingRecipe:
             not isinstance(self.text_fields, list) or not all(isinstance(f, str) and f for f in self.text_fields)
         ):
             raise ValueError(f"text_fields={self.text_fields!r} must be a list of .item column names or null")
-        if self.sasrec_learning_rate is not None and not self.sasrec_learning_rate > 0:
-            raise ValueError(f"sasrec_learning_rate={self.sasrec_learning_rate!r} must be > 0 or null")
+        for key in ("sasrec_learning_rate", "pretrained_learning_rate"):
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
+                raise ValueError(f"{key}={getattr(self, key)!r} must be > 0 or null")
         if self.loss not in ("full", "sampled"):
             raise ValueError(f"loss={self.loss!r} is not one of ['full', 'sampled']")
         if self.in_batch_log_q and self.stage != "pretrain":
@@ -322,6 +327,13 @@ class TrainingRecipe:
     def domains(self) -> list[str]:
         """The domain names, as a list."""
         return [self.domain] if isinstance(self.domain, str) else list(self.domain)
+
+    def missrec_learning_rate(self, from_scratch: bool = False) -> float:
+        """The learning rate MISSRec trains with: `pretrained_learning_rate` for a `pretrained` model (when set),
+        `learning_rate` for a model from a preset and for the `scratch` baseline (`from_scratch`)."""
+        if self.pretrained is None or from_scratch or self.pretrained_learning_rate is None:
+            return self.learning_rate
+        return self.pretrained_learning_rate
 
     @property
     def zero_shot(self) -> bool:

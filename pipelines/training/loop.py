@@ -279,18 +279,21 @@ def fit_missrec(
     `id_modes_to_try(args)` and keep the one of the best validation NDCG@10 (a tie keeps the first). Each mode's
     model is seeded, batched and trained exactly as a run with that `id_mode` alone, so `id_mode: auto` selects
     between those two runs on validation only. `features` are the catalogue's (`[N, d]` per modality);
-    `from_scratch` trains the `scratch` baseline (named "MISSRec-scratch") under the same selection.
+    `from_scratch` trains the `scratch` baseline (named "MISSRec-scratch") under the same selection. A pre-trained
+    model trains at the recipe's `pretrained_learning_rate` when set (`TrainingRecipe.missrec_learning_rate`).
 
     Returns:
-        The kept (prepared) model, the recipe of its id mode, and the per-epoch history of each mode trained.
+        The kept (prepared) model, the recipe it trained under (its id mode and learning rate), and the per-epoch
+        history of each mode trained.
     """
     modes = id_modes_to_try(args, from_scratch)
     if args.id_mode == "auto" and len(modes) == 1:
         why = "a zero-shot run is" if args.zero_shot else f"{args.pretrained} is"
         logger.print(f"id_mode auto: {why} {modes[0]}, so only {modes[0]} is evaluated or trained")
     kept, histories = None, {}
+    learning_rate = args.missrec_learning_rate(from_scratch)
     for mode in modes:
-        mode_args = dataclasses.replace(args, id_mode=mode)
+        mode_args = dataclasses.replace(args, id_mode=mode, learning_rate=learning_rate)
         name = "MISSRec-scratch" if from_scratch else "MISSRec"
         name = name if len(modes) == 1 else f"{name}-{mode}"  # each mode checkpoints on its own
         model = missrec_to_train(mode_args, features, from_scratch)

@@ -248,6 +248,8 @@ def test_optimisation_keys_are_validated():
         load_recipe(None, ["--weight_decay", "-0.1"])
     with pytest.raises(ValueError, match="max_grad_norm=0.0 must be > 0 or null"):
         load_recipe(None, ["--max_grad_norm", "0"])
+    with pytest.raises(ValueError, match="pretrained_learning_rate=-0.0001 must be > 0 or null"):
+        load_recipe(None, ["--pretrained_learning_rate", "-1e-4"])
     with pytest.raises(ValueError, match=r"report_to=\['jsonl', 'stdout'\] must be a non-empty list drawn from"):
         load_recipe(None, ["--report_to", "[jsonl, stdout]"])
     assert load_recipe(None, ["--report_to", "tensorboard"]).report_to == ["tensorboard"]
