@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "bench" / "results" / "runs" / "transfer-profile"
 BASE_RECIPE = RECIPES / "pretrain-text-domains.yaml"
 BASE_DOMAINS = ("Beauty", "Games", "Yelp", "LastFM")  # MovieLens100K held out
+SHIPPED_BASE = REPO / "pretrained" / "missrec-base"  # the base exported into the repository
 TARGETS = {
     "Scientific": ["--config", str(RECIPES / "scientific.yaml"), "--data_dir", str(REENCODED_SCIENTIFIC)],
     "MovieLens100K": [
@@ -121,6 +122,11 @@ def record_of(results: dict, prefix: str = "") -> dict:
     return {p: {k: results[f"{prefix}{key}"][k] for k in METRICS} for p, key in PROTOCOL_KEYS.items()}
 
 
+def run_folder(root: Path, target: str, fraction: float | None, arm: str, seed: int) -> Path:
+    """Where one run of the case trains and keeps its record (`fraction` None: the zero-shot run)."""
+    return root / target / ("zero-shot" if fraction is None else f"{fraction:g}") / f"{arm}-seed{seed}"
+
+
 def one_run(
     target: str,
     fraction: float | None,
@@ -134,7 +140,7 @@ def one_run(
 ) -> dict:
     """The record of one run (`epochs`: the cap per share of users), trained unless recorded. `mode_of`, at 100%:
     the first seed's record of the same cell, whose chosen id mode this run then trains in alone."""
-    folder = root / target / ("zero-shot" if fraction is None else f"{fraction:g}") / f"{arm}-seed{seed}"
+    folder = run_folder(root, target, fraction, arm, seed)
     record_file = folder / "bench_run.json"
     if record_file.is_file():
         return json.loads(record_file.read_text())
@@ -161,12 +167,17 @@ def one_run(
     return record
 
 
-def ensure_base(base: Path, words: list[str]) -> dict:
-    """Pre-train the base with `train.py` `words` unless `base` holds one (a pre-training killed with its session
-    continues where it stopped); what its run recorded."""
+def ensure_base(base: Path, words: list[str], shipped: Path | None = SHIPPED_BASE) -> Path:
+    """The base the case fine-tunes: its pre-training run `base` (`train.py` `words`; a pre-training killed with its
+    session continues where it stopped), or, when that run never started here and `shipped` holds the base as the
+    repository ships it (`hub_cards.export base` of that run), the shipped one: the pre-training is not run again
+    for a checkout that lost the run's folder. Only the run's folder has the budget curve's snapshots."""
+    started = (base / "checkpoints").is_dir() or (base / "config.json").is_file()
+    if not started and shipped is not None and (shipped / "config.json").is_file():
+        return shipped
     if not (base / "config.json").is_file():
         train_run([*words, "--output_dir", str(base), *RESUMABLE])
-    return base_record(base)
+    return base
 
 
 def base_record(base: Path) -> dict:
@@ -186,6 +197,7 @@ def run_transfer_profile(
     budget_fraction: float = BUDGET_FRACTION,
     sanity: dict[str, list[str]] | None = None,
     id_mode_from_first_seed: bool = False,
+    shipped: Path | None = SHIPPED_BASE,
 ) -> dict:
     """Worker: the base, then every run of the case (resuming from recorded ones). `targets` maps a name to its
     `train.py` words (default `TARGETS`), `base_words` are the base's (default: `BASE_RECIPE` on `BASE_DOMAINS` for
@@ -193,7 +205,8 @@ def run_transfer_profile(
     `EPOCHS`); the budget curve fine-tunes the base after each of `budget_epochs` on `budget_fraction` of the users
     (a share of `fractions`, whose scratch runs it is compared with); `sanity` maps each base domain to its
     `train.py` words for the sanity bar (default `SANITY`). With `id_mode_from_first_seed`, the 100% cells of the
-    seeds after the first train only in the id mode `auto` picked for the same cell on the first seed."""
+    seeds after the first train only in the id mode `auto` picked for the same cell on the first seed. `shipped`: the
+    exported base that stands in for a pre-training run this checkout never started ([`ensure_base`])."""
     from modeling_missrec.pipelines.data.text_reencoding import reencode_text_features
 
     started = time.perf_counter()
@@ -203,7 +216,8 @@ def run_transfer_profile(
         base_words = ["--config", str(BASE_RECIPE), "--domain", json.dumps(list(BASE_DOMAINS))]
         base_words += ["--max_train_examples", "null", "--epochs", str(BASE_EPOCHS)]
         base_words += ["--save_epochs", json.dumps(list(BUDGET_EPOCHS))]
-    report = {"base": ensure_base(base, base_words)}
+    base = ensure_base(base, base_words, shipped)
+    report = {"base": base_record(base)}
     sanity = SANITY if sanity is None else sanity
     report["sanity"] = [
         one_run(domain, None, "zero-shot", 0, base, root / "sanity", words, {}) | scratch_references(domain)
@@ -215,6 +229,11 @@ def run_transfer_profile(
     plan = run_plan(list(targets), fractions, seeds, budget_epochs, budget_fraction)
     runs: list[dict] = []
     for target, fraction, arm, seed in plan:
+        budget = arm.partition("@")[2]
+        recorded = (run_folder(root, target, fraction, arm, seed) / "bench_run.json").is_file()
+        if budget and not (base / budget).is_dir() and not recorded:
+            print(f"transfer-profile: {arm} skipped: {base} has no snapshot {budget}", file=sys.stderr, flush=True)
+            continue
         mode_of = None  # at 100% with `id_mode_from_first_seed`, a later seed trains in the first seed's choice
         if id_mode_from_first_seed and fraction is not None and fraction >= 1 and seed != seeds[0]:
             cell = (target, fraction, arm, seeds[0])
@@ -245,12 +264,15 @@ def run_plan(
     return plan
 
 
-def recorded_transfer_profile(root: Path = RUNS) -> dict:
+def recorded_transfer_profile(root: Path = RUNS, shipped: Path | None = SHIPPED_BASE) -> dict:
     """The case's result from the runs recorded under `root` so far, nothing trained (`--recorded`): the base's
-    record once its pre-training has ended, the sanity bar's runs and every target's runs."""
+    record once its pre-training has ended (from its run's folder, else from the `shipped` export), the sanity
+    bar's runs and every target's runs."""
     report = {"case": "transfer-profile", "wall_seconds": 0.0}
-    if (root / "base" / "metrics.json").is_file():
-        report["base"] = base_record(root / "base")
+    for base in (root / "base", shipped):
+        if base is not None and (base / "metrics.json").is_file():
+            report["base"] = base_record(base)
+            break
     sanity = [json.loads(f.read_text()) for f in sorted(root.glob("sanity/*/zero-shot/*/bench_run.json"))]
     sanity.sort(key=lambda run: (BASE_DOMAINS + (run["target"],)).index(run["target"]))  # the order the case runs
     report["sanity"] = [run | scratch_references(run["target"]) for run in sanity]

@@ -23,7 +23,7 @@ def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, mon
     base = ["--config", str(REPO / "configuration" / "recipes" / "demo-pretrain.yaml"), *size, "--epochs", "2"]
     base += ["--save_epochs", "[1]"]
     targets = {"demo": ["--domain", "demo", *size, "--batch_size", "64"]}
-    run = {"targets": targets, "fractions": (0.5, 1.0), "root": tmp_path, "base_words": base}
+    run = {"targets": targets, "fractions": (0.5, 1.0), "root": tmp_path, "base_words": base, "shipped": None}
     run |= {"budget_epochs": (1,), "budget_fraction": 0.5, "sanity": {"demo": targets["demo"]}}
     result = case.run_transfer_profile([0], **run, epochs={0.5: 1, 1.0: 1})
     arms = {(r["fraction"], r["arm"]) for r in result["runs"]}
@@ -56,7 +56,7 @@ def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, mon
     assert [p.stat().st_mtime_ns for p in records] == stamps and again["runs"] == result["runs"]
 
     # `--recorded` rebuilds the same table from the records, and the exported base's card carries it as it is.
-    recorded = case.recorded_transfer_profile(tmp_path)
+    recorded = case.recorded_transfer_profile(tmp_path, shipped=None)
     assert case.markdown(recorded) == table and recorded["base"]["epochs"] == result["base"]["epochs"]
     (tmp_path / "table").write_text(table)
     base = export_base(tmp_path / "base", tmp_path / "exported", transfer_results=tmp_path / "table")
@@ -168,7 +168,8 @@ def test_later_seeds_train_the_full_data_cells_in_the_mode_auto_picked_on_the_fi
                                                    "popularity_test_exclude_history")}  # fmt: skip
 
     monkeypatch.setattr(case, "train_run", train_run)
-    monkeypatch.setattr(case, "ensure_base", lambda base, words: {})
+    monkeypatch.setattr(case, "ensure_base", lambda base, words, shipped: base)
+    monkeypatch.setattr(case, "base_record", lambda base: {})
     monkeypatch.setattr(case, "cold_metrics", lambda *args: {"users": 0})
     run = {"targets": {"T": ["--domain", "demo"]}, "fractions": (0.5, 1.0), "root": tmp_path, "sanity": {}}
     run |= {"budget_epochs": (), "epochs": {0.5: 1, 1.0: 1}, "id_mode_from_first_seed": True}
@@ -181,3 +182,31 @@ def test_later_seeds_train_the_full_data_cells_in_the_mode_auto_picked_on_the_fi
     rows = {(r["fraction"], r["arm"]): r["id_modes"] for r in case.summarise(result["runs"])}
     assert rows[(1.0, "lora")] == ["auto: inductive", "auto: inductive (seed 0's)"]
     assert rows[(0.5, "lora")] == ["inductive"]
+
+
+def test_a_checkout_that_lost_the_base_run_fine_tunes_the_shipped_base(case, monkeypatch, tmp_path):
+    """The pre-training run's folder is not committed; the exported base is. A checkout without the run uses the
+    shipped base instead of pre-training again, a run that started here continues, and budget-curve cells whose
+    snapshot only the run had are skipped unless recorded."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "config.json").write_text("{}")
+    (shipped / "metrics.json").write_text(json.dumps({"recipe": {"stage": "pretrain"}, "epochs": [{"epoch": 1}]}))
+    pretrained = []
+    monkeypatch.setattr(case, "train_run", lambda argv: pretrained.append(argv))
+    assert case.ensure_base(tmp_path / "base", ["--epochs", "2"], shipped) == shipped and pretrained == []
+    (tmp_path / "base" / "checkpoints").mkdir(parents=True)  # a pre-training that started here goes on
+    assert case.ensure_base(tmp_path / "base", ["--epochs", "2"], shipped) == tmp_path / "base"
+    assert case.ensure_base(tmp_path / "other", ["--epochs", "2"], None) == tmp_path / "other"
+    assert [argv[:2] for argv in pretrained] == [["--epochs", "2"]] * 2
+
+    ran = []
+    monkeypatch.setattr(case, "one_run", lambda target, fraction, arm, seed, base, *rest: ran.append((arm, base)))
+    run = {"targets": {"T": []}, "fractions": (0.5,), "root": tmp_path / "case", "sanity": {}, "shipped": shipped}
+    run |= {"budget_epochs": (1, 3), "budget_fraction": 0.5}
+    recorded = case.run_folder(tmp_path / "case", "T", 0.5, "lora@epoch-3", 0) / "bench_run.json"
+    recorded.parent.mkdir(parents=True)
+    recorded.write_text("{}")
+    case.run_transfer_profile([0], **run)
+    assert ran == [(arm, shipped) for arm in ("zero-shot", *case.ARMS, "lora@epoch-3")]
+    assert case.recorded_transfer_profile(tmp_path / "case", shipped)["base"]["epochs"] == [{"epoch": 1}]
