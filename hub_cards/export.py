@@ -386,6 +386,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     base.add_argument(
         "--transfer_results", help="a markdown file of what transfer measured with this base, for the card"
     )
+    base.add_argument(
+        "--model_id",
+        help="what the card's commands load the base as (default: the --push_to_hub id, else the output folder's "
+        "absolute path), e.g. a path relative to where they run, for a base shipped inside a repository",
+    )
     dataset = commands.add_parser("dataset", help="a built domain as parquet + dataset card")
     dataset.add_argument("--domain", required=True, help="'demo', an Amazon domain name or one's own prefix")
     dataset.add_argument("--data_dir", help="the domain's MISSRec-format files")
@@ -423,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             repo_type = "space"
     elif args.command == "base":
-        out = export_base(args.run_dir, args.output_dir, repo_id=repo_id, transfer_results=args.transfer_results)
+        model_id = args.model_id or repo_id
+        out = export_base(args.run_dir, args.output_dir, repo_id=model_id, transfer_results=args.transfer_results)
         repo_type = "model"
     else:
         out = export_dataset(

@@ -119,6 +119,12 @@ def test_the_exported_base_holds_no_catalogue_and_its_card_says_what_it_is(tmp_p
     code = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
     assert run_script_without_package(code, tmp_path).strip().endswith("torch.Size([1, 32])")
 
+    # A base shipped inside a repository: the card's commands name it as given, relative to where they run.
+    assert main(["base", "--run_dir", str(run), "--output_dir", str(tmp_path / "shipped"),
+                 "--model_id", "pretrained/missrec-base"]) == 0  # fmt: skip
+    shipped = (tmp_path / "shipped" / "README.md").read_text()
+    assert "--pretrained pretrained/missrec-base --epochs 0" in shipped and str(tmp_path) not in shipped
+
 
 def test_a_demo_base_card_says_synthetic_and_reads_short_runs_right(tmp_path):
     demo = {"domain": ["demo-1", "demo-2"], "max_eval_examples": None, "max_train_examples": 5000}

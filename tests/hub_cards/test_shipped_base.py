@@ -1,0 +1,47 @@
+"""The pre-trained base the repository ships (`pretrained/missrec-base`): a catalogue-free MISSRec that loads offline,
+recommends on a catalogue it never saw, and whose card carries the transfer-profile table the committed records
+give (re-export it when a record lands: the command is in docs/results.md)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+from helpers import REPO, random_histories
+
+from modeling_missrec import MISSRecModel
+
+SHIPPED = REPO / "pretrained" / "missrec-base"
+
+
+@pytest.fixture
+def case(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    return importlib.import_module("transfer_profile_case")
+
+
+def test_the_shipped_base_is_the_case_base_without_a_catalogue(case):
+    assert sum(f.stat().st_size for f in SHIPPED.iterdir()) <= 10 * 2**20  # small enough to ship
+    model = MISSRecModel.from_pretrained(SHIPPED).eval()
+    assert (model.config.num_items, model.config.id_mode, model.modality_names) == (0, "inductive", ("text",))
+    recipe = json.loads((SHIPPED / "metrics.json").read_text())["recipe"]
+    assert recipe["stage"] == "pretrain" and recipe["domain"] == list(case.BASE_DOMAINS)
+
+    # A catalogue it never saw, encoded as its own (MiniLM's 384-d text): interests, then finite scores.
+    items = torch.randn(30, model.config.text_feature_dim, generator=torch.Generator().manual_seed(0))
+    model.set_catalogue(text_features=items)
+    model.discover_interests()
+    item_seq, lengths = random_histories(4, 6, 30, seed=1)
+    with torch.no_grad():
+        scores = model.score_items(model(item_seq, lengths=lengths).sequence_embeddings)
+    assert scores.shape[0] == 4 and scores.shape[1] >= 30 and torch.isfinite(scores[:, -30:]).all()
+
+
+def test_the_shipped_card_carries_the_recorded_transfer_table(case):
+    table = case.markdown(case.recorded_transfer_profile())
+    assert table in (SHIPPED / "README.md").read_text(), (
+        "the shipped base's card is older than the transfer-profile records: re-export it (docs/results.md, "
+        "'Shipping the base')"
+    )
