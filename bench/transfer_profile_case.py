@@ -81,6 +81,11 @@ FRACTIONS = (0.01, 0.05, 0.25, 1.0)
 ARMS = ("scratch", "lora", "full")
 EPOCHS = {0.01: 40, 0.05: 30, 0.25: 20, 1.0: 15}
 PATIENCE = 5
+# Below 100% of the users, each arm's learning rate as chosen on the target's validation (seed 0, 5% of the users,
+# 1e-3 / 3e-4 / 1e-4: `bench/results/levers/<target>-<arm>-learning-rate-trials.json`): "scratch" sets
+# `learning_rate`, "pretrained" `pretrained_learning_rate` (lora and full alike). A target or kind not named keeps
+# its recipe's (chosen on all the data).
+FEW_SHOT_LEARNING_RATES = {"Scientific": {"scratch": 3e-4, "pretrained": 3e-4}}
 FEW_SHOT_GAIN, ZERO_SHOT_RATIO = 0.20, 1.2
 ARMS_ORDER = {"zero-shot": 0, **{arm: i + 1 for i, arm in enumerate(ARMS)}}
 
@@ -100,9 +105,11 @@ def run_arguments(
     folder: Path,
     epochs: dict,
     id_mode: str | None = None,
+    learning_rates: dict[str, float] | None = None,
 ) -> list[str]:
     """The `train.py` words of one run: `fraction` None is the zero-shot run (with its baselines). `id_mode`, at
-    100%: train in that mode alone instead of the recipe's `auto`."""
+    100%: train in that mode alone instead of the recipe's `auto`. `learning_rates`, below 100%: the target's
+    `FEW_SHOT_LEARNING_RATES`."""
     argv = [*target_words, "--seed", str(seed), "--output_dir", str(folder), "--overwrite_output_dir=true"]
     if fraction is None:
         return [*argv, "--pretrained", str(base), "--epochs", "0", "--id_mode", "inductive", "--strategy", "full",
@@ -114,6 +121,9 @@ def run_arguments(
     if arm != "scratch":  # `lora@epoch-3`: lora on the base as it was after 3 epochs
         strategy, _, budget = arm.partition("@")
         argv += ["--pretrained", str(base / budget if budget else base), "--strategy", strategy]
+    kind, key = ("scratch", "--learning_rate") if arm == "scratch" else ("pretrained", "--pretrained_learning_rate")
+    if fraction < 1 and kind in (learning_rates or {}):
+        argv += [key, str(learning_rates[kind])]
     return argv
 
 
@@ -145,7 +155,8 @@ def one_run(
     if record_file.is_file():
         return json.loads(record_file.read_text())
     id_mode = None if mode_of is None else mode_of["chosen_id_mode"]
-    argv = run_arguments(words, fraction, arm, seed, base, folder, epochs, id_mode)
+    rates = FEW_SHOT_LEARNING_RATES.get(target)
+    argv = run_arguments(words, fraction, arm, seed, base, folder, epochs, id_mode, rates)
     print(f"transfer-profile: {target} {fraction or 'zero-shot'} {arm} seed {seed}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     results = train_run(argv)

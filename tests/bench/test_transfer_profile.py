@@ -140,7 +140,7 @@ def test_recorded_sanity_rows_keep_the_order_of_the_base_domains(case, tmp_path)
         folder = tmp_path / "sanity" / domain / "zero-shot" / "zero-shot-seed0"
         folder.mkdir(parents=True)
         (folder / "bench_run.json").write_text(json.dumps({"target": domain}))
-    recorded = case.recorded_transfer_profile(tmp_path)
+    recorded = case.recorded_transfer_profile(tmp_path, shipped=None)
     assert (
         [run["target"] for run in recorded["sanity"]]
         == ["Beauty", "Yelp", "LastFM"]
@@ -210,3 +210,18 @@ def test_a_checkout_that_lost_the_base_run_fine_tunes_the_shipped_base(case, mon
     case.run_transfer_profile([0], **run)
     assert ran == [(arm, shipped) for arm in ("zero-shot", *case.ARMS, "lora@epoch-3")]
     assert case.recorded_transfer_profile(tmp_path / "case", shipped)["base"]["epochs"] == [{"epoch": 1}]
+
+
+def test_below_all_the_users_each_arm_trains_at_the_rate_chosen_for_its_kind(case, tmp_path):
+    rates = {"scratch": 3e-4, "pretrained": 1e-4}
+    words = lambda fraction, arm: case.run_arguments(  # noqa: E731
+        ["--domain", "demo"], fraction, arm, 0, tmp_path / "base", tmp_path / "run", {0.05: 3, 1.0: 2}, None, rates
+    )
+    tail = lambda argv, key: argv[argv.index(key) + 1] if key in argv else None  # noqa: E731
+    assert tail(words(0.05, "scratch"), "--learning_rate") == "0.0003"
+    assert "--pretrained_learning_rate" not in words(0.05, "scratch")
+    for arm in ("lora", "full", "lora@epoch-1"):
+        assert tail(words(0.05, arm), "--pretrained_learning_rate") == "0.0001"
+        assert "--learning_rate" not in words(0.05, arm)
+    for argv in (words(1.0, "scratch"), words(1.0, "lora"), words(None, "zero-shot")):  # the recipe's rates
+        assert "--learning_rate" not in argv and "--pretrained_learning_rate" not in argv
