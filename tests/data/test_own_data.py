@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, rec, run_train
+from helpers import REPO, rec, run_train, write_atomic_files
 from modeling_missrec.configuration import load_recipe
 from modeling_missrec.configuration.presets import load_preset
 from modeling_missrec.hub_cards.dataset_cards import export_domain
@@ -39,32 +39,6 @@ def write_text_only_folder(folder: Path, name: str = "MyShop", seed: int = 0, **
     data.features = {"text_features": data.features["text_features"]}
     data.has_image = np.zeros(data.num_items, dtype=bool)
     return write_missrec_folder(data, folder)
-
-
-def write_atomic_files(folder: Path, name: str = "Shop") -> dict:
-    """RecBole atomic files with the cases the reader must handle, and what it should make of them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    items = [f"i{k}" for k in range(40)]
-    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
-    histories = {}
-    for u in range(30):
-        history = list(rng.choice(items[:30], size=int(rng.integers(4, 12)), replace=False))
-        histories[f"u{u}"] = history
-        times = np.arange(len(history)) * 10.0
-        order = rng.permutation(len(history))  # lines out of time order: the reader sorts them
-        lines += [f"u{u}\t{history[k]}\t5\t{times[k]:.0f}" for k in order]
-    lines += ["short\ti1\t3\t1", "short\ti2\t3\t2"]  # 2 interactions: dropped and counted
-    lines += ["tie\ti3\t1\t7", "tie\ti4\t1\t7", "tie\ti5\t1\t7", "tie\ti6\t1\t3"]  # ties keep the file order
-    histories["tie"] = ["i6", "i3", "i4", "i5"]
-    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
-    item_lines = ["item_id:token\ttitle:token_seq\tcategories:token_seq\tprice:float"]
-    for k, item in enumerate(items):
-        title = "" if item == "i7" else f"Product  {k}"
-        categories = "" if item == "i7" else f"Category {k % 5}"
-        item_lines.append(f"{item}\t{title}\t{categories}\t{k}.5")
-    (folder / f"{name}.item").write_text("\n".join(item_lines) + "\n")
-    return {"histories": histories, "folder": folder, "name": name}
 
 
 # ------------------------------------------------------------------------------------- MISSRec folders, any width

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from helpers import REPO, random_histories
+from helpers import REPO, random_histories, run_train, write_atomic_files
 
 from modeling_missrec import MISSRecModel
 
@@ -45,3 +45,25 @@ def test_the_shipped_card_carries_the_recorded_transfer_table(case):
         "the shipped base's card is older than the transfer-profile records: re-export it (docs/results.md, "
         "'Shipping the base')"
     )
+
+
+@pytest.mark.slow
+def test_the_readme_fine_tunes_the_shipped_base_on_ones_own_data_and_serves_it(tmp_path, fresh_accelerate_state):
+    """README, "Start from the pre-trained base": `train.py` with the text-domain recipe, `--pretrained` the shipped
+    base and `--strategy lora` on one's own atomic files (MiniLM text, as the base was given), then the demo page's
+    loader serves the adapter folder."""
+    from modeling_missrec.hub_cards.space.demo import load_recommender
+
+    shop = write_atomic_files(tmp_path / "MyShop", name="MyShop")
+    run = tmp_path / "myshop-lora"
+    recipe = REPO / "configuration" / "recipes" / "text-domain.yaml"
+    results = run_train(
+        ["--config", str(recipe), "--domain", "MyShop", "--data_dir", str(shop["folder"]), "--pretrained",
+         str(SHIPPED), "--strategy", "lora", "--id_mode", "inductive", "--epochs", "1", "--baselines", "[]",
+         "--output_dir", str(run)]
+    )  # fmt: skip
+    assert results["epochs"][0]["epoch"] == 0 and "ndcg@10" in results["test_exclude_history"]  # start validated
+    assert (run / "adapter_config.json").is_file()
+    recommend = load_recommender(str(run))
+    served = recommend(["i3", "i5", "i12"], top_k=4)
+    assert len(served) == 4 and not {"i3", "i5", "i12"} & {r["source_id"] for r in served}
