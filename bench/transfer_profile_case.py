@@ -84,8 +84,8 @@ PATIENCE = 5
 # Below 100% of the users, each arm's learning rate as chosen on the target's validation (seed 0, 5% of the users,
 # 1e-3 / 3e-4 / 1e-4: `bench/results/levers/<target>-<arm>-learning-rate-trials.json`): "scratch" sets
 # `learning_rate`, "pretrained" `pretrained_learning_rate` (lora and full alike). A target or kind not named keeps
-# its recipe's: MovieLens100K chose 1e-3, `text-domain.yaml`'s, for both kinds.
-FEW_SHOT_LEARNING_RATES = {"Scientific": {"scratch": 3e-4, "pretrained": 3e-4}}
+# its recipe's (MovieLens100K's pre-trained arms chose `text-domain.yaml`'s 1e-3).
+FEW_SHOT_LEARNING_RATES = {"Scientific": {"scratch": 3e-4, "pretrained": 3e-4}, "MovieLens100K": {"scratch": 3e-4}}
 FEW_SHOT_GAIN, ZERO_SHOT_RATIO = 0.20, 1.2
 ARMS_ORDER = {"zero-shot": 0, **{arm: i + 1 for i, arm in enumerate(ARMS)}}
 
