@@ -245,11 +245,11 @@ def run_transfer_profile(
         if budget and not (base / budget).is_dir() and not recorded:
             print(f"transfer-profile: {arm} skipped: {base} has no snapshot {budget}", file=sys.stderr, flush=True)
             continue
-        mode_of = None  # at 100% with `id_mode_from_first_seed`, a later seed trains in the first seed's choice
+        mode_of = None  # at 100% with `id_mode_from_first_seed`, a later seed trains in what `auto` chose on the first
         if id_mode_from_first_seed and fraction is not None and fraction >= 1 and seed != seeds[0]:
             cell = (target, fraction, arm, seeds[0])
             mode_of = next(r for r in runs if (r["target"], r["fraction"], r["arm"], r["seed"]) == cell)
-            mode_of = mode_of if "chosen_id_mode" in mode_of else None
+            mode_of = mode_of if mode_of.get("id_mode") == "auto" and "chosen_id_mode" in mode_of else None
         runs.append(one_run(target, fraction, arm, seed, base, root, targets[target], epochs, mode_of))
     return report | {"case": "transfer-profile", "wall_seconds": time.perf_counter() - started, "runs": runs}
 

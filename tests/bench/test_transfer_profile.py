@@ -173,6 +173,11 @@ def test_later_seeds_train_the_full_data_cells_in_the_mode_auto_picked_on_the_fi
     monkeypatch.setattr(case, "cold_metrics", lambda *args: {"users": 0})
     run = {"targets": {"T": ["--domain", "demo"]}, "fractions": (0.5, 1.0), "root": tmp_path, "sanity": {}}
     run |= {"budget_epochs": (), "epochs": {0.5: 1, 1.0: 1}, "id_mode_from_first_seed": True}
+    # A recipe of one mode (not `auto`): every seed trains in it, and no record says `auto` chose it.
+    fixed = case.run_transfer_profile([0, 1], **{**run, "targets": {"R": ["--id_mode", "transductive"]}})
+    assert not any("id_mode_chosen_on_seed" in r for r in fixed["runs"])
+    assert {case.shown_id_mode(r) for r in fixed["runs"] if r["fraction"] == 1.0} == {"transductive"}
+    trained.clear()
     result = case.run_transfer_profile([0, 1], **run)
     full = [(arm, seed, mode) for fraction, arm, seed, mode in trained if fraction == "1.0"]
     assert full == [(arm, "0", "auto") for arm in case.ARMS] + [(arm, "1", picks[arm]) for arm in case.ARMS]
