@@ -6,6 +6,7 @@ Pytest fixtures live in `conftest.py`; everything a test imports lives here (`fr
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import string
@@ -287,3 +288,9 @@ def write_atomic_files(folder: Path, name: str = "Shop") -> dict:
         item_lines.append(f"{item}\t{title}\t{categories}\t{k}.5")
     (folder / f"{name}.item").write_text("\n".join(item_lines) + "\n")
     return {"histories": histories, "folder": folder, "name": name}
+
+
+def import_bench_module(monkeypatch, name: str):
+    """A module of `bench/` (scripts, not a package), imported with `bench/` on `sys.path` for this test only."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    return importlib.import_module(name)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
-from helpers import REPO
+from helpers import import_bench_module
 from modeling_missrec.pipelines.training import loop
 
 
 @pytest.fixture
 def case(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    return importlib.import_module("accuracy_case")
+    return import_bench_module(monkeypatch, "accuracy_case")
 
 
 def record(domain, mode, variant, seed, valid, test, sasrec=None):

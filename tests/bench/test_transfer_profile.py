@@ -3,18 +3,16 @@ records, resumption) and its table's paired gains and targets against hand-compu
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
-from helpers import REPO
+from helpers import REPO, import_bench_module
 from modeling_missrec.hub_cards.export import export_base
 
 
 @pytest.fixture
 def case(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    return importlib.import_module("transfer_profile_case")
+    return import_bench_module(monkeypatch, "transfer_profile_case")
 
 
 def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, monkeypatch, fresh_accelerate_state):

@@ -4,12 +4,11 @@ give (re-export it when a record lands: the command is in docs/results.md)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
 import torch
-from helpers import REPO, random_histories, run_train, write_atomic_files
+from helpers import REPO, import_bench_module, random_histories, run_train, write_atomic_files
 
 from modeling_missrec import MISSRecModel
 
@@ -18,8 +17,7 @@ SHIPPED = REPO / "pretrained" / "missrec-base"
 
 @pytest.fixture
 def case(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    return importlib.import_module("transfer_profile_case")
+    return import_bench_module(monkeypatch, "transfer_profile_case")
 
 
 def test_the_shipped_base_is_the_case_base_without_a_catalogue(case):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
 import torch
 import yaml
-from helpers import REPO, fine_tune_lora_adapter, random_histories, rec, run_train, tiny_model
+from helpers import REPO, fine_tune_lora_adapter, import_bench_module, random_histories, rec, run_train, tiny_model
 from modeling_missrec.configuration.recipe import load_recipe, parse_recipe_args
 from modeling_missrec.pipelines.training import loop, tuning
 
@@ -216,8 +215,7 @@ def test_label_smoothing_spreads_over_real_items_only():
 def test_the_ablation_levers_lead_from_the_paper_recipe_to_the_tuned_defaults(scripts, monkeypatch):
     """bench/accuracy_case.py's LEVERS, applied to `scientific-paper.yaml`, give exactly `scientific.yaml`: the
     model config and every training key, so the ablation's last row measures the defaults a user gets."""
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    accuracy_case = importlib.import_module("accuracy_case")
+    accuracy_case = import_bench_module(monkeypatch, "accuracy_case")
     train, _ = scripts
     recipes = REPO / "configuration" / "recipes"
     paper_words = ["--config", str(recipes / "scientific-paper.yaml")]
