@@ -53,7 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "bench" / "results" / "runs" / "transfer-profile"
 BASE_RECIPE = RECIPES / "pretrain-text-domains.yaml"
 BASE_DOMAINS = ("Beauty", "Games", "Yelp", "LastFM")  # MovieLens100K held out
-SHIPPED_BASE = REPO / "pretrained" / "missrec-base"  # the base exported into the repository
+SHIPPED_BASE_ID = "pretrained/missrec-base"  # the base exported into the repository, as its card loads it
+SHIPPED_BASE = REPO / SHIPPED_BASE_ID
 TARGETS = {
     "Scientific": ["--config", str(RECIPES / "scientific.yaml"), "--data_dir", str(REENCODED_SCIENTIFIC)],
     "MovieLens100K": [
@@ -191,6 +192,15 @@ def ensure_base(base: Path, words: list[str], shipped: Path | None = SHIPPED_BAS
     return base
 
 
+def refresh_shipped_card(shipped: Path | None, root: Path = RUNS, model_id: str = SHIPPED_BASE_ID) -> None:
+    """Put the table of the runs recorded under `root` so far on the `shipped` base's card, so that a new record
+    and the card it changes land together (the card's other parts and the weights stay as exported)."""
+    from modeling_missrec.hub_cards.export import refresh_base_card
+
+    if shipped is not None and (shipped / "config.json").is_file():
+        refresh_base_card(shipped, markdown(recorded_transfer_profile(root, shipped)), model_id=model_id)
+
+
 def base_record(base: Path) -> dict:
     """What the base's pre-training run recorded: its recipe, data and epochs."""
     metrics = json.loads((base / "metrics.json").read_text())
@@ -251,6 +261,8 @@ def run_transfer_profile(
             mode_of = next(r for r in runs if (r["target"], r["fraction"], r["arm"], r["seed"]) == cell)
             mode_of = mode_of if mode_of.get("id_mode") == "auto" and "chosen_id_mode" in mode_of else None
         runs.append(one_run(target, fraction, arm, seed, base, root, targets[target], epochs, mode_of))
+        if not recorded:
+            refresh_shipped_card(shipped, root)
     return report | {"case": "transfer-profile", "wall_seconds": time.perf_counter() - started, "runs": runs}
 
 

@@ -292,6 +292,26 @@ def export_base(
     return out
 
 
+def refresh_base_card(folder: str | os.PathLike, transfer_results: str, *, model_id: str | None = None) -> Path:
+    """Write an exported base's card again with new transfer measurements (a markdown fragment), its weights,
+    config and metrics untouched: what a transfer run recorded after the export changes.
+
+    Args:
+        folder: a folder `export_base` wrote.
+        transfer_results: the markdown fragment the card shows under its transfer results.
+        model_id: the Hub id (or folder) the card's commands load (default: the folder path).
+
+    Returns:
+        The card's path.
+    """
+    folder = Path(folder)
+    config = MISSRecModel.config_class.from_pretrained(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())  # already the shareable copy
+    card = base_card(config, metrics, model_id=model_id or str(folder.resolve()), transfer_results=transfer_results)
+    card.save(folder / "README.md")
+    return folder / "README.md"
+
+
 def _export_adapter(run_dir, out, metrics, domain, domain_cache, target, base_model, base_model_id, dataset_id) -> Path:
     with open(run_dir / "adapter_config.json") as f:
         peft_config = json.load(f)

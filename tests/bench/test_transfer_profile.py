@@ -4,6 +4,7 @@ records, resumption) and its table's paired gains and targets against hand-compu
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from helpers import REPO, import_bench_module
@@ -59,6 +60,13 @@ def test_the_case_on_demo_data_records_every_run_and_resumes(case, tmp_path, mon
     (tmp_path / "table").write_text(table)
     base = export_base(tmp_path / "base", tmp_path / "exported", transfer_results=tmp_path / "table")
     assert table in (base / "README.md").read_text()
+
+    # A run recorded after the export puts the new table on the shipped base's card by itself.
+    shipped = export_base(tmp_path / "base", tmp_path / "shipped")
+    shutil.rmtree(case.run_folder(tmp_path, "demo", 0.5, "lora", 0))
+    case.run_transfer_profile([0], **(run | {"shipped": shipped}), epochs={0.5: 1, 1.0: 1})
+    card = (shipped / "README.md").read_text()
+    assert case.markdown(case.recorded_transfer_profile(tmp_path, shipped)) in card and "| demo | 50% | lora |" in card
 
 
 def test_the_plan_runs_cheap_cells_first_and_the_full_data_cells_seed_by_seed(case):
@@ -170,7 +178,7 @@ def test_later_seeds_train_the_full_data_cells_in_the_mode_auto_picked_on_the_fi
     monkeypatch.setattr(case, "base_record", lambda base: {})
     monkeypatch.setattr(case, "cold_metrics", lambda *args: {"users": 0})
     run = {"targets": {"T": ["--domain", "demo"]}, "fractions": (0.5, 1.0), "root": tmp_path, "sanity": {}}
-    run |= {"budget_epochs": (), "epochs": {0.5: 1, 1.0: 1}, "id_mode_from_first_seed": True}
+    run |= {"budget_epochs": (), "epochs": {0.5: 1, 1.0: 1}, "id_mode_from_first_seed": True, "shipped": None}
     # A recipe of one mode (not `auto`): every seed trains in it, and no record says `auto` chose it.
     fixed = case.run_transfer_profile([0, 1], **{**run, "targets": {"R": ["--id_mode", "transductive"]}})
     assert not any("id_mode_chosen_on_seed" in r for r in fixed["runs"])
@@ -203,8 +211,9 @@ def test_a_checkout_that_lost_the_base_run_fine_tunes_the_shipped_base(case, mon
     assert case.ensure_base(tmp_path / "other", ["--epochs", "2"], None) == tmp_path / "other"
     assert [argv[:2] for argv in pretrained] == [["--epochs", "2"]] * 2
 
-    ran = []
+    ran, refreshed = [], []
     monkeypatch.setattr(case, "one_run", lambda target, fraction, arm, seed, base, *rest: ran.append((arm, base)))
+    monkeypatch.setattr(case, "refresh_shipped_card", lambda shipped, root: refreshed.append((len(ran), shipped)))
     run = {"targets": {"T": []}, "fractions": (0.5,), "root": tmp_path / "case", "sanity": {}, "shipped": shipped}
     run |= {"budget_epochs": (1, 3), "budget_fraction": 0.5}
     recorded = case.run_folder(tmp_path / "case", "T", 0.5, "lora@epoch-3", 0) / "bench_run.json"
@@ -212,6 +221,7 @@ def test_a_checkout_that_lost_the_base_run_fine_tunes_the_shipped_base(case, mon
     recorded.write_text("{}")
     case.run_transfer_profile([0], **run)
     assert ran == [(arm, shipped) for arm in ("zero-shot", *case.ARMS, "lora@epoch-3")]
+    assert refreshed == [(n, shipped) for n in range(1, len(case.ARMS) + 2)]  # after each run trained, not the recorded
     assert case.recorded_transfer_profile(tmp_path / "case", shipped)["base"]["epochs"] == [{"epoch": 1}]
 
 

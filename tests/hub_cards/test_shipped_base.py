@@ -1,6 +1,6 @@
 """The pre-trained base the repository ships (`pretrained/missrec-base`): a catalogue-free MISSRec that loads offline,
 recommends on a catalogue it never saw, and whose card carries the transfer-profile table the committed records
-give (re-export it when a record lands: the command is in docs/results.md)."""
+give (the transfer-profile case writes it again after each run it records)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def test_the_shipped_base_is_the_case_base_without_a_catalogue(case):
 def test_the_shipped_card_carries_the_recorded_transfer_table(case):
     table = case.markdown(case.recorded_transfer_profile())
     assert table in (SHIPPED / "README.md").read_text(), (
-        "the shipped base's card is older than the transfer-profile records: re-export it (docs/results.md, "
-        "'Shipping the base')"
+        "the shipped base's card is older than the transfer-profile records: write it again (bench/"
+        "transfer_profile_case.py refresh_shipped_card)"
     )
 
 
