@@ -23,7 +23,9 @@ few users or with all of them, and would more pre-training change that?
      in the mode picked for it there, alone, at half the cost).
    The runs go cheapest first (`run_plan`): the 100% cells, one seed at a time, come last.
    Each run is a `train.py` run (`common.train_run`) into `RUNS/<target>/<fraction>/<arm>-seed<N>/`; its numbers go
-   to `bench_run.json` there (committed), and a run whose file exists is not trained again.
+   to `bench_run.json` there (committed), and a run whose file exists is not trained again. After each run it
+   records, the case writes the shipped base's card (`SHIPPED_BASE`) again with the table of the records so far
+   (`refresh_shipped_card`): commit the record and the card together.
    - the budget curve: the base as it was after `BUDGET_EPOCHS` of its `BASE_EPOCHS` (`save_epochs`) fine-tuned
      with `lora` on `BUDGET_FRACTION` of the users, against that share's scratch runs: would more pre-training
      change the answer?
