@@ -197,10 +197,10 @@ def ensure_base(base: Path, words: list[str], shipped: Path | None = SHIPPED_BAS
 def refresh_shipped_card(shipped: Path | None, root: Path = RUNS, model_id: str = SHIPPED_BASE_ID) -> None:
     """Put the table of the runs recorded under `root` so far on the `shipped` base's card, so that a new record
     and the card it changes land together (the card's other parts and the weights stay as exported)."""
-    from modeling_missrec.hub_cards.export import refresh_base_card
+    from modeling_missrec.hub_cards.export import write_base_card
 
     if shipped is not None and (shipped / "config.json").is_file():
-        refresh_base_card(shipped, markdown(recorded_transfer_profile(root, shipped)), model_id=model_id)
+        write_base_card(shipped, markdown(recorded_transfer_profile(root, shipped)), model_id=model_id)
 
 
 def base_record(base: Path) -> dict:

@@ -286,19 +286,21 @@ def export_base(
     model = MISSRecModel.from_pretrained(run_dir).eval()
     model.clear_catalogue()
     model.save_pretrained(out)
-    shared = write_shareable_metrics(metrics, out)
-    card = base_card(model.config, shared, model_id=repo_id or str(out.resolve()), transfer_results=results)
-    card.save(out / "README.md")
+    write_shareable_metrics(metrics, out)
+    write_base_card(out, results, model_id=repo_id)
     return out
 
 
-def refresh_base_card(folder: str | os.PathLike, transfer_results: str, *, model_id: str | None = None) -> Path:
-    """Write an exported base's card again with new transfer measurements (a markdown fragment), its weights,
-    config and metrics untouched: what a transfer run recorded after the export changes.
+def write_base_card(
+    folder: str | os.PathLike, transfer_results: str | None = None, *, model_id: str | None = None
+) -> Path:
+    """Write the card of an exported base folder from its config and (shareable) metrics: at export, and again when
+    a transfer run recorded later changes the measurements it shows (weights, config and metrics untouched).
 
     Args:
-        folder: a folder `export_base` wrote.
-        transfer_results: the markdown fragment the card shows under its transfer results.
+        folder: a folder `export_base` wrote (config, `metrics.json`).
+        transfer_results: the markdown fragment of transfer measurements the card shows (default: a line saying
+            there are none).
         model_id: the Hub id (or folder) the card's commands load (default: the folder path).
 
     Returns:
@@ -306,7 +308,7 @@ def refresh_base_card(folder: str | os.PathLike, transfer_results: str, *, model
     """
     folder = Path(folder)
     config = MISSRecModel.config_class.from_pretrained(folder)
-    metrics = json.loads((folder / "metrics.json").read_text())  # already the shareable copy
+    metrics = json.loads((folder / "metrics.json").read_text())
     card = base_card(config, metrics, model_id=model_id or str(folder.resolve()), transfer_results=transfer_results)
     card.save(folder / "README.md")
     return folder / "README.md"
