@@ -23,7 +23,8 @@ few users or with all of them, and would more pre-training change that?
      in the mode picked for it there, alone, at half the cost).
    The runs go cheapest first (`run_plan`): the 100% cells, one seed at a time, come last.
    Each run is a `train.py` run (`common.train_run`) into `RUNS/<target>/<fraction>/<arm>-seed<N>/`; its numbers go
-   to `bench_run.json` there (committed), and a run whose file exists is not trained again. After each run it
+   to `bench_run.json` there (committed), and a run whose file exists is not trained again unless the case now plans
+   it with other training settings (`training_settings`: a changed epoch cap or rate retrains it). After each run it
    records, the case writes the shipped base's card (`SHIPPED_BASE`) again with the table of the records so far
    (`refresh_shipped_card`): commit the record and the card together.
    - the budget curve: the base as it was after `BUDGET_EPOCHS` of its `BASE_EPOCHS` (`save_epochs`) fine-tuned
@@ -82,7 +83,7 @@ SANITY = {
 BASE_EPOCHS, BUDGET_EPOCHS, BUDGET_FRACTION = 10, (1, 3, 10), 0.05
 FRACTIONS = (0.01, 0.05, 0.25, 1.0)
 ARMS = ("scratch", "lora", "full")
-EPOCHS = {0.01: 40, 0.05: 30, 0.25: 20, 1.0: 15}
+EPOCHS = {0.01: 40, 0.05: 30, 0.25: 20, 1.0: 30}  # 100%: the target recipes' own 30, fair to scratch
 PATIENCE = 5
 # Below 100% of the users, each arm's learning rate as chosen on the target's validation (seed 0, 5% of the users,
 # 1e-3 / 3e-4 / 1e-4: `bench/results/levers/<target>-<arm>-learning-rate-trials.json`): "scratch" sets
@@ -130,6 +131,29 @@ def run_arguments(
     return argv
 
 
+# `train.py` words that say where a run's files are, not how it trains: a checkout elsewhere keeps its records.
+LOCATION_WORDS = ("--config", "--data_dir", "--output_dir", "--pretrained")
+
+
+def training_settings(argv: list[str]) -> dict[str, str]:
+    """The `--key value` (or `--key=value`) words of a `train.py` argv that say how the run trains: all but
+    `LOCATION_WORDS`. A record whose settings differ from the ones the case now plans is out of date."""
+    settings, words = {}, iter(argv)
+    for word in words:
+        key, equals, value = word.partition("=")
+        settings[key] = value if equals else next(words, "")
+    return {key: value for key, value in settings.items() if key not in LOCATION_WORDS}
+
+
+def current_record(folder: Path, argv: list[str]) -> dict | None:
+    """The record in `folder` if it was trained with the training settings of `argv`, else None."""
+    record_file = folder / "bench_run.json"
+    if not record_file.is_file():
+        return None
+    record = json.loads(record_file.read_text())
+    return record if training_settings(record.get("argv", [])) == training_settings(argv) else None
+
+
 def record_of(results: dict, prefix: str = "") -> dict:
     """Both protocols' test metrics of one model of a run (`prefix`: the baseline's key prefix in metrics.json)."""
     return {p: {k: results[f"{prefix}{key}"][k] for k in METRICS} for p, key in PROTOCOL_KEYS.items()}
@@ -138,6 +162,24 @@ def record_of(results: dict, prefix: str = "") -> dict:
 def run_folder(root: Path, target: str, fraction: float | None, arm: str, seed: int) -> Path:
     """Where one run of the case trains and keeps its record (`fraction` None: the zero-shot run)."""
     return root / target / ("zero-shot" if fraction is None else f"{fraction:g}") / f"{arm}-seed{seed}"
+
+
+def planned_run(
+    target: str,
+    fraction: float | None,
+    arm: str,
+    seed: int,
+    base: Path,
+    root: Path,
+    words: list[str],
+    epochs: dict,
+    mode_of: dict | None = None,
+) -> tuple[Path, list[str]]:
+    """Where one run of the case goes and its `train.py` words (see [`one_run`])."""
+    folder = run_folder(root, target, fraction, arm, seed)
+    id_mode = None if mode_of is None else mode_of["chosen_id_mode"]
+    rates = FEW_SHOT_LEARNING_RATES.get(target)
+    return folder, run_arguments(words, fraction, arm, seed, base, folder, epochs, id_mode, rates)
 
 
 def one_run(
@@ -151,15 +193,15 @@ def one_run(
     epochs: dict,
     mode_of: dict | None = None,
 ) -> dict:
-    """The record of one run (`epochs`: the cap per share of users), trained unless recorded. `mode_of`, at 100%:
-    the first seed's record of the same cell, whose chosen id mode this run then trains in alone."""
-    folder = run_folder(root, target, fraction, arm, seed)
-    record_file = folder / "bench_run.json"
-    if record_file.is_file():
-        return json.loads(record_file.read_text())
-    id_mode = None if mode_of is None else mode_of["chosen_id_mode"]
-    rates = FEW_SHOT_LEARNING_RATES.get(target)
-    argv = run_arguments(words, fraction, arm, seed, base, folder, epochs, id_mode, rates)
+    """The record of one run (`epochs`: the cap per share of users), trained unless recorded with the same training
+    settings. `mode_of`, at 100%: the first seed's record of the same cell, whose chosen id mode this run then trains
+    in alone."""
+    folder, argv = planned_run(target, fraction, arm, seed, base, root, words, epochs, mode_of)
+    recorded = current_record(folder, argv)
+    if recorded is not None:
+        return recorded
+    if (folder / "bench_run.json").is_file():
+        print(f"transfer-profile: {folder} was recorded with other settings; training it again", file=sys.stderr)
     print(f"transfer-profile: {target} {fraction or 'zero-shot'} {arm} seed {seed}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     results = train_run(argv)
@@ -177,7 +219,7 @@ def one_run(
     if "content_knn_test" in results:
         record["content_knn"] = record_of(results, "content_knn_")
     folder.mkdir(parents=True, exist_ok=True)
-    record_file.write_text(json.dumps(record, indent=2))
+    (folder / "bench_run.json").write_text(json.dumps(record, indent=2))
     return record
 
 
@@ -252,17 +294,18 @@ def run_transfer_profile(
     plan = run_plan(list(targets), fractions, seeds, budget_epochs, budget_fraction)
     runs: list[dict] = []
     for target, fraction, arm, seed in plan:
-        budget = arm.partition("@")[2]
-        recorded = (run_folder(root, target, fraction, arm, seed) / "bench_run.json").is_file()
-        if budget and not (base / budget).is_dir() and not recorded:
-            print(f"transfer-profile: {arm} skipped: {base} has no snapshot {budget}", file=sys.stderr, flush=True)
-            continue
         mode_of = None  # at 100% with `id_mode_from_first_seed`, a later seed trains in what `auto` chose on the first
         if id_mode_from_first_seed and fraction is not None and fraction >= 1 and seed != seeds[0]:
             cell = (target, fraction, arm, seeds[0])
             mode_of = next(r for r in runs if (r["target"], r["fraction"], r["arm"], r["seed"]) == cell)
             mode_of = mode_of if mode_of.get("id_mode") == "auto" and "chosen_id_mode" in mode_of else None
-        runs.append(one_run(target, fraction, arm, seed, base, root, targets[target], epochs, mode_of))
+        planned = (target, fraction, arm, seed, base, root, targets[target], epochs, mode_of)
+        recorded = current_record(*planned_run(*planned)) is not None
+        budget = arm.partition("@")[2]
+        if budget and not (base / budget).is_dir() and not recorded:
+            print(f"transfer-profile: {arm} skipped: {base} has no snapshot {budget}", file=sys.stderr, flush=True)
+            continue
+        runs.append(one_run(*planned))
         if not recorded:
             refresh_shipped_card(shipped, root)
     return report | {"case": "transfer-profile", "wall_seconds": time.perf_counter() - started, "runs": runs}

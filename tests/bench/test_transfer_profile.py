@@ -215,10 +215,10 @@ def test_a_checkout_that_lost_the_base_run_fine_tunes_the_shipped_base(case, mon
     monkeypatch.setattr(case, "one_run", lambda target, fraction, arm, seed, base, *rest: ran.append((arm, base)))
     monkeypatch.setattr(case, "refresh_shipped_card", lambda shipped, root: refreshed.append((len(ran), shipped)))
     run = {"targets": {"T": []}, "fractions": (0.5,), "root": tmp_path / "case", "sanity": {}, "shipped": shipped}
-    run |= {"budget_epochs": (1, 3), "budget_fraction": 0.5}
-    recorded = case.run_folder(tmp_path / "case", "T", 0.5, "lora@epoch-3", 0) / "bench_run.json"
-    recorded.parent.mkdir(parents=True)
-    recorded.write_text("{}")
+    run |= {"budget_epochs": (1, 3), "budget_fraction": 0.5, "epochs": {0.5: 1}}
+    folder, argv = case.planned_run("T", 0.5, "lora@epoch-3", 0, shipped, tmp_path / "case", [], {0.5: 1})
+    folder.mkdir(parents=True)
+    (folder / "bench_run.json").write_text(json.dumps({"argv": argv}))
     case.run_transfer_profile([0], **run)
     assert ran == [(arm, shipped) for arm in ("zero-shot", *case.ARMS, "lora@epoch-3")]
     assert refreshed == [(n, shipped) for n in range(1, len(case.ARMS) + 2)]  # after each run trained, not the recorded
@@ -238,3 +238,37 @@ def test_below_all_the_users_each_arm_trains_at_the_rate_chosen_for_its_kind(cas
         assert "--learning_rate" not in words(0.05, arm)
     for argv in (words(1.0, "scratch"), words(1.0, "lora"), words(None, "zero-shot")):  # the recipe's rates
         assert "--learning_rate" not in argv and "--pretrained_learning_rate" not in argv
+
+
+def test_a_record_trained_with_other_settings_is_trained_again(case, monkeypatch, tmp_path):
+    """Changing a share's epoch cap retrains that share's runs and only those; where the files are (a checkout
+    elsewhere, another data folder) does not make a record out of date."""
+    trained = []
+
+    def train_run(argv):
+        if "--train_user_fraction" in argv:  # not the zero-shot run, which nothing here changes
+            trained.append((argv[argv.index("--train_user_fraction") + 1], argv[argv.index("--epochs") + 1]))
+        metrics = {k: 0.1 for k in case.METRICS}
+        results = {"recipe": {"id_mode": "inductive"}, "id_mode": "inductive", "build": {}}
+        return results | {key: metrics for key in ("test", "test_exclude_history", "popularity_test",
+                                                   "popularity_test_exclude_history")}  # fmt: skip
+
+    monkeypatch.setattr(case, "train_run", train_run)
+    monkeypatch.setattr(case, "ensure_base", lambda base, words, shipped: base)
+    monkeypatch.setattr(case, "base_record", lambda base: {})
+    monkeypatch.setattr(case, "cold_metrics", lambda *args: {"users": 0})
+    run = {"fractions": (0.5, 1.0), "root": tmp_path, "sanity": {}, "budget_epochs": (), "shipped": None}
+    run_case = lambda data, caps: case.run_transfer_profile(  # noqa: E731
+        [0], targets={"T": ["--data_dir", data]}, epochs=caps, **run
+    )
+    run_case("/data/here", {0.5: 1, 1.0: 2})
+    assert sorted(trained) == sorted([("0.5", "1")] * 3 + [("1.0", "2")] * 3)
+    trained.clear()
+    run_case("/data/elsewhere", {0.5: 1, 1.0: 2})
+    assert trained == []
+    result = run_case("/data/here", {0.5: 1, 1.0: 4})
+    assert trained == [("1.0", "4")] * 3
+    full = [r["argv"] for r in result["runs"] if r["fraction"] == 1.0]
+    assert [argv[argv.index("--epochs") + 1] for argv in full] == ["4"] * 3
+    settings = case.training_settings(["--config", "a.yaml", "--epochs", "3", "--overwrite_output_dir=true"])
+    assert settings == {"--epochs": "3", "--overwrite_output_dir": "true"}
