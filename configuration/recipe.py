@@ -66,7 +66,8 @@ class TrainingRecipe:
         pretrained: instead of a preset, a folder (or Hub id) of a pre-trained MISSRec to fine-tune.
         pretrained_learning_rate: the learning rate a `pretrained` model fine-tunes with (`None`:
             `learning_rate`, which models from scratch, the `scratch` baseline included, train with). A rate chosen
-            for random weights moves a pre-trained model away from what it knew in its first epoch.
+            for random weights moves a pre-trained model away from what it knew in its first epoch. The repeat
+            offsets (`repeat_bias`), a property of the target domain, keep `learning_rate`.
         config_overrides: MISSRec config attributes to set on the model (dropout, `score_temperature`, the
             interest settings, ...), as a mapping (`{hidden_dropout_prob: 0.3}` in YAML) or the `transformers`
             examples' string form (`--config_overrides hidden_dropout_prob=0.3,score_temperature=0.05`). They

@@ -280,7 +280,8 @@ def fit_missrec(
     model is seeded, batched and trained exactly as a run with that `id_mode` alone, so `id_mode: auto` selects
     between those two runs on validation only. `features` are the catalogue's (`[N, d]` per modality);
     `from_scratch` trains the `scratch` baseline (named "MISSRec-scratch") under the same selection. A pre-trained
-    model trains at the recipe's `pretrained_learning_rate` when set (`TrainingRecipe.missrec_learning_rate`).
+    model trains at the recipe's `pretrained_learning_rate` when set (`TrainingRecipe.missrec_learning_rate`), but
+    its repeat offsets, a property of the target domain, at `learning_rate`.
 
     Returns:
         The kept (prepared) model, the recipe it trained under (its id mode and learning rate), and the per-epoch
@@ -306,7 +307,10 @@ def fit_missrec(
             collator = training_collator(mode_args, domain, length, augmented_views=augmented)
             pretrained = args.pretrained is not None and not from_scratch
             fit_args = (logger, name, model, collator, valid, mode_args, on_epoch_end)
-            model, _, histories[mode] = fit(*fit_args, validate_start=pretrained)
+            # The repeat offsets say how often users of this domain take an item again: nothing a pre-trained
+            # model knew, so they learn at the rate of new weights (a pre-trained base has none; they start at 0).
+            offsets_rate = args.learning_rate if pretrained and learning_rate != args.learning_rate else None
+            model, _, histories[mode] = fit(*fit_args, validate_start=pretrained, offsets_learning_rate=offsets_rate)
         score = max(row["ndcg@10"] for row in histories[mode])
         if kept is None or score > kept[0]:
             kept = (score, model, mode_args)
@@ -361,13 +365,21 @@ def training_collator(
     return InBatchLogQ(views) if args.in_batch_log_q else views
 
 
-def build_optimizer(model: torch.nn.Module, args: TrainingRecipe) -> torch.optim.AdamW:
-    """AdamW over the trained parameters; weight decay on the weight matrices and embeddings only (biases and
-    LayerNorm gains are not pulled towards zero, as in `transformers.Trainer`)."""
+def build_optimizer(
+    model: torch.nn.Module, args: TrainingRecipe, offsets_learning_rate: float | None = None
+) -> torch.optim.AdamW:
+    """AdamW over the trained parameters at `args.learning_rate`; weight decay on the weight matrices and embeddings
+    only (biases and LayerNorm gains are not pulled towards zero, as in `transformers.Trainer`).
+    `offsets_learning_rate`: the rate of a MISSRec model's repeat offsets instead (`config.repeat_bias`)."""
     trained = [p for p in model.parameters() if p.requires_grad]
+    offsets = set()
+    if offsets_learning_rate is not None and getattr(unwrap_missrec(model), "repeat_bias", None) is not None:
+        offsets = {id(p) for p in unwrap_missrec(model).repeat_bias.parameters()}
+    rest = [p for p in trained if id(p) not in offsets]
     groups = [
-        {"params": [p for p in trained if p.ndim >= 2], "weight_decay": args.weight_decay},
-        {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p in rest if p.ndim >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p in trained if id(p) in offsets], "weight_decay": 0.0, "lr": offsets_learning_rate},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate)
 
@@ -389,6 +401,7 @@ def fit(
     args: TrainingRecipe,
     on_epoch_end: Callable[[dict], None] | None = None,
     validate_start: bool = False,
+    offsets_learning_rate: float | None = None,
 ) -> tuple[torch.nn.Module, Accelerator, list[dict]]:
     """Train `model` with AdamW for `args.epochs`, keeping the weights of the best validation NDCG@10.
 
@@ -405,6 +418,7 @@ def fit(
     starts is validated first and is a candidate too (history row `epoch` 0, no loss): fine-tuning on few users can
     make a pre-trained model worse, and then the run keeps it as it was. Early stopping counts from the best
     trained epoch either way, so a pre-trained model trains as long as one from scratch would.
+    `offsets_learning_rate`: MISSRec's repeat offsets train at this rate instead of `args.learning_rate`.
 
     Returns:
         The prepared (possibly DDP-wrapped) model with the best weights loaded, its Accelerator, and the
@@ -415,7 +429,7 @@ def fit(
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
     )
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, offsets_learning_rate)
     # The loader's own generator: a new epoch iterator draws its worker seed from it, not from the global RNG
     # that dropout uses, so a run resumed mid-epoch makes the same dropout draws as an uninterrupted one.
     loader = DataLoader(
