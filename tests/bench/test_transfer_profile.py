@@ -155,6 +155,22 @@ def test_recorded_sanity_rows_keep_the_order_of_the_base_domains(case, tmp_path)
     assert recorded["runs"] == [] and "base" not in recorded  # nothing trained, no base yet
 
 
+def fake_results(case, recipe_mode: str, chosen_mode: str) -> dict:
+    """What `train_run` returns for a run in `recipe_mode` that kept `chosen_mode`, every metric 0.1."""
+    metrics = {k: 0.1 for k in case.METRICS}
+    results = {"recipe": {"id_mode": recipe_mode}, "id_mode": chosen_mode, "build": {}}
+    keys = ("test", "test_exclude_history", "popularity_test", "popularity_test_exclude_history")
+    return results | {key: metrics for key in keys}
+
+
+def stub_training(case, monkeypatch, train_run) -> None:
+    """The case with `train_run` in place of training, and no base, base record or cold-target metrics to read."""
+    monkeypatch.setattr(case, "train_run", train_run)
+    monkeypatch.setattr(case, "ensure_base", lambda base, words, shipped: base)
+    monkeypatch.setattr(case, "base_record", lambda base: {})
+    monkeypatch.setattr(case, "cold_metrics", lambda *args: {"users": 0})
+
+
 def test_later_seeds_train_the_full_data_cells_in_the_mode_auto_picked_on_the_first(case, monkeypatch, tmp_path):
     """`id_mode_from_first_seed`: at 100%, seed 0 runs the recipe's `auto`; seed 1 trains each cell (target, arm)
     in the mode auto picked for it on seed 0, alone, and the record and the table say so. Shares below 100% keep
@@ -167,16 +183,10 @@ def test_later_seeds_train_the_full_data_cells_in_the_mode_auto_picked_on_the_fi
         mode, pretrained = word("--id_mode") or "auto", word("--pretrained")
         arm = "scratch" if pretrained is None else word("--strategy")
         trained.append((word("--train_user_fraction"), arm, word("--seed"), mode))
-        metrics = {k: 0.1 for k in case.METRICS}
-        results = {"recipe": {"id_mode": mode}, "id_mode": picks[arm] if mode == "auto" else mode, "build": {}}
-        results |= {"epochs": [{"epoch": 1, "ndcg@10": 0.1}]}
-        return results | {key: metrics for key in ("test", "test_exclude_history", "popularity_test",
-                                                   "popularity_test_exclude_history")}  # fmt: skip
+        results = fake_results(case, mode, picks[arm] if mode == "auto" else mode)
+        return results | {"epochs": [{"epoch": 1, "ndcg@10": 0.1}]}
 
-    monkeypatch.setattr(case, "train_run", train_run)
-    monkeypatch.setattr(case, "ensure_base", lambda base, words, shipped: base)
-    monkeypatch.setattr(case, "base_record", lambda base: {})
-    monkeypatch.setattr(case, "cold_metrics", lambda *args: {"users": 0})
+    stub_training(case, monkeypatch, train_run)
     run = {"targets": {"T": ["--domain", "demo"]}, "fractions": (0.5, 1.0), "root": tmp_path, "sanity": {}}
     run |= {"budget_epochs": (), "epochs": {0.5: 1, 1.0: 1}, "id_mode_from_first_seed": True, "shipped": None}
     # A recipe of one mode (not `auto`): every seed trains in it, and no record says `auto` chose it.
@@ -248,15 +258,9 @@ def test_a_record_trained_with_other_settings_is_trained_again(case, monkeypatch
     def train_run(argv):
         if "--train_user_fraction" in argv:  # not the zero-shot run, which nothing here changes
             trained.append((argv[argv.index("--train_user_fraction") + 1], argv[argv.index("--epochs") + 1]))
-        metrics = {k: 0.1 for k in case.METRICS}
-        results = {"recipe": {"id_mode": "inductive"}, "id_mode": "inductive", "build": {}}
-        return results | {key: metrics for key in ("test", "test_exclude_history", "popularity_test",
-                                                   "popularity_test_exclude_history")}  # fmt: skip
+        return fake_results(case, "inductive", "inductive")
 
-    monkeypatch.setattr(case, "train_run", train_run)
-    monkeypatch.setattr(case, "ensure_base", lambda base, words, shipped: base)
-    monkeypatch.setattr(case, "base_record", lambda base: {})
-    monkeypatch.setattr(case, "cold_metrics", lambda *args: {"users": 0})
+    stub_training(case, monkeypatch, train_run)
     run = {"fractions": (0.5, 1.0), "root": tmp_path, "sanity": {}, "budget_epochs": (), "shipped": None}
     run_case = lambda data, caps: case.run_transfer_profile(  # noqa: E731
         [0], targets={"T": ["--data_dir", data]}, epochs=caps, **run
