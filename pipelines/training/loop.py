@@ -372,9 +372,8 @@ def build_optimizer(
     only (biases and LayerNorm gains are not pulled towards zero, as in `transformers.Trainer`).
     `offsets_learning_rate`: the rate of a MISSRec model's repeat offsets instead (`config.repeat_bias`)."""
     trained = [p for p in model.parameters() if p.requires_grad]
-    offsets = set()
-    if offsets_learning_rate is not None and getattr(unwrap_missrec(model), "repeat_bias", None) is not None:
-        offsets = {id(p) for p in unwrap_missrec(model).repeat_bias.parameters()}
+    repeat_bias = None if offsets_learning_rate is None else unwrap_missrec(model).repeat_bias
+    offsets = set() if repeat_bias is None else {id(p) for p in repeat_bias.parameters()}
     rest = [p for p in trained if id(p) not in offsets]
     groups = [
         {"params": [p for p in rest if p.ndim >= 2], "weight_decay": args.weight_decay},
